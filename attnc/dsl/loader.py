@@ -1,0 +1,143 @@
+"""Loading spec files and resolving the names they define and import.
+
+A ``Scope`` is one parsed module plus the names it can see: its own definitions, what it
+imports from other files or from the library, and — when nothing else matches — the library
+itself, so ``norm = softmax`` works without an import. Library files are plain spec files in a
+directory given to the ``Loader`` (the public API passes ``attnc/library``); each defines the
+name of its file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import ast
+from .errors import Span, SpecError, suggest
+from .parser import parse
+
+
+@dataclass
+class Scope:
+    module: ast.Module
+    loader: "Loader"
+    base_dir: Path | None
+    defs: dict[str, ast.Def] = field(default_factory=dict)
+    imported: dict[str, tuple[ast.Def, "Scope"]] = field(default_factory=dict)
+    is_library: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.module.path
+
+    def lookup(self, name: str) -> tuple[ast.Def, "Scope"] | None:
+        if name in self.defs:
+            return self.defs[name], self
+        if name in self.imported:
+            return self.imported[name]
+        return self.loader.library_def(name)
+
+    def visible_names(self) -> set[str]:
+        return set(self.defs) | set(self.imported) | set(self.loader.library_names())
+
+
+class Loader:
+    """Parses spec files once each and resolves imports between them."""
+
+    def __init__(self, library_dir: Path | str | None = None):
+        self.library_dir = Path(library_dir) if library_dir is not None else None
+        self._files: dict[Path, Scope] = {}
+        self._loading: list[Path] = []
+        self._library: dict[str, Scope] = {}
+
+    # ---- library
+    def library_names(self) -> list[str]:
+        if self.library_dir is None or not self.library_dir.is_dir():
+            return []
+        return sorted(p.stem for p in self.library_dir.glob("*.attn"))
+
+    def library_scope(self, name: str) -> Scope | None:
+        if name in self._library:
+            return self._library[name]
+        if self.library_dir is None or not name.isidentifier():
+            return None
+        path = self.library_dir / f"{name}.attn"
+        if not path.is_file():
+            return None
+        scope = self.load_path(path, is_library=True)
+        self._library[name] = scope
+        return scope
+
+    def library_def(self, name: str) -> tuple[ast.Def, Scope] | None:
+        scope = self.library_scope(name)
+        if scope is None or name not in scope.defs:
+            return None
+        return scope.defs[name], scope
+
+    # ---- files and text
+    def load_path(self, path: Path | str, *, is_library: bool = False, span: Span | None = None) -> Scope:
+        path = Path(path)
+        try:
+            key = path.resolve()
+        except (OSError, RuntimeError) as err:
+            raise SpecError(f"cannot open spec file {str(path)!r}: {err}", span) from None
+        if key in self._files:
+            return self._files[key]
+        if key in self._loading:
+            chain = " → ".join(p.name for p in self._loading[self._loading.index(key):] + [key])
+            raise SpecError(f"import cycle: {chain}", span)
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            raise SpecError(f"cannot read spec file {str(path)!r}: {reason}", span) from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise SpecError(f"spec file {str(path)!r} is not UTF-8 text (byte {err.start})", span) from None
+        self._loading.append(key)
+        try:
+            scope = self.load_text(text, str(path), base_dir=path.parent, is_library=is_library)
+        finally:
+            self._loading.pop()
+        self._files[key] = scope
+        return scope
+
+    def load_text(self, text: str, name: str = "<string>", base_dir: Path | None = None, *, is_library: bool = False) -> Scope:
+        module = parse(text, name)
+        scope = Scope(module, self, base_dir, is_library=is_library)
+        first_seen: dict[str, Span | None] = {}
+        for item in module.items:  # in source order, so a clash is reported at its second use
+            if isinstance(item, ast.Def):
+                _check_fresh(item.name, item.name_span, first_seen)
+                scope.defs[item.name] = item
+            else:
+                for nm in item.names:
+                    _check_fresh(nm.id, nm.span, first_seen)
+                    scope.imported[nm.id] = self._resolve_import(scope, item, nm)
+        return scope
+
+    def _resolve_import(self, scope: Scope, imp: ast.Import, nm: ast.Name) -> tuple[ast.Def, Scope]:
+        if imp.source is None:
+            found = self.library_def(nm.id)
+            if found is None:
+                raise SpecError(
+                    f"the library has no definition `{nm.id}`{suggest(nm.id, self.library_names())}", nm.span
+                )
+            return found
+        path = Path(imp.source)
+        if not path.is_absolute():
+            path = (scope.base_dir or Path.cwd()) / path
+        target = self.load_path(path, span=imp.span)
+        if nm.id not in target.defs:
+            raise SpecError(
+                f"{imp.source!r} defines no `{nm.id}`{suggest(nm.id, target.defs)}", nm.span
+            )
+        return target.defs[nm.id], target
+
+
+def _check_fresh(name: str, span: Span | None, seen: dict[str, Span | None]) -> None:
+    if name in seen:
+        where = f" on line {seen[name].line}" if seen[name] is not None else ""
+        raise SpecError(f"`{name}` is already defined{where}", span)
+    seen[name] = span

@@ -1,0 +1,830 @@
+"""Lowering: a checked, inlined ``Cascade`` from a definition in a spec file.
+
+This is where the spec is type-checked. Named masks and scores are inlined at their call sites,
+``let`` bindings are substituted, norm cascades become stages, reductions nested inside
+expressions are hoisted into stages of their own, and every problem becomes a ``SpecError``
+pointing at the user's text (in whichever file it lives).
+
+Types: ``int``, ``float`` and ``bool`` never mix implicitly except int → float in arithmetic;
+``vec`` (the value vector ``v[j]``) may only enter linearly, so every use of V is a contraction
+``Σ_j w[i, j] · v[j]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..dsl import ast
+from ..dsl.errors import Span, SpecError, suggest
+from ..dsl.loader import Scope
+from . import nodes as n
+from .simplify import simplify
+from .verify import verify
+
+DEFAULT_NORM = "softmax"  # DESIGN.md: an attention without `norm =` normalizes with softmax
+INT32_MAX = 2**31 - 1
+
+# name → (min args, max args or None, rule); rules: "float" (result float, numeric args),
+# "same" (result int when every arg is int), "int" (float → int), "tofloat".
+FUNCTIONS = {
+    "exp": (1, 1, "float"), "exp2": (1, 1, "float"), "log": (1, 1, "float"), "log2": (1, 1, "float"),
+    "log1p": (1, 1, "float"), "sqrt": (1, 1, "float"), "rsqrt": (1, 1, "float"), "tanh": (1, 1, "float"),
+    "sigmoid": (1, 1, "float"), "softplus": (1, 1, "float"), "sin": (1, 1, "float"), "cos": (1, 1, "float"),
+    "abs": (1, 1, "same"), "relu": (1, 1, "same"), "min": (2, None, "same"), "max": (2, None, "same"),
+    "clamp": (3, 3, "same"), "floor": (1, 1, "int"), "ceil": (1, 1, "int"), "float": (1, 1, "tofloat"),
+}
+
+_TYPE_WORDS = {n.INT: "an int", n.FLOAT: "a float", n.BOOL: "a bool", n.VEC: "a value vector (v[j])"}
+
+# Built-in names by context; `score` is bound per statement in score contexts.
+_INDEX_BUILTINS = {
+    "q_idx": n.Var("i", n.INT), "kv_idx": n.Var("j", n.INT), "b": n.Var("b", n.INT), "h": n.Var("h", n.INT),
+}
+_SIZE_BUILTINS = {name: n.Var(name, n.INT) for name in ("n_q", "n_kv", "head_dim", "n_heads", "n_kv_heads")}
+_SCALE = {"scale": n.Var("scale", n.FLOAT)}
+_DIM_BUILTINS = {name: n.Var(name, n.INT) for name in n.DIM_VARS}
+ALL_BUILTINS = set(_INDEX_BUILTINS) | set(_SIZE_BUILTINS) | set(_SCALE) | {"score", "s", "v", "i", "j"} | set(n.DIM_VARS)
+RESERVED_STAGES = {"qk", "s", "keep", "v", "i", "j", "f", "b", "h", "d"}
+
+
+# ---------------------------------------------------------------------------- environment
+
+
+@dataclass(frozen=True)
+class Value:
+    expr: n.Expr
+    what: str  # "parameter", "let", "built-in", "argument"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str  # the cascade-level tensor parameter it refers to
+    spec: n.ParamSpec
+
+
+@dataclass(frozen=True)
+class StageBinding:
+    name: str
+    ranks: tuple[str, ...]
+    type: str
+
+
+@dataclass
+class NormState:
+    stages: list[n.Stage] = field(default_factory=list)
+    ranks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    counter: int = 0
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"_{prefix}{self.counter}"
+
+
+@dataclass
+class Ctx:
+    kind: str  # score | mask | norm | default | dim | attention
+    scope: Scope
+    env: dict
+    stack: tuple[tuple[str, str], ...] = ()
+    norm: NormState | None = None
+    in_reduce: bool = False
+    in_sum: bool = False
+
+    def child(self, **kw) -> "Ctx":
+        base = dict(kind=self.kind, scope=self.scope, env=self.env, stack=self.stack, norm=self.norm,
+                    in_reduce=self.in_reduce, in_sum=self.in_sum)
+        base.update(kw)
+        return Ctx(**base)
+
+
+def _builtins(kind: str) -> dict:
+    env: dict = {}
+    if kind in ("score", "mask", "norm", "attention"):
+        env.update({k: Value(v, "built-in") for k, v in _INDEX_BUILTINS.items()})
+        env.update({k: Value(v, "built-in") for k, v in _SIZE_BUILTINS.items()})
+    if kind in ("score", "norm", "attention"):
+        env.update({k: Value(v, "built-in") for k, v in _SCALE.items()})
+    if kind == "norm":
+        env["i"] = Value(n.Var("i", n.INT), "built-in")
+        env["j"] = Value(n.Var("j", n.INT), "built-in")
+    if kind == "default":
+        env.update({k: Value(v, "built-in") for k, v in _SIZE_BUILTINS.items()})
+    if kind == "dim":
+        env.update({k: Value(v, "built-in") for k, v in _DIM_BUILTINS.items()})
+    return env
+
+
+def _raw_score() -> n.Expr:
+    return n.Binary("*", n.Var("scale", n.FLOAT), n.Ref("qk", n.FLOAT), n.FLOAT)
+
+
+def _words(t: str) -> str:
+    return _TYPE_WORDS.get(t, t)
+
+
+def _promote(e: n.Expr, to: str) -> n.Expr:
+    if e.type == to:
+        return e
+    if e.type == n.INT and to == n.FLOAT:
+        if isinstance(e, n.Const):
+            return n.Const(float(e.value), n.FLOAT)
+        return n.Call("float", (e,), n.FLOAT)
+    raise AssertionError(f"cannot promote {e.type} to {to}")
+
+
+def _has(e: n.Expr, kind) -> bool:
+    return any(isinstance(x, kind) for x in n.walk(e))
+
+
+def _describe(node: ast.Expr) -> str:
+    from ..dsl.printer import print_expr
+
+    text = print_expr(node)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ---------------------------------------------------------------------------- expressions
+
+
+def lower_expr(e: ast.Expr, ctx: Ctx) -> n.Expr:
+    method = _LOWER.get(type(e))
+    if method is None:  # pragma: no cover - the parser builds only the node types above
+        raise SpecError(f"unsupported expression {type(e).__name__}", getattr(e, "span", None))
+    return method(e, ctx)
+
+
+def _num_operand(x: n.Expr, node: ast.Expr, op: str, allow_vec: bool = False) -> None:
+    if x.type == n.BOOL:
+        raise SpecError(f"`{_describe(node)}` is a bool; `{op}` needs numbers", node.span)
+    if x.type == n.VEC and not allow_vec:
+        raise SpecError(
+            f"`{_describe(node)}` involves v[j]; the values may only be scaled, added and summed "
+            f"over j (as in sum(p[i, j] * v[j] for j)), not used with `{op}`",
+            node.span,
+        )
+
+
+def _lower_name(e: ast.Name, ctx: Ctx) -> n.Expr:
+    b = ctx.env.get(e.id)
+    if isinstance(b, Value):
+        return b.expr
+    if isinstance(b, Tensor):
+        rank = len(b.spec.dims)
+        raise SpecError(f"`{e.id}` is a tensor of rank {rank}; index it, as in {e.id}[{', '.join(['...'] * rank)}]", e.span)
+    if isinstance(b, StageBinding):
+        raise SpecError(f"`{e.id}` is a cascade stage; write {e.id}[{', '.join(b.ranks)}]", e.span)
+    if ctx.kind == "norm" and e.id in ("s", "v"):
+        raise SpecError(f"write `{e.id}` with its indices: " + ("s[i, j]" if e.id == "s" else "v[j]"), e.span)
+    if e.id == "score" and ctx.kind == "mask":
+        raise SpecError("a mask cannot use `score`: masks decide which pairs interact before any score exists", e.span)
+    if e.id in ("score", "s", "v") and ctx.kind in ("default", "dim"):
+        raise SpecError(f"`{e.id}` is not available here: parameter defaults and shapes may use only sizes", e.span)
+    found = ctx.scope.lookup(e.id)
+    if found is not None:
+        return _call_def(found, ast.Call(e.id, (), (), e.span, e.span), ctx)
+    _unknown(e.id, e.span, ctx)
+
+
+def _unknown(name: str, span: Span | None, ctx: Ctx, what: str = "name"):
+    pool = set(ctx.env) | ctx.scope.visible_names() | set(FUNCTIONS)
+    if ctx.kind == "norm":
+        pool |= {"s", "v"}
+    hint = suggest(name, pool)
+    extra = ""
+    if not hint and name in ALL_BUILTINS:
+        extra = f" (`{name}` is not available in a {ctx.kind if ctx.kind != 'attention' else 'attention body'})"
+    raise SpecError(f"unknown {what} `{name}`{hint}{extra}", span)
+
+
+def _lower_num(e: ast.Num, ctx: Ctx) -> n.Expr:
+    if e.is_int:
+        if e.value > INT32_MAX:
+            raise SpecError(f"the integer {e.value} does not fit in 32 bits (kernels index with int32)", e.span)
+        return n.Const(int(e.value), n.INT)
+    return n.Const(float(e.value), n.FLOAT)
+
+
+def _lower_bool(e: ast.Bool, ctx: Ctx) -> n.Expr:
+    return n.Const(bool(e.value), n.BOOL)
+
+
+def _lower_unary(e: ast.Unary, ctx: Ctx) -> n.Expr:
+    x = lower_expr(e.operand, ctx)
+    _num_operand(x, e.operand, e.op, allow_vec=True)
+    if e.op == "+":
+        return x
+    return n.Unary("-", x, x.type)
+
+
+_ARITH = ("+", "-", "*", "/", "//", "%", "**")
+
+
+def _lower_binop(e: ast.BinOp, ctx: Ctx) -> n.Expr:
+    a = lower_expr(e.left, ctx)
+    b = lower_expr(e.right, ctx)
+    op = e.op
+    vec_ok = op in ("+", "-", "*", "/")
+    _num_operand(a, e.left, op, allow_vec=vec_ok)
+    _num_operand(b, e.right, op, allow_vec=vec_ok)
+    if n.VEC in (a.type, b.type):
+        if op in ("+", "-") and not (a.type == b.type == n.VEC):
+            other = e.right if a.type == n.VEC else e.left
+            raise SpecError(
+                f"cannot {'add' if op == '+' else 'subtract'} the number `{_describe(other)}` "
+                f"{'to' if op == '+' else 'from'} a value vector; only vectors add to vectors",
+                e.span,
+            )
+        if op == "*" and a.type == b.type == n.VEC:
+            raise SpecError("v[j] times v[j] is not linear in the values; weight v[j] by a number", e.span)
+        if op == "/" and b.type == n.VEC:
+            raise SpecError("cannot divide by a value vector", e.right.span)
+        if op in ("+", "-"):
+            return n.Binary(op, a, b, n.VEC)
+        if a.type == n.VEC:
+            return n.Binary(op, a, _promote(b, n.FLOAT), n.VEC)
+        return n.Binary(op, _promote(a, n.FLOAT), b, n.VEC)
+    if op in ("//", "%"):
+        for x, node in ((a, e.left), (b, e.right)):
+            if x.type != n.INT:
+                raise SpecError(
+                    f"`{op}` works on integers, but `{_describe(node)}` is {_words(x.type)}", node.span
+                )
+        return n.Binary(op, a, b, n.INT)
+    if op in ("/", "**") or n.FLOAT in (a.type, b.type):
+        return n.Binary(op, _promote(a, n.FLOAT), _promote(b, n.FLOAT), n.FLOAT)
+    return n.Binary(op, a, b, n.INT)
+
+
+def _lower_compare(e: ast.Compare, ctx: Ctx) -> n.Expr:
+    vals = [lower_expr(x, ctx) for x in e.operands]
+    parts = []
+    for k, op in enumerate(e.ops):
+        a, b = vals[k], vals[k + 1]
+        na, nb = e.operands[k], e.operands[k + 1]
+        for x, node in ((a, na), (b, nb)):
+            if x.type == n.VEC:
+                raise SpecError(f"`{_describe(node)}` is a value vector; it cannot be compared", node.span)
+        if op in ("==", "!=") and a.type == b.type == n.BOOL:
+            parts.append(n.Binary(op, a, b, n.BOOL))
+            continue
+        for x, node in ((a, na), (b, nb)):
+            if x.type == n.BOOL:
+                raise SpecError(f"`{_describe(node)}` is a bool; `{op}` compares numbers", node.span)
+        if n.FLOAT in (a.type, b.type):
+            a, b = _promote(a, n.FLOAT), _promote(b, n.FLOAT)
+        parts.append(n.Binary(op, a, b, n.BOOL))
+    out = parts[0]
+    for p in parts[1:]:
+        out = n.Binary("and", out, p, n.BOOL)
+    return out
+
+
+def _need_bool(x: n.Expr, node: ast.Expr, what: str) -> None:
+    if x.type != n.BOOL:
+        raise SpecError(f"`{_describe(node)}` is {_words(x.type)}; {what} needs a bool (a comparison)", node.span)
+
+
+def _lower_boolop(e: ast.BoolOp, ctx: Ctx) -> n.Expr:
+    a = lower_expr(e.left, ctx)
+    b = lower_expr(e.right, ctx)
+    _need_bool(a, e.left, f"`{e.op}`")
+    _need_bool(b, e.right, f"`{e.op}`")
+    return n.Binary(e.op, a, b, n.BOOL)
+
+
+def _lower_not(e: ast.Not, ctx: Ctx) -> n.Expr:
+    x = lower_expr(e.operand, ctx)
+    _need_bool(x, e.operand, "`not`")
+    return n.Unary("not", x, n.BOOL)
+
+
+def _lower_ifexp(e: ast.IfExp, ctx: Ctx) -> n.Expr:
+    c = lower_expr(e.cond, ctx)
+    _need_bool(c, e.cond, "the condition of `if`")
+    a = lower_expr(e.then, ctx)
+    b = lower_expr(e.other, ctx)
+    for x, node in ((a, e.then), (b, e.other)):
+        if x.type == n.VEC:
+            raise SpecError("a value vector cannot be chosen with `if`; weight v[j] by a number instead", node.span)
+    if a.type == b.type:
+        return n.Select(c, a, b, a.type)
+    if {a.type, b.type} == {n.INT, n.FLOAT}:
+        return n.Select(c, _promote(a, n.FLOAT), _promote(b, n.FLOAT), n.FLOAT)
+    raise SpecError(
+        f"the branches of `if` differ: `{_describe(e.then)}` is {_words(a.type)}, "
+        f"`{_describe(e.other)}` is {_words(b.type)}",
+        e.span,
+    )
+
+
+def _lower_call(e: ast.Call, ctx: Ctx) -> n.Expr:
+    b = ctx.env.get(e.func)
+    if b is not None:
+        kind = "a tensor" if isinstance(b, Tensor) else "a stage" if isinstance(b, StageBinding) else f"{_words(b.expr.type)} {b.what}"
+        raise SpecError(f"`{e.func}` is {kind}, not a function", e.func_span)
+    if e.func in ("sum",) or (e.func in ("max", "min") and len(e.args) == 1 and not e.kwargs):
+        raise SpecError(f"a reduction is written `{e.func}(expr for j)`", e.span)
+    if e.func in FUNCTIONS:
+        return _lower_builtin_call(e, ctx)
+    found = ctx.scope.lookup(e.func)
+    if found is None:
+        _unknown(e.func, e.func_span, ctx, "function")
+    return _call_def(found, e, ctx)
+
+
+def _lower_builtin_call(e: ast.Call, ctx: Ctx) -> n.Expr:
+    lo, hi, rule = FUNCTIONS[e.func]
+    if e.kwargs:
+        raise SpecError(f"`{e.func}` takes no keyword arguments", e.kwargs[0].span)
+    count = len(e.args)
+    if count < lo or (hi is not None and count > hi):
+        want = f"{lo}" if lo == hi else f"at least {lo}" if hi is None else f"{lo} to {hi}"
+        raise SpecError(f"`{e.func}` takes {want} argument{'s' if want != '1' else ''}, got {count}", e.span)
+    args = [lower_expr(a, ctx) for a in e.args]
+    for x, node in zip(args, e.args):
+        _num_operand(x, node, e.func)
+    if rule in ("float", "tofloat"):
+        return n.Call(e.func, tuple(_promote(a, n.FLOAT) for a in args), n.FLOAT)
+    if rule == "int":
+        return n.Call(e.func, (_promote(args[0], n.FLOAT),), n.INT)
+    out_t = n.INT if all(a.type == n.INT for a in args) else n.FLOAT
+    return n.Call(e.func, tuple(_promote(a, out_t) for a in args), out_t)
+
+
+def _lower_index(e: ast.Index, ctx: Ctx) -> n.Expr:
+    b = ctx.env.get(e.base)
+    if isinstance(b, Tensor):
+        rank = len(b.spec.dims)
+        if len(e.indices) != rank:
+            raise SpecError(
+                f"`{e.base}` has rank {rank} but is indexed with {len(e.indices)} "
+                f"index{'es' if len(e.indices) != 1 else ''}",
+                e.span,
+            )
+        idx = []
+        for node in e.indices:
+            x = lower_expr(node, ctx)
+            if x.type != n.INT:
+                raise SpecError(
+                    f"tensor indices must be integers, but `{_describe(node)}` is {_words(x.type)}", node.span
+                )
+            idx.append(x)
+        return n.Load(b.name, tuple(idx), b.spec.elem)
+    if ctx.kind == "norm" and b is None and e.base in ("s", "v"):
+        want = ("i", "j") if e.base == "s" else ("j",)
+        _check_subscript(e, want)
+        if e.base == "s":
+            return n.Ref("s", n.FLOAT)
+        if not ctx.in_sum:
+            raise SpecError("v[j] may only appear inside sum(... for j)", e.span)
+        return n.ValueRow()
+    if isinstance(b, StageBinding):
+        _check_subscript(e, b.ranks)
+        if b.type == n.VEC and ctx.in_reduce:
+            raise SpecError(f"`{e.base}` is a value vector; it cannot be used inside another reduction", e.span)
+        return n.Ref(b.name, b.type)
+    if isinstance(b, Value):
+        raise SpecError(f"`{e.base}` is {_words(b.expr.type)} {b.what}, not a tensor; it cannot be indexed", e.base_span)
+    if b is None and ctx.scope.lookup(e.base) is not None:
+        raise SpecError(f"`{e.base}` is a definition; call it with parentheses, not brackets", e.base_span)
+    _unknown(e.base, e.base_span, ctx)
+
+
+def _check_subscript(e: ast.Index, want: tuple[str, ...]) -> None:
+    got = tuple(x.id if isinstance(x, ast.Name) else None for x in e.indices)
+    if got != tuple(want):
+        raise SpecError(f"`{e.base}` is indexed [{', '.join(want)}]; write {e.base}[{', '.join(want)}]", e.span)
+
+
+def _lower_reduce(e: ast.Reduce, ctx: Ctx, into: str | None = None) -> n.Expr:
+    if ctx.kind != "norm":
+        raise SpecError(
+            f"`{e.op}(... for {e.var})` is a reduction over keys; it belongs in a norm, while a "
+            f"{ctx.kind if ctx.kind != 'attention' else 'score or mask'} sees one (query, key) pair",
+            e.span,
+        )
+    if e.op not in n.REDUCE_OPS:
+        raise SpecError(f"unknown reduction `{e.op}`{suggest(e.op, n.REDUCE_OPS)}; use sum, max or min", e.span)
+    if e.var != "j":
+        raise SpecError(f"reductions run over the key index j, not `{e.var}`", e.var_span)
+    body = lower_expr(e.body, ctx.child(in_reduce=True, in_sum=(e.op == "sum")))
+    if body.type == n.BOOL:
+        raise SpecError(f"`{e.op}` needs numbers, but `{_describe(e.body)}` is a bool", e.body.span)
+    if body.type == n.VEC:
+        red: n.Expr = n.Contract(_weight_of_v(body))
+        prefix = "acc"
+    else:
+        red = n.Reduce(e.op, _promote(body, n.FLOAT))
+        prefix = "r"
+    if into is not None:
+        return red
+    st = ctx.norm
+    name = st.fresh(prefix)
+    st.stages.append(n.Stage(name, n.ROW, red, e.span))
+    st.ranks[name] = n.ROW
+    return n.Ref(name, red.type)
+
+
+def _weight_of_v(e: n.Expr) -> n.Expr:
+    """The scalar w with e == w · v[j]; e is linear in v[j] by construction of its type."""
+    if isinstance(e, n.ValueRow):
+        return n.Const(1.0, n.FLOAT)
+    if isinstance(e, n.Unary):
+        return n.Unary("-", _weight_of_v(e.operand), n.FLOAT)
+    if isinstance(e, n.Binary):
+        if e.op in ("+", "-"):
+            return n.Binary(e.op, _weight_of_v(e.left), _weight_of_v(e.right), n.FLOAT)
+        if e.op == "*":
+            if e.left.type == n.VEC:
+                return n.Binary("*", _weight_of_v(e.left), e.right, n.FLOAT)
+            return n.Binary("*", e.left, _weight_of_v(e.right), n.FLOAT)
+        if e.op == "/":
+            return n.Binary("/", _weight_of_v(e.left), e.right, n.FLOAT)
+    raise AssertionError(f"not linear in v: {e!r}")  # the type rules above exclude this
+
+
+_LOWER = {
+    ast.Name: _lower_name, ast.Num: _lower_num, ast.Bool: _lower_bool, ast.Unary: _lower_unary,
+    ast.BinOp: _lower_binop, ast.Compare: _lower_compare, ast.BoolOp: _lower_boolop, ast.Not: _lower_not,
+    ast.IfExp: _lower_ifexp, ast.Call: _lower_call, ast.Index: _lower_index, ast.Reduce: _lower_reduce,
+}
+
+# ---------------------------------------------------------------------------- definitions
+
+
+def _signature(d: ast.Def) -> str:
+    from ..dsl.printer import print_params
+
+    return f"{d.name}{print_params(d.params) or '()'}"
+
+
+def _bind_args(d: ast.Def, dscope: Scope, call: ast.Call, ctx: Ctx) -> dict:
+    """Callee parameter name → binding, from the call's arguments and the defaults."""
+    params = {p.name: p for p in d.params}
+    if len(call.args) > len(d.params):
+        raise SpecError(
+            f"`{d.name}` takes {len(d.params)} argument{'s' if len(d.params) != 1 else ''} "
+            f"but {len(call.args)} were given; it is {d.kind} {_signature(d)}",
+            call.span,
+        )
+    given: dict[str, tuple[ast.Expr, Span | None]] = {}
+    for p, a in zip(d.params, call.args):
+        given[p.name] = (a, a.span)
+    for kw in call.kwargs:
+        if kw.name not in params:
+            raise SpecError(f"`{d.name}` has no parameter `{kw.name}`{suggest(kw.name, params)}", kw.span)
+        if kw.name in given:
+            raise SpecError(f"argument `{kw.name}` of `{d.name}` is given twice", kw.span)
+        given[kw.name] = (kw.value, kw.span)
+    env: dict = {}
+    for p in d.params:
+        if p.name not in given:
+            if p.default is None:
+                raise SpecError(
+                    f"missing argument `{p.name}` for {d.kind} {_signature(d)}", call.span
+                )
+            env[p.name] = Value(_lower_default(p, dscope), "parameter")
+            continue
+        node, span = given[p.name]
+        if isinstance(p.type, ast.TensorType):
+            env[p.name] = _tensor_arg(p, node, ctx)
+            continue
+        x = lower_expr(node, ctx)
+        env[p.name] = Value(_coerce(x, p.type.kind, node, f"argument `{p.name}` of `{d.name}`"), "argument")
+    return env
+
+
+def _coerce(x: n.Expr, want: str, node: ast.Expr | None, what: str) -> n.Expr:
+    if x.type == want:
+        return x
+    if x.type == n.INT and want == n.FLOAT:
+        return _promote(x, n.FLOAT)
+    span = getattr(node, "span", None)
+    shown = f"`{_describe(node)}`" if node is not None else "the value"
+    raise SpecError(f"{what} is declared {want}, but {shown} is {_words(x.type)}", span)
+
+
+def _tensor_arg(p: ast.Param, node: ast.Expr, ctx: Ctx) -> Tensor:
+    b = ctx.env.get(node.id) if isinstance(node, ast.Name) else None
+    if not isinstance(b, Tensor):
+        raise SpecError(f"parameter `{p.name}` is a tensor; pass a tensor parameter's name", node.span)
+    want_rank, got_rank = len(p.type.dims), len(b.spec.dims)
+    if want_rank != got_rank:
+        raise SpecError(f"`{p.name}` is a tensor of rank {want_rank}, but `{node.id}` has rank {got_rank}", node.span)
+    if p.type.elem != b.spec.elem:
+        raise SpecError(f"`{p.name}` holds {p.type.elem} elements, but `{node.id}` holds {b.spec.elem}", node.span)
+    return b
+
+
+def _lower_default(p: ast.Param, dscope: Scope) -> n.Expr:
+    """A parameter's default, evaluated in its own file over sizes only."""
+    x = lower_expr(p.default, Ctx("default", dscope, _builtins("default")))
+    return _coerce(x, p.type.kind, p.default, f"the default of `{p.name}`")
+
+
+def _call_def(found: tuple[ast.Def, Scope], call: ast.Call, ctx: Ctx) -> n.Expr:
+    d, dscope = found
+    key = (dscope.name, d.name)
+    if key in ctx.stack:
+        chain = " → ".join(name for _, name in ctx.stack[ctx.stack.index(key):] + (key,))
+        raise SpecError(f"`{d.name}` is defined in terms of itself ({chain})", call.span)
+    allowed = {"score": ("mask", "score"), "attention": ("mask", "score"), "mask": ("mask",), "norm": ("mask",)}
+    if d.kind not in allowed.get(ctx.kind, ()):
+        if d.kind in ("norm", "attention"):
+            why = "a norm is chosen with `norm = ...` in an attention" if d.kind == "norm" else "an attention cannot be called"
+        elif ctx.kind in ("default", "dim"):
+            why = "parameter defaults and shapes may use only sizes"
+        elif d.kind == "score":
+            why = f"a score function needs `score`, which a {ctx.kind} does not have"
+        else:
+            why = f"it cannot be used in a {ctx.kind}"
+        raise SpecError(f"`{d.name}` is a {d.kind}; {why}", call.span)
+    env = _builtins(d.kind)
+    inner = Ctx(d.kind, dscope, env, ctx.stack + (key,))
+    # Arguments are lowered in the caller's context; defaults in the callee's file.
+    args = _bind_args(d, dscope, call, ctx)
+    env.update(args)
+    if d.kind == "score":
+        current = ctx.env.get("score")
+        env["score"] = current if current is not None else Value(_raw_score(), "built-in")
+    return _run_body(d, inner)
+
+
+def _check_new_name(name: str, span, ctx: Ctx, what: str) -> None:
+    if name in ALL_BUILTINS or name in FUNCTIONS:
+        raise SpecError(f"`{name}` is a built-in name; choose another name for this {what}", span)
+    if name in ctx.env:
+        b = ctx.env[name]
+        what_was = b.what if isinstance(b, Value) else "tensor parameter" if isinstance(b, Tensor) else "stage"
+        raise SpecError(f"`{name}` is already defined (as a {what_was})", span)
+    if name.startswith("_"):
+        raise SpecError(f"names starting with `_` are reserved for the compiler: `{name}`", span)
+
+
+def _run_body(d: ast.Def, ctx: Ctx) -> n.Expr:
+    """Lets and the `mask = ` / `score = ` lines of a mask or score definition."""
+    result = None
+    for stmt in d.body:
+        if isinstance(stmt, ast.Let):
+            _check_new_name(stmt.name, stmt.span, ctx, "let")
+            ctx.env[stmt.name] = Value(lower_expr(stmt.value, ctx), "let")
+        elif isinstance(stmt, ast.Assign) and stmt.target == d.kind:
+            if d.kind == "mask" and result is not None:
+                raise SpecError(f"mask `{d.name}` assigns `mask` twice; combine the conditions with `and`", stmt.target_span)
+            value = _lower_part(stmt, ctx)
+            result = value
+            if d.kind == "score":
+                ctx.env["score"] = Value(value, "built-in")
+        else:
+            _bad_stmt(stmt, d.kind)
+    if result is None:
+        raise SpecError(f"{d.kind} `{d.name}` has no `{d.kind} = ...` line", d.name_span)
+    return result
+
+
+def _lower_part(stmt: ast.Assign, ctx: Ctx) -> n.Expr:
+    value = lower_expr(stmt.value, ctx.child(kind=stmt.target) if ctx.kind == "attention" else ctx)
+    if stmt.target == "mask":
+        if value.type != n.BOOL:
+            raise SpecError(f"a mask must be a bool (a comparison), but `{_describe(stmt.value)}` is {_words(value.type)}", stmt.value.span)
+        if any(isinstance(x, n.Ref) and x.stage == "qk" for x in n.walk(value)):
+            raise SpecError("the mask depends on `score`; masks decide which pairs interact before any score exists", stmt.value.span)
+        return value
+    if value.type not in n.NUMERIC:
+        raise SpecError(f"a score must be a number, but `{_describe(stmt.value)}` is {_words(value.type)}", stmt.value.span)
+    return _promote(value, n.FLOAT)
+
+
+def _bad_stmt(stmt, kind: str) -> None:
+    if isinstance(stmt, ast.StageAssign):
+        raise SpecError(f"cascade lines like `{stmt.name}[...] = ...` belong in a norm, not in a {kind}", stmt.target_span)
+    if isinstance(stmt, ast.Assign):
+        if kind == "attention":
+            raise SpecError(
+                f"an attention body assigns score, mask or norm; use `let {stmt.target} = ...` for a local name",
+                stmt.target_span,
+            )
+        if kind == "norm":
+            hint = "out[i]" if stmt.target == "out" else "lse[i]" if stmt.target == "lse" else f"{stmt.target}[i]"
+            raise SpecError(f"norm lines are indexed: write `{hint} = ...`", stmt.target_span)
+        raise SpecError(
+            f"a {kind} definition assigns only `{kind} = ...`; use `let {stmt.target} = ...` for a local name",
+            stmt.target_span,
+        )
+    raise SpecError("unexpected statement", getattr(stmt, "span", None))
+
+
+# ---------------------------------------------------------------------------- norms
+
+
+def _lower_norm(d: ast.Def, dscope: Scope, call: ast.Call, ctx: Ctx) -> list[n.Stage]:
+    key = (dscope.name, d.name)
+    if key in ctx.stack:
+        raise SpecError(f"`{d.name}` is defined in terms of itself", call.span)
+    args = _bind_args(d, dscope, call, ctx)
+    env = _builtins("norm")
+    env.update(args)
+    state = NormState()
+    nctx = Ctx("norm", dscope, env, ctx.stack + (key,), norm=state)
+    for stmt in d.body:
+        if isinstance(stmt, ast.Let):
+            _check_new_name(stmt.name, stmt.span, nctx, "let")
+            env[stmt.name] = Value(lower_expr(stmt.value, nctx), "let")
+        elif isinstance(stmt, ast.StageAssign):
+            _lower_stage(stmt, nctx)
+        else:
+            _bad_stmt(stmt, "norm")
+    if "out" not in state.ranks:
+        raise SpecError(f"norm `{d.name}` defines no out[i]; a norm must produce out[i] = ... (a weighted sum of v[j])", d.name_span)
+    return state.stages
+
+
+def _lower_stage(stmt: ast.StageAssign, ctx: Ctx) -> None:
+    st = ctx.norm
+    if stmt.indices not in (n.ROW, n.PAIR):
+        raise SpecError(
+            f"a cascade line is indexed [i] (per query) or [i, j] (per query-key pair), not [{', '.join(stmt.indices)}]",
+            stmt.target_span,
+        )
+    if stmt.name in RESERVED_STAGES:
+        raise SpecError(f"`{stmt.name}` is a reserved name in a norm (s, v, i, j, qk, keep are built in)", stmt.target_span)
+    if stmt.name in st.ranks:
+        raise SpecError(f"`{stmt.name}` is already defined in this norm", stmt.target_span)
+    _check_new_name(stmt.name, stmt.target_span, ctx, "stage")
+    if stmt.name == "out" and stmt.indices != n.ROW:
+        raise SpecError("out is per query: write out[i] = ...", stmt.target_span)
+    if stmt.name == "lse" and stmt.indices != n.ROW:
+        raise SpecError("lse is per query: write lse[i] = ...", stmt.target_span)
+    if isinstance(stmt.value, ast.Reduce) and stmt.indices == n.ROW:
+        value = _lower_reduce(stmt.value, ctx, into=stmt.name)
+    else:
+        value = lower_expr(stmt.value, ctx)
+    ranks = n.free_ranks(value, st.ranks | {"s": n.PAIR})
+    if "j" in ranks and stmt.indices == n.ROW:
+        raise SpecError(
+            f"`{_describe(stmt.value)}` depends on the key index j, but {stmt.name}[i] is per query; "
+            f"reduce over j with sum(... for j) or max(... for j)",
+            stmt.value.span,
+        )
+    if value.type == n.VEC and stmt.indices == n.PAIR:
+        raise SpecError("v[j] may only appear inside sum(... for j)", stmt.value.span)
+    if stmt.name == "out" and value.type != n.VEC:
+        raise SpecError(
+            f"out[i] must be a weighted sum of the values, as in sum(p[i, j] * v[j] for j), but "
+            f"`{_describe(stmt.value)}` is {_words(value.type)}",
+            stmt.value.span,
+        )
+    if stmt.name == "lse":
+        if value.type not in n.NUMERIC:
+            raise SpecError(f"lse[i] must be a number, but `{_describe(stmt.value)}` is {_words(value.type)}", stmt.value.span)
+        value = _promote(value, n.FLOAT)
+    st.stages.append(n.Stage(stmt.name, stmt.indices, value, stmt.span))
+    st.ranks[stmt.name] = stmt.indices
+    ctx.env[stmt.name] = StageBinding(stmt.name, stmt.indices, value.type)
+
+
+# ---------------------------------------------------------------------------- attention
+
+
+def _param_specs(d: ast.Def, scope: Scope) -> tuple[list[n.ParamSpec], dict]:
+    specs, env = [], {}
+    seen: set[str] = set()
+    dim_env = _builtins("dim")
+    for p in d.params:
+        if p.name in seen:
+            raise SpecError(f"parameter `{p.name}` is declared twice", p.span)
+        if p.name in ALL_BUILTINS or p.name in FUNCTIONS:
+            raise SpecError(f"`{p.name}` is a built-in name; choose another parameter name", p.span)
+        if p.name.startswith("_"):
+            raise SpecError(f"names starting with `_` are reserved for the compiler: `{p.name}`", p.span)
+        seen.add(p.name)
+        if isinstance(p.type, ast.TensorType):
+            if p.default is not None:
+                raise SpecError(f"tensor parameter `{p.name}` cannot have a default", p.default.span)
+            dims = []
+            for dim in p.type.dims:
+                x = lower_expr(dim, Ctx("dim", scope, dim_env))
+                if x.type != n.INT:
+                    raise SpecError(f"a tensor dimension must be an integer, but `{_describe(dim)}` is {_words(x.type)}", dim.span)
+                dims.append(simplify(x))
+            spec = n.ParamSpec(p.name, "tensor", p.type.elem, tuple(dims), None, p.span)
+            env[p.name] = Tensor(p.name, spec)
+        else:
+            default = None
+            if p.default is not None:
+                default = simplify(_lower_default(p, scope))
+            spec = n.ParamSpec(p.name, p.type.kind, None, (), default, p.span)
+            env[p.name] = Value(n.Param(p.name, p.type.kind), "parameter")
+            if p.type.kind == n.INT:
+                dim_env[p.name] = env[p.name]
+        specs.append(spec)
+    return specs, env
+
+
+def _assemble(name: str, specs, score: n.Expr, mask: n.Expr | None, norm_stages, span) -> n.Cascade:
+    stages = [n.Stage("qk", n.PAIR, n.Dot()), n.Stage("s", n.PAIR, simplify(score))]
+    if mask is not None:
+        mask = simplify(mask)
+        if not (isinstance(mask, n.Const) and mask.value is True):
+            stages.append(n.Stage("keep", n.PAIR, mask))
+    for st in norm_stages:
+        stages.append(n.Stage(st.name, st.ranks, simplify(st.expr), st.span))
+    cascade = n.Cascade(name, tuple(specs), tuple(stages), span)
+    cascade = _drop_dead(cascade)
+    verify(cascade)
+    return cascade
+
+
+def _drop_dead(c: n.Cascade) -> n.Cascade:
+    live = {"qk", "s", "keep", "out", "lse"}
+    for st in reversed(c.stages):
+        if st.name in live:
+            live |= n.refs(st.expr)
+    return n.Cascade(c.name, c.params, tuple(st for st in c.stages if st.name in live), c.span)
+
+
+def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
+    """The cascade of an ``attention`` definition."""
+    specs, env = _param_specs(d, scope)
+    env.update(_builtins("attention"))
+    env["score"] = Value(_raw_score(), "built-in")
+    ctx = Ctx("attention", scope, env, ((scope.name, d.name),))
+    score = env["score"].expr
+    mask = None
+    norm_call: tuple | None = None
+    for stmt in d.body:
+        if isinstance(stmt, ast.Let):
+            _check_new_name(stmt.name, stmt.span, ctx, "let")
+            env[stmt.name] = Value(lower_expr(stmt.value, ctx), "let")
+        elif isinstance(stmt, ast.Assign) and stmt.target == "score":
+            score = _lower_part(stmt, ctx)
+            env["score"] = Value(score, "built-in")
+        elif isinstance(stmt, ast.Assign) and stmt.target == "mask":
+            if mask is not None:
+                raise SpecError("`mask` is assigned twice; combine the conditions with `and`", stmt.target_span)
+            mask = _lower_part(stmt, ctx)
+        elif isinstance(stmt, ast.Assign) and stmt.target == "norm":
+            if norm_call is not None:
+                raise SpecError("`norm` is assigned twice", stmt.target_span)
+            norm_call = _norm_target(stmt, scope)
+        else:
+            _bad_stmt(stmt, "attention")
+    if norm_call is None:
+        found = scope.lookup(DEFAULT_NORM)
+        if found is None or found[0].kind != "norm":
+            raise SpecError(f"attention `{d.name}` has no `norm = ...` and the default `{DEFAULT_NORM}` is not available", d.name_span)
+        norm_call = (found, ast.Call(DEFAULT_NORM, (), (), d.name_span, d.name_span))
+    (nd, nscope), call = norm_call
+    stages = _lower_norm(nd, nscope, call, ctx)
+    return _assemble(d.name, specs, score, mask, stages, d.span)
+
+
+def _norm_target(stmt: ast.Assign, scope: Scope):
+    node = stmt.value
+    if isinstance(node, ast.Name):
+        call = ast.Call(node.id, (), (), node.span, node.span)
+    elif isinstance(node, ast.Call):
+        call = node
+    else:
+        raise SpecError("`norm = ...` names a norm, as in `norm = softmax` or `norm = sigmoid(bias=-2.0)`", node.span)
+    found = scope.lookup(call.func)
+    if found is None:
+        pool = [k for k in scope.visible_names() if (scope.lookup(k) or (None,))[0] is not None]
+        raise SpecError(f"unknown norm `{call.func}`{suggest(call.func, pool)}", call.func_span)
+    if found[0].kind != "norm":
+        raise SpecError(f"`{call.func}` is a {found[0].kind}, not a norm", call.func_span)
+    return found, call
+
+
+def lower_def(d: ast.Def, scope: Scope) -> n.Cascade:
+    """The cascade a definition stands for on its own.
+
+    An attention is lowered as written. A mask, score or norm becomes the attention that uses
+    it with everything else at its default (no mask, plain score, softmax), keeping its
+    parameters, so ``attnc explain causal.attn`` shows a complete cascade.
+    """
+    if d.kind == "attention":
+        return lower_attention(d, scope)
+    specs, env = _param_specs(d, scope)
+    env.update(_builtins("attention"))
+    env["score"] = Value(_raw_score(), "built-in")
+    ctx = Ctx("attention", scope, env, ())
+    call = ast.Call(d.name, tuple(ast.Name(p.name, p.span) for p in d.params), (), d.name_span, d.name_span)
+    score, mask = _raw_score(), None
+    norm = None
+    if d.kind == "norm":
+        norm = ((d, scope), call)
+    else:
+        value = _call_def((d, scope), call, ctx.child(kind=d.kind))
+        if d.kind == "mask":
+            mask = value
+        else:
+            score = value
+    if norm is None:
+        found = scope.lookup(DEFAULT_NORM)
+        if found is None or found[0].kind != "norm":
+            raise SpecError(f"the default norm `{DEFAULT_NORM}` is not available to explain `{d.name}`", d.name_span)
+        norm = (found, ast.Call(DEFAULT_NORM, (), (), d.name_span, d.name_span))
+    (nd, nscope), ncall = norm
+    stages = _lower_norm(nd, nscope, ncall, ctx)
+    return _assemble(d.name, specs, score, mask, stages, d.span)

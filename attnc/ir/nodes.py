@@ -1,0 +1,290 @@
+"""The Einsum-cascade IR: frozen, hashable dataclasses.
+
+A ``Cascade`` is a list of ``Stage``s, each an Einsum over some of the ranks
+
+    b (batch), h (query head), i (query), j (key), d (q·k feature), f (value feature).
+
+Every value is implicitly over ``b, h``; a stage is *per query* (``[i]``), *per pair*
+(``[i, j]``), or a per-query *vector* over ``f`` (``[i, f]``). The first stages are always
+
+    qk[i, j]   = Σ_d q[i, d] · k[j, d]          (``Dot``)
+    s[i, j]    = the score function of ``scale * qk``
+    keep[i, j] = the mask                        (absent when every pair is kept)
+
+and the normalization follows: pair maps, j-reductions filtered by ``keep`` (``Reduce``), the
+contraction with V (``Contract``), row maps, and the outputs ``out[i, f]`` and optional
+``lse[i]``. Expression types are ``int``, ``float``, ``bool`` and ``vec`` (a float vector over f,
+only ever linear in ``v[j]``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+from ..dsl.errors import Span
+
+INT, FLOAT, BOOL, VEC = "int", "float", "bool", "vec"
+NUMERIC = (INT, FLOAT)
+
+ROW = ("i",)
+PAIR = ("i", "j")
+
+# Built-in index and size variables. ``i``/``j`` are the query/key positions (``q_idx``/``kv_idx``
+# in specs); sizes are runtime values, never specialization keys.
+INDEX_VARS = ("b", "h", "i", "j")
+SIZE_VARS = ("n_q", "n_kv", "head_dim", "n_heads", "n_kv_heads", "scale")
+# Upper-case names usable in tensor shapes; ``D_V`` is the value head dim.
+DIM_VARS = ("B", "H", "H_KV", "N_Q", "N_KV", "D", "D_V")
+
+REDUCE_OPS = ("sum", "max", "min")
+
+
+@dataclass(frozen=True)
+class Const:
+    value: int | float | bool
+    type: str
+
+
+@dataclass(frozen=True)
+class Var:
+    """A built-in index (b, h, i, j), size (n_q, …, scale) or shape symbol (B, N_KV, …)."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class Param:
+    """A scalar runtime parameter of the cascade."""
+
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class Load:
+    """``tensor[indices]`` for a tensor parameter; out-of-range indices are clamped."""
+
+    tensor: str
+    indices: tuple["Expr", ...]
+    type: str
+
+
+@dataclass(frozen=True)
+class Ref:
+    """The value of an earlier stage at the current (b, h, i[, j])."""
+
+    stage: str
+    type: str
+
+
+@dataclass(frozen=True)
+class ValueRow:
+    """``v[j]``: the value vector of key j (only inside a ``Contract``'s weight extraction)."""
+
+    type: str = VEC
+
+
+@dataclass(frozen=True)
+class Dot:
+    """``Σ_d q[b, h, i, d] · k[b, h // (n_heads // n_kv_heads), j, d]``."""
+
+    type: str = FLOAT
+
+
+@dataclass(frozen=True)
+class Unary:
+    op: str  # "-" | "not"
+    operand: "Expr"
+    type: str
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: str  # + - * / // % **  < <= > >= == !=  and or
+    left: "Expr"
+    right: "Expr"
+    type: str
+
+
+@dataclass(frozen=True)
+class Call:
+    fn: str
+    args: tuple["Expr", ...]
+    type: str
+
+
+@dataclass(frozen=True)
+class Select:
+    cond: "Expr"
+    then: "Expr"
+    other: "Expr"
+    type: str
+
+
+@dataclass(frozen=True)
+class Reduce:
+    """``op_j{keep} body``: a reduction over the keys the mask keeps (empty: sum 0, max −inf)."""
+
+    op: str
+    body: "Expr"
+    type: str = FLOAT
+
+
+@dataclass(frozen=True)
+class Contract:
+    """``Σ_j{keep} weight[i, j] · v[j, f]``: the contraction with V."""
+
+    weight: "Expr"
+    type: str = VEC
+
+
+@dataclass(frozen=True)
+class Running:
+    """In a rescale factor: a running reduction's value before ("old") or after ("new") a tile."""
+
+    stage: str
+    when: str  # "old" | "new"
+    type: str = FLOAT
+
+
+Expr = Union[Const, Var, Param, Load, Ref, ValueRow, Dot, Unary, Binary, Call, Select, Reduce, Contract, Running]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    kind: str  # int | float | bool | tensor
+    elem: str | None = None  # element type of a tensor
+    dims: tuple[Expr, ...] = ()  # tensor shape, over DIM_VARS and int params
+    default: Expr | None = None  # over SIZE_VARS; evaluated at call time
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    ranks: tuple[str, ...]  # ROW or PAIR
+    expr: Expr
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def type(self) -> str:
+        return self.expr.type
+
+    @property
+    def is_reduction(self) -> bool:
+        return isinstance(self.expr, (Reduce, Contract))
+
+
+@dataclass(frozen=True)
+class Cascade:
+    name: str
+    params: tuple[ParamSpec, ...]
+    stages: tuple[Stage, ...]
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def stage(self, name: str) -> Stage:
+        for st in self.stages:
+            if st.name == name:
+                return st
+        raise KeyError(name)
+
+    def has_stage(self, name: str) -> bool:
+        return any(st.name == name for st in self.stages)
+
+    @property
+    def has_mask(self) -> bool:
+        return self.has_stage("keep")
+
+    @property
+    def has_lse(self) -> bool:
+        return self.has_stage("lse")
+
+    def param(self, name: str) -> ParamSpec:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------- traversal
+
+
+def children(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, Load):
+        return e.indices
+    if isinstance(e, Unary):
+        return (e.operand,)
+    if isinstance(e, Binary):
+        return (e.left, e.right)
+    if isinstance(e, Call):
+        return e.args
+    if isinstance(e, Select):
+        return (e.cond, e.then, e.other)
+    if isinstance(e, Reduce):
+        return (e.body,)
+    if isinstance(e, Contract):
+        return (e.weight,)
+    return ()
+
+
+def rebuild(e: Expr, kids: tuple[Expr, ...]) -> Expr:
+    """``e`` with its children replaced (same order as ``children``)."""
+    if isinstance(e, Load):
+        return Load(e.tensor, kids, e.type)
+    if isinstance(e, Unary):
+        return Unary(e.op, kids[0], e.type)
+    if isinstance(e, Binary):
+        return Binary(e.op, kids[0], kids[1], e.type)
+    if isinstance(e, Call):
+        return Call(e.fn, kids, e.type)
+    if isinstance(e, Select):
+        return Select(kids[0], kids[1], kids[2], e.type)
+    if isinstance(e, Reduce):
+        return Reduce(e.op, kids[0], e.type)
+    if isinstance(e, Contract):
+        return Contract(kids[0])
+    return e
+
+
+def walk(e: Expr):
+    """All nodes of ``e``, pre-order."""
+    stack = [e]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(children(node)))
+
+
+def transform(e: Expr, fn) -> Expr:
+    """Bottom-up rewrite: ``fn`` sees each node after its children were rewritten."""
+    kids = children(e)
+    if kids:
+        new = tuple(transform(k, fn) for k in kids)
+        if new != kids:
+            e = rebuild(e, new)
+    return fn(e)
+
+
+def refs(e: Expr) -> set[str]:
+    return {n.stage for n in walk(e) if isinstance(n, Ref)}
+
+
+def free_ranks(e: Expr, stage_ranks: dict[str, tuple[str, ...]]) -> set[str]:
+    """The query/key ranks (``i``, ``j``) ``e`` varies over; reductions remove ``j``."""
+    if isinstance(e, Var):
+        return {e.name} if e.name in ("i", "j") else set()
+    if isinstance(e, Ref):
+        return set(stage_ranks.get(e.stage, ()))
+    if isinstance(e, Dot):
+        return {"i", "j"}
+    if isinstance(e, ValueRow):
+        return {"j"}
+    if isinstance(e, (Reduce, Contract)):
+        return free_ranks(children(e)[0], stage_ranks) - {"j"} | {"i"}
+    out: set[str] = set()
+    for k in children(e):
+        out |= free_ranks(k, stage_ranks)
+    return out
