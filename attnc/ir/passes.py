@@ -229,8 +229,8 @@ def _prove_online(sym: _Symbolic, red: n.Stage, running: tuple[str, ...]) -> _Pr
     varying = sorted(str(s) for s in x.free_symbols & sym.j_syms)
     return _Proof(
         False, x,
-        f"the {relation} {_short(x)} under a change of {', '.join(running)} still depends on "
-        f"{', '.join(varying)}, which varies with j",
+        f"the {relation} of its terms under a change of {', '.join(running)} still depends on "
+        f"{', '.join(varying)}, which varies with j ({relation}: {_short(x, 90)})",
     )
 
 
