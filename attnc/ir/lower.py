@@ -647,7 +647,7 @@ def _lower_stage(stmt: ast.StageAssign, ctx: Ctx) -> None:
             stmt.target_span,
         )
     if stmt.name in RESERVED_STAGES:
-        raise SpecError(f"`{stmt.name}` is a reserved name in a norm (s, v, i, j, qk, keep are built in)", stmt.target_span)
+        raise SpecError(f"`{stmt.name}` is a reserved name in a norm (s, v, i, j, f, b, h, d, qk and keep are built in)", stmt.target_span)
     if stmt.name in st.ranks:
         raise SpecError(f"`{stmt.name}` is already defined in this norm", stmt.target_span)
     _check_new_name(stmt.name, stmt.target_span, ctx, "stage")
