@@ -464,7 +464,7 @@ def _bind_args(d: ast.Def, dscope: Scope, call: ast.Call, ctx: Ctx) -> dict:
     if len(call.args) > len(d.params):
         raise SpecError(
             f"`{d.name}` takes {len(d.params)} argument{'s' if len(d.params) != 1 else ''} "
-            f"but {len(call.args)} were given; it is {d.kind} {_signature(d)}",
+            f"but {len(call.args)} {'was' if len(call.args) == 1 else 'were'} given; it is {d.kind} {_signature(d)}",
             call.span,
         )
     given: dict[str, tuple[ast.Expr, Span | None]] = {}
