@@ -18,8 +18,10 @@ class Source:
     text: str
 
     def line(self, lineno: int) -> str:
-        lines = self.text.splitlines()
-        return lines[lineno - 1] if 1 <= lineno <= len(lines) else ""
+        # Lines end at "\n" only, as the lexer counts them (str.splitlines would also split
+        # at \r, \f and other separators and so disagree with reported line numbers).
+        lines = self.text.split("\n")
+        return lines[lineno - 1].rstrip("\r") if 1 <= lineno <= len(lines) else ""
 
 
 @dataclass(frozen=True)

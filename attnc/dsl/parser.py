@@ -316,17 +316,30 @@ def _deepest_span(src: Source, tree: Tree) -> Span | None:
     return None
 
 
+def _last_line(src: Source) -> int:
+    """The last line that has text (the line a missing ending is reported on)."""
+    lines = src.text.split("\n")
+    while len(lines) > 1 and not lines[-1].strip():
+        lines.pop()
+    return len(lines)
+
+
 def _syntax_error(src: Source, err: UnexpectedInput) -> SpecError:
     if isinstance(err, UnexpectedCharacters):
         ch = src.text[err.pos_in_stream] if 0 <= err.pos_in_stream < len(src.text) else "?"
-        what = "a tab or line break" if ch in "\t\r" else f"character {ch!r}"
+        if ch == "\r":
+            what = "carriage return (lines must end with \\n)"
+        elif ch.isprintable():
+            what = f"character {ch!r}"
+        else:
+            what = f"character U+{ord(ch):04X}"
         span = Span(src, err.line, err.column, err.line, err.column + 1)
         return SpecError(f"unexpected {what}", span)
     if isinstance(err, UnexpectedToken):
         tok = err.token
         expected = sorted({_describe_terminal(t) for t in err.expected if not t.startswith("__")})
         if tok.type == "$END" or not tok.line:
-            last_line = max(1, len(src.text.splitlines()))
+            last_line = _last_line(src)
             span = Span(src, last_line, len(src.line(last_line)) + 1, last_line, len(src.line(last_line)) + 2)
         elif tok.type in ("_NL", "_DEDENT", "_INDENT"):
             # Point at the end of the line that ended too early, not at the next line.
@@ -339,7 +352,7 @@ def _syntax_error(src: Source, err: UnexpectedInput) -> SpecError:
             msg += "; expected " + (expected[0] if len(expected) == 1 else "one of " + ", ".join(expected))
         return SpecError(msg, span)
     if isinstance(err, UnexpectedEOF):
-        last_line = max(1, len(src.text.splitlines()))
+        last_line = _last_line(src)
         return SpecError("unexpected end of file", Span(src, last_line, 1, last_line, 2))
     return SpecError(str(err).splitlines()[0], Span(src, 1, 1, 1, 2))
 
