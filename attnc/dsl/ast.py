@@ -148,6 +148,7 @@ class Let:
     name: str
     value: Expr
     span: Span | None = field(default=None, compare=False, repr=False)
+    name_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,7 @@ class Import:
     source: str | None  # a quoted path, or None for the library
     names: tuple[Name, ...]
     span: Span | None = field(default=None, compare=False, repr=False)
+    source_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

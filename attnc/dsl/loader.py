@@ -49,6 +49,9 @@ class Loader:
         self._files: dict[Path, Scope] = {}
         self._loading: list[Path] = []
         self._library: dict[str, Scope] = {}
+        # Results later layers derive from definitions (the lowering memoizes inlined calls
+        # here), so they live exactly as long as the parsed files they came from.
+        self.memo: dict = {}
 
     # ---- library
     def library_names(self) -> list[str]:
@@ -92,7 +95,7 @@ class Loader:
             reason = err.strerror or type(err).__name__
             raise SpecError(f"cannot read spec file {str(path)!r}: {reason}", span) from None
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # a leading byte-order mark is not part of the spec
         except UnicodeDecodeError as err:
             raise SpecError(f"spec file {str(path)!r} is not UTF-8 text (byte {err.start})", span) from None
         self._loading.append(key)
@@ -128,7 +131,7 @@ class Loader:
         path = Path(imp.source)
         if not path.is_absolute():
             path = (scope.base_dir or Path.cwd()) / path
-        target = self.load_path(path, span=imp.span)
+        target = self.load_path(path, span=imp.source_span or imp.span)
         if nm.id not in target.defs:
             raise SpecError(
                 f"{imp.source!r} defines no `{nm.id}`{suggest(nm.id, target.defs)}", nm.span

@@ -39,16 +39,17 @@ class _Indenter(PostLex):
         self.source: Source | None = None
 
     def process(self, stream):
-        depth = 0
+        opened: list[Token] = []  # brackets not yet closed, innermost last
         levels = [0]
         last = None
         for tok in stream:
             last = tok
             if tok.type == "_NL":
-                if depth > 0:  # newlines inside brackets continue the line
+                if opened:  # newlines inside brackets continue the line
                     continue
                 yield tok
-                indent_text = tok.value.rsplit("\n", 1)[-1]
+                # As in Python, a form feed resets the indentation count.
+                indent_text = tok.value.rsplit("\n", 1)[-1].rsplit("\f", 1)[-1]
                 indent = indent_text.count(" ") + indent_text.count("\t") * self.TAB_WIDTH
                 if indent > levels[-1]:
                     levels.append(indent)
@@ -67,10 +68,13 @@ class _Indenter(PostLex):
                         )
                 continue
             if tok.type in _OPEN:
-                depth += 1
-            elif tok.type in _CLOSE:
-                depth = max(0, depth - 1)
+                opened.append(tok)
+            elif tok.type in _CLOSE and opened:
+                opened.pop()
             yield tok
+        if opened:
+            tok = opened[-1]
+            raise SpecError(f"`{tok.value}` is never closed", _tok_span(self.source, tok))
         while len(levels) > 1:
             levels.pop()
             yield Token("_DEDENT", "", line=getattr(last, "end_line", 1), column=getattr(last, "end_column", 1))
@@ -121,14 +125,20 @@ class _ToAst(Transformer):
         return _LIBRARY
 
     def file_source(self, meta, c):
-        return c[0].value[1:-1]
+        return c[0].value[1:-1], self.ts(c[0])
 
     def import_stmt(self, meta, c):
-        source = None if c[0] is _LIBRARY else c[0]
-        names = tuple(ast.Name(t.value, self.ts(t)) for t in c[1:])
-        return ast.Import(source, names, self.sp(meta))
+        source = None if c[0] is _LIBRARY else c[0][0]
+        names = tuple(ast.Name(self.bind(t, "definition"), self.ts(t)) for t in c[1:])
+        return ast.Import(source, names, self.sp(meta), None if c[0] is _LIBRARY else c[0][1])
+
+    def bind(self, tok, what: str) -> str:
+        if tok.value in KEYWORDS:
+            raise SpecError(f"`{tok.value}` is a keyword and cannot name a {what}", self.ts(tok))
+        return tok.value
 
     def _def(self, kind, meta, name, params, body):
+        self.bind(name, kind)
         return ast.Def(kind, name.value, params or (), body, self.sp(meta), self.ts(name))
 
     def mask_short(self, meta, c):
@@ -155,7 +165,7 @@ class _ToAst(Transformer):
         return tuple(stmts)
 
     def let_stmt(self, meta, c):
-        return ast.Let(c[0].value, c[1], self.sp(meta))
+        return ast.Let(self.bind(c[0], "let"), c[1], self.sp(meta), self.ts(c[0]))
 
     def assign_stmt(self, meta, c):
         return ast.Assign(c[0].value, c[1], self.sp(meta), self.ts(c[0]))
@@ -163,14 +173,14 @@ class _ToAst(Transformer):
     def stage_stmt(self, meta, c):
         name, *idx, value = c
         return ast.StageAssign(
-            name.value, tuple(t.value for t in idx), value, self.sp(meta), self.ts(name).to(self.ts(idx[-1]))
+            self.bind(name, "stage"), tuple(t.value for t in idx), value, self.sp(meta), self.ts(name).to(self.ts(idx[-1]))
         )
 
     def params(self, meta, c):
         return tuple(p for p in c if p is not None)
 
     def param(self, meta, c):
-        return ast.Param(c[0].value, c[1], c[2], self.sp(meta))
+        return ast.Param(self.bind(c[0], "parameter"), c[1], c[2], self.sp(meta))
 
     def scalar_type(self, meta, c):
         return ast.ScalarType(c[0].value, self.sp(meta))
@@ -232,7 +242,10 @@ class _ToAst(Transformer):
         return ast.Name(c[0].value, self.sp(meta))
 
     def int_lit(self, meta, c):
-        return ast.Num(int(c[0].value), True, self.sp(meta))
+        digits = c[0].value.lstrip("0") or "0"
+        if len(digits) > 10:  # also keeps Python's int() limit on huge literals out of reach
+            raise SpecError(f"the integer {digits[:12]}... does not fit in 32 bits (kernels index with int32)", self.sp(meta))
+        return ast.Num(int(digits), True, self.sp(meta))
 
     def float_lit(self, meta, c):
         value = float(c[0].value)
@@ -248,6 +261,13 @@ class _ToAst(Transformer):
 
 
 _LIBRARY = object()
+
+# Words of the grammar; the contextual lexer would accept some of them as names, but a spec
+# that binds one would be unreadable (and unprintable), so binding sites reject them.
+KEYWORDS = frozenset({
+    "mask", "score", "norm", "attention", "let", "from", "import", "for", "if", "else", "and", "or",
+    "not", "int", "float", "bool", "tensor", "library", "True", "False",
+})
 
 _FRIENDLY = {
     "NAME": "a name",
@@ -279,14 +299,15 @@ def _describe_terminal(name: str) -> str:
 
 
 def _describe_token(tok: Token) -> str:
+    """What was found, phrased to follow the word "unexpected"."""
     if tok.type == "$END":
-        return "the end of the file"
+        return "end of file"
     if tok.type == "_NL":
-        return "the end of the line"
+        return "end of line"
     if tok.type == "_INDENT":
-        return "an indented line"
+        return "indentation"
     if tok.type == "_DEDENT":
-        return "the end of the block"
+        return "end of the indented block"
     return f"`{tok.value}`"
 
 
@@ -337,11 +358,27 @@ def _syntax_error(src: Source, err: UnexpectedInput) -> SpecError:
         return SpecError(f"unexpected {what}", span)
     if isinstance(err, UnexpectedToken):
         tok = err.token
-        expected = sorted({_describe_terminal(t) for t in err.expected if not t.startswith("__")})
+        # The parser's own view of what may come next (err.expected is the lexer state's).
+        try:
+            accepted = err.interactive_parser.accepts()
+        except Exception:  # older lark, or no interactive parser: fall back to the lexer's set
+            accepted = err.expected
+        expected = sorted({_describe_terminal(t) for t in accepted if not t.startswith("__")})
+        if accepted == {"_INDENT"}:
+            if tok.type == "$END" or not tok.line:  # just past the `:` on the last line
+                line = _last_line(src)
+                col = len(src.line(line).rstrip()) + 1
+            else:  # a newline/dedent sits right after the `:`; anything else starts the next line
+                line, col = tok.line, tok.column
+            return SpecError("expected an indented block after `:`", Span(src, line, col, line, col + 1))
         if tok.type == "$END" or not tok.line:
             last_line = _last_line(src)
             span = Span(src, last_line, len(src.line(last_line)) + 1, last_line, len(src.line(last_line)) + 2)
-        elif tok.type in ("_NL", "_DEDENT", "_INDENT"):
+        elif tok.type == "_INDENT":
+            # The indented line itself, from its first column to its first character.
+            line = tok.end_line or tok.line
+            span = Span(src, line, 1, line, max(2, tok.end_column or 2))
+        elif tok.type in ("_NL", "_DEDENT"):
             # Point at the end of the line that ended too early, not at the next line.
             line = tok.line
             span = Span(src, line, tok.column, line, tok.column + 1)
@@ -357,6 +394,16 @@ def _syntax_error(src: Source, err: UnexpectedInput) -> SpecError:
     return SpecError(str(err).splitlines()[0], Span(src, 1, 1, 1, 2))
 
 
+def _first_code_line(text: str) -> tuple[int, str] | None:
+    for k, line in enumerate(text.split("\n"), start=1):
+        stripped = line.strip(" \t\f\r")
+        if stripped and not stripped.startswith("#"):
+            return k, line
+        if stripped.startswith("#"):
+            return None  # after a comment line the indenter sees (and reports) the indentation
+    return None
+
+
 def parse(text: str, filename: str = "<string>") -> ast.Module:
     """Parse spec text into an ``ast.Module``; raises ``SpecError`` on any problem."""
     if not isinstance(text, str):
@@ -366,6 +413,10 @@ def parse(text: str, filename: str = "<string>") -> ast.Module:
         line = text[: text.index("\x00")].count("\n") + 1
         col = text.index("\x00") - (text.rfind("\n", 0, text.index("\x00")) + 1) + 1
         raise SpecError("unexpected NUL character", Span(src, line, col, line, col + 1))
+    first = _first_code_line(text)
+    if first is not None and first[1][:1] in (" ", "\t"):
+        width = len(first[1]) - len(first[1].lstrip(" \t\f"))
+        raise SpecError("unexpected indentation", Span(src, first[0], 1, first[0], width + 1))
     body = text if text.endswith("\n") else text + "\n"
     parser = _lark()
     indenter = parser.options.postlex

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..dsl import ast
 from ..dsl.errors import Span, SpecError, suggest
 from ..dsl.loader import Scope
+from ..dsl.parser import KEYWORDS
 from . import nodes as n
 from .simplify import simplify
 from .verify import verify
@@ -122,6 +123,11 @@ def _words(t: str) -> str:
     return _TYPE_WORDS.get(t, t)
 
 
+def _a(word: str) -> str:
+    """``word`` with its indefinite article: "a mask", "an attention"."""
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
 def _promote(e: n.Expr, to: str) -> n.Expr:
     if e.type == to:
         return e
@@ -186,13 +192,15 @@ def _lower_name(e: ast.Name, ctx: Ctx) -> n.Expr:
 
 
 def _unknown(name: str, span: Span | None, ctx: Ctx, what: str = "name"):
+    if name in KEYWORDS:
+        raise SpecError(f"`{name}` is a keyword, not a {what}", span)
     pool = set(ctx.env) | ctx.scope.visible_names() | set(FUNCTIONS)
     if ctx.kind == "norm":
         pool |= {"s", "v"}
     hint = suggest(name, pool)
     extra = ""
     if not hint and name in ALL_BUILTINS:
-        extra = f" (`{name}` is not available in a {ctx.kind if ctx.kind != 'attention' else 'attention body'})"
+        extra = f" (`{name}` is not available in {_a(ctx.kind if ctx.kind != 'attention' else 'attention body')})"
     raise SpecError(f"unknown {what} `{name}`{hint}{extra}", span)
 
 
@@ -252,6 +260,10 @@ def _lower_binop(e: ast.BinOp, ctx: Ctx) -> n.Expr:
         return n.Binary(op, a, b, n.INT)
     if op in ("/", "**") or n.FLOAT in (a.type, b.type):
         return n.Binary(op, _promote(a, n.FLOAT), _promote(b, n.FLOAT), n.FLOAT)
+    if isinstance(a, n.Const) and isinstance(b, n.Const) and op in ("+", "-", "*"):
+        value = {"+": a.value + b.value, "-": a.value - b.value, "*": a.value * b.value}[op]
+        if not -(INT32_MAX + 1) <= value <= INT32_MAX:
+            raise SpecError(f"`{_describe(e)}` is {value}, which does not fit in 32 bits (kernels compute with int32)", e.span)
     return n.Binary(op, a, b, n.INT)
 
 
@@ -408,6 +420,10 @@ def _lower_reduce(e: ast.Reduce, ctx: Ctx, into: str | None = None) -> n.Expr:
     if e.var != "j":
         raise SpecError(f"reductions run over the key index j, not `{e.var}`", e.var_span)
     body = lower_expr(e.body, ctx.child(in_reduce=True, in_sum=(e.op == "sum")))
+    if any(isinstance(x, n.Ref) and x.type == n.VEC for x in n.walk(body)):
+        raise SpecError(
+            "a sum over v[j] is a value vector; it cannot be used inside another reduction", e.body.span
+        )
     if body.type == n.BOOL:
         raise SpecError(f"`{e.op}` needs numbers, but `{_describe(e.body)}` is a bool", e.body.span)
     if body.type == n.VEC:
@@ -458,8 +474,12 @@ def _signature(d: ast.Def) -> str:
     return f"{d.name}{print_params(d.params) or '()'}"
 
 
-def _bind_args(d: ast.Def, dscope: Scope, call: ast.Call, ctx: Ctx) -> dict:
-    """Callee parameter name → binding, from the call's arguments and the defaults."""
+def _bind_args(d: ast.Def, dscope: Scope, call: ast.Call, ctx: Ctx, per_query: bool = False) -> dict:
+    """Callee parameter name → binding, from the call's arguments and the defaults.
+
+    ``per_query``: the arguments of a norm are per-query values; they may not vary with the key
+    (nor read the score), since the norm uses them outside its reductions too.
+    """
     params = {p.name: p for p in d.params}
     if len(call.args) > len(d.params):
         raise SpecError(
@@ -487,9 +507,15 @@ def _bind_args(d: ast.Def, dscope: Scope, call: ast.Call, ctx: Ctx) -> dict:
             continue
         node, span = given[p.name]
         if isinstance(p.type, ast.TensorType):
-            env[p.name] = _tensor_arg(p, node, ctx)
+            env[p.name] = _tensor_arg(p, node, ctx, dscope)
             continue
         x = lower_expr(node, ctx)
+        if per_query and (n.free_ranks(x, {"qk": n.PAIR}) & {"j"}):
+            raise SpecError(
+                f"argument `{p.name}` of norm `{d.name}` must be the same for every key, but "
+                f"`{_describe(node)}` depends on the key (kv_idx or score)",
+                node.span,
+            )
         env[p.name] = Value(_coerce(x, p.type.kind, node, f"argument `{p.name}` of `{d.name}`"), "argument")
     return env
 
@@ -504,7 +530,7 @@ def _coerce(x: n.Expr, want: str, node: ast.Expr | None, what: str) -> n.Expr:
     raise SpecError(f"{what} is declared {want}, but {shown} is {_words(x.type)}", span)
 
 
-def _tensor_arg(p: ast.Param, node: ast.Expr, ctx: Ctx) -> Tensor:
+def _tensor_arg(p: ast.Param, node: ast.Expr, ctx: Ctx, dscope: Scope) -> Tensor:
     b = ctx.env.get(node.id) if isinstance(node, ast.Name) else None
     if not isinstance(b, Tensor):
         raise SpecError(f"parameter `{p.name}` is a tensor; pass a tensor parameter's name", node.span)
@@ -513,6 +539,20 @@ def _tensor_arg(p: ast.Param, node: ast.Expr, ctx: Ctx) -> Tensor:
         raise SpecError(f"`{p.name}` is a tensor of rank {want_rank}, but `{node.id}` has rank {got_rank}", node.span)
     if p.type.elem != b.spec.elem:
         raise SpecError(f"`{p.name}` holds {p.type.elem} elements, but `{node.id}` holds {b.spec.elem}", node.span)
+    # Shapes over the size symbols alone (no int parameters) must agree exactly.
+    dim_ctx = Ctx("dim", dscope, _builtins("dim"))
+    for k, (want, have) in enumerate(zip(p.type.dims, b.spec.dims)):
+        try:
+            want_ir = simplify(lower_expr(want, dim_ctx))
+        except SpecError:
+            continue  # depends on the callee's int parameters: checked when the tensor arrives
+        if not _has(have, n.Param) and want_ir != have:
+            from .printer import expr_text
+
+            raise SpecError(
+                f"dimension {k} of `{p.name}` is {expr_text(want_ir)}, but `{node.id}` declares {expr_text(have)}",
+                node.span,
+            )
     return b
 
 
@@ -535,10 +575,10 @@ def _call_def(found: tuple[ast.Def, Scope], call: ast.Call, ctx: Ctx) -> n.Expr:
         elif ctx.kind in ("default", "dim"):
             why = "parameter defaults and shapes may use only sizes"
         elif d.kind == "score":
-            why = f"a score function needs `score`, which a {ctx.kind} does not have"
+            why = f"a score function needs `score`, which {_a(ctx.kind)} does not have"
         else:
-            why = f"it cannot be used in a {ctx.kind}"
-        raise SpecError(f"`{d.name}` is a {d.kind}; {why}", call.span)
+            why = f"it cannot be used in {_a(ctx.kind)}"
+        raise SpecError(f"`{d.name}` is {_a(d.kind)}; {why}", call.span)
     env = _builtins(d.kind)
     inner = Ctx(d.kind, dscope, env, ctx.stack + (key,))
     # Arguments are lowered in the caller's context; defaults in the callee's file.
@@ -547,7 +587,13 @@ def _call_def(found: tuple[ast.Def, Scope], call: ast.Call, ctx: Ctx) -> n.Expr:
     if d.kind == "score":
         current = ctx.env.get("score")
         env["score"] = current if current is not None else Value(_raw_score(), "built-in")
-    return _run_body(d, inner)
+    # Inlining is pure: the same definition with the same arguments (and incoming score) lowers
+    # to the same IR, so a chain of definitions each using the previous twice stays linear.
+    memo_key = ("call", key, tuple(sorted((k, v) for k, v in args.items())), env.get("score"))
+    memo = dscope.loader.memo
+    if memo_key not in memo:
+        memo[memo_key] = _run_body(d, inner)
+    return memo[memo_key]
 
 
 def _check_new_name(name: str, span, ctx: Ctx, what: str) -> None:
@@ -566,7 +612,7 @@ def _run_body(d: ast.Def, ctx: Ctx) -> n.Expr:
     result = None
     for stmt in d.body:
         if isinstance(stmt, ast.Let):
-            _check_new_name(stmt.name, stmt.span, ctx, "let")
+            _check_new_name(stmt.name, stmt.name_span or stmt.span, ctx, "let")
             ctx.env[stmt.name] = Value(lower_expr(stmt.value, ctx), "let")
         elif isinstance(stmt, ast.Assign) and stmt.target == d.kind:
             if d.kind == "mask" and result is not None:
@@ -597,7 +643,7 @@ def _lower_part(stmt: ast.Assign, ctx: Ctx) -> n.Expr:
 
 def _bad_stmt(stmt, kind: str) -> None:
     if isinstance(stmt, ast.StageAssign):
-        raise SpecError(f"cascade lines like `{stmt.name}[...] = ...` belong in a norm, not in a {kind}", stmt.target_span)
+        raise SpecError(f"cascade lines like `{stmt.name}[...] = ...` belong in a norm, not in {_a(kind)}", stmt.target_span)
     if isinstance(stmt, ast.Assign):
         if kind == "attention":
             raise SpecError(
@@ -608,7 +654,7 @@ def _bad_stmt(stmt, kind: str) -> None:
             hint = "out[i]" if stmt.target == "out" else "lse[i]" if stmt.target == "lse" else f"{stmt.target}[i]"
             raise SpecError(f"norm lines are indexed: write `{hint} = ...`", stmt.target_span)
         raise SpecError(
-            f"a {kind} definition assigns only `{kind} = ...`; use `let {stmt.target} = ...` for a local name",
+            f"{_a(kind)} definition assigns only `{kind} = ...`; use `let {stmt.target} = ...` for a local name",
             stmt.target_span,
         )
     raise SpecError("unexpected statement", getattr(stmt, "span", None))
@@ -621,14 +667,14 @@ def _lower_norm(d: ast.Def, dscope: Scope, call: ast.Call, ctx: Ctx) -> list[n.S
     key = (dscope.name, d.name)
     if key in ctx.stack:
         raise SpecError(f"`{d.name}` is defined in terms of itself", call.span)
-    args = _bind_args(d, dscope, call, ctx)
+    args = _bind_args(d, dscope, call, ctx, per_query=True)
     env = _builtins("norm")
     env.update(args)
     state = NormState()
     nctx = Ctx("norm", dscope, env, ctx.stack + (key,), norm=state)
     for stmt in d.body:
         if isinstance(stmt, ast.Let):
-            _check_new_name(stmt.name, stmt.span, nctx, "let")
+            _check_new_name(stmt.name, stmt.name_span or stmt.span, nctx, "let")
             env[stmt.name] = Value(lower_expr(stmt.value, nctx), "let")
         elif isinstance(stmt, ast.StageAssign):
             _lower_stage(stmt, nctx)
@@ -715,8 +761,7 @@ def _param_specs(d: ast.Def, scope: Scope) -> tuple[list[n.ParamSpec], dict]:
                 default = simplify(_lower_default(p, scope))
             spec = n.ParamSpec(p.name, p.type.kind, None, (), default, p.span)
             env[p.name] = Value(n.Param(p.name, p.type.kind), "parameter")
-            if p.type.kind == n.INT:
-                dim_env[p.name] = env[p.name]
+            dim_env[p.name] = env[p.name]  # non-ints too, so `tensor[f]` says f is a float
         specs.append(spec)
     return specs, env
 
@@ -754,7 +799,7 @@ def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
     norm_call: tuple | None = None
     for stmt in d.body:
         if isinstance(stmt, ast.Let):
-            _check_new_name(stmt.name, stmt.span, ctx, "let")
+            _check_new_name(stmt.name, stmt.name_span or stmt.span, ctx, "let")
             env[stmt.name] = Value(lower_expr(stmt.value, ctx), "let")
         elif isinstance(stmt, ast.Assign) and stmt.target == "score":
             score = _lower_part(stmt, ctx)
@@ -770,13 +815,25 @@ def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
         else:
             _bad_stmt(stmt, "attention")
     if norm_call is None:
-        found = scope.lookup(DEFAULT_NORM)
-        if found is None or found[0].kind != "norm":
-            raise SpecError(f"attention `{d.name}` has no `norm = ...` and the default `{DEFAULT_NORM}` is not available", d.name_span)
-        norm_call = (found, ast.Call(DEFAULT_NORM, (), (), d.name_span, d.name_span))
+        norm_call = _default_norm(d, scope)
     (nd, nscope), call = norm_call
     stages = _lower_norm(nd, nscope, call, ctx)
     return _assemble(d.name, specs, score, mask, stages, d.span)
+
+
+def _default_norm(d: ast.Def, scope: Scope):
+    """The norm used when none is named: the library's softmax, unless something hides it."""
+    found = scope.lookup(DEFAULT_NORM)
+    if found is None:
+        raise SpecError(f"`{d.name}` names no norm and the default `{DEFAULT_NORM}` is not available", d.name_span)
+    if found[0].kind != "norm":
+        hider = found[0]
+        raise SpecError(
+            f"{_a(hider.kind)} named `{DEFAULT_NORM}` (line {hider.name_span.line if hider.name_span else '?'}) hides "
+            f"the library norm `{DEFAULT_NORM}` that `{d.name}` uses by default; rename it",
+            d.name_span,
+        )
+    return found, ast.Call(DEFAULT_NORM, (), (), d.name_span, d.name_span)
 
 
 def _norm_target(stmt: ast.Assign, scope: Scope):
@@ -792,8 +849,26 @@ def _norm_target(stmt: ast.Assign, scope: Scope):
         pool = [k for k in scope.visible_names() if (scope.lookup(k) or (None,))[0] is not None]
         raise SpecError(f"unknown norm `{call.func}`{suggest(call.func, pool)}", call.func_span)
     if found[0].kind != "norm":
-        raise SpecError(f"`{call.func}` is a {found[0].kind}, not a norm", call.func_span)
+        where = "" if found[1] is not scope or not scope.loader.library_def(call.func) else (
+            f"; it hides the library norm `{call.func}` — rename it or import the library one under another name")
+        raise SpecError(f"`{call.func}` is {_a(found[0].kind)}, not a norm{where}", call.func_span)
     return found, call
+
+
+def check_def_names(module: ast.Module) -> None:
+    """Definitions may not take built-in names (checked for the whole file before lowering,
+    so a use of the name elsewhere cannot hit the built-in first)."""
+    for d in module.defs:
+        _check_def_name(d)
+
+
+def _check_def_name(d: ast.Def) -> None:
+    # Masks and scores are called in expressions, where functions win; norms and attentions are
+    # only named after `norm =` or used whole, so `norm relu` and `norm sigmoid` are fine.
+    if d.name in ALL_BUILTINS or (d.kind in ("mask", "score") and d.name in FUNCTIONS):
+        raise SpecError(f"`{d.name}` is a built-in name; choose another name for this {d.kind}", d.name_span)
+    if d.name.startswith("_"):
+        raise SpecError(f"names starting with `_` are reserved for the compiler: `{d.name}`", d.name_span)
 
 
 def lower_def(d: ast.Def, scope: Scope) -> n.Cascade:
@@ -803,6 +878,7 @@ def lower_def(d: ast.Def, scope: Scope) -> n.Cascade:
     it with everything else at its default (no mask, plain score, softmax), keeping its
     parameters, so ``attnc explain causal.attn`` shows a complete cascade.
     """
+    _check_def_name(d)
     if d.kind == "attention":
         return lower_attention(d, scope)
     specs, env = _param_specs(d, scope)
@@ -821,10 +897,7 @@ def lower_def(d: ast.Def, scope: Scope) -> n.Cascade:
         else:
             score = value
     if norm is None:
-        found = scope.lookup(DEFAULT_NORM)
-        if found is None or found[0].kind != "norm":
-            raise SpecError(f"the default norm `{DEFAULT_NORM}` is not available to explain `{d.name}`", d.name_span)
-        norm = (found, ast.Call(DEFAULT_NORM, (), (), d.name_span, d.name_span))
+        norm = _default_norm(d, scope)
     (nd, nscope), ncall = norm
     stages = _lower_norm(nd, nscope, ncall, ctx)
     return _assemble(d.name, specs, score, mask, stages, d.span)

@@ -61,7 +61,7 @@ def _fold(e: n.Expr) -> n.Expr:
                 return a
     if isinstance(e, n.Select) and isinstance(e.cond, n.Const):
         return e.then if e.cond.value else e.other
-    if isinstance(e, n.Call) and e.fn == "float" and isinstance(e.args[0], n.Const):
+    if isinstance(e, n.Call) and e.fn == "float" and isinstance(e.args[0], n.Const) and abs(e.args[0].value) <= _MAX_FOLDED_INT:
         return n.Const(float(e.args[0].value), n.FLOAT)
     return e
 
@@ -138,9 +138,19 @@ def _first_leaf(t: sp.Expr, order: dict) -> int:
     return min(syms) if syms else len(order) + 1
 
 
+_MAX_TERMS = 32
+
+
 def _canonical_int(e: n.Expr) -> n.Expr:
     leaves: dict = {}
-    x = sp.expand(_to_sympy(e, leaves))
+    raw = _to_sympy(e, leaves)
+    if sp.count_ops(raw) > 4 * _MAX_TERMS:
+        return e
+    x = sp.expand(raw)
+    terms = sp.Add.make_args(x)
+    # Expanding can blow up ((a + b)^8) or create constants beyond int32: keep the original then.
+    if len(terms) > _MAX_TERMS or any(abs(int(c)) > _MAX_FOLDED_INT for c in x.atoms(sp.Integer)):
+        return e
     order = {sym: k for k, sym in enumerate(leaves)}
     try:
         return _from_sympy(x, leaves, order)

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..dsl import ast
 from ..dsl.errors import SpecError
 from ..dsl.loader import Loader, Scope
-from ..ir.lower import lower_def
+from ..ir.lower import check_def_names, lower_def
 from ..ir.nodes import Cascade
 from ..library import LIBRARY_DIR
 
@@ -62,9 +62,17 @@ def _loader() -> Loader:
 
 
 def _lower_all(scope: Scope) -> SpecFile:
+    check_def_names(scope.module)
     cascades = {}
     for d in scope.module.defs:
-        cascades[d.name] = lower_def(d, scope)
+        try:
+            cascades[d.name] = lower_def(d, scope)
+        except RecursionError:
+            raise SpecError(
+                f"`{d.name}` expands into an expression too deep to compile; split it with `let` "
+                f"or simpler definitions",
+                d.name_span,
+            ) from None
     return SpecFile(scope.name, scope.module, cascades)
 
 

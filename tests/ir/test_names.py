@@ -6,6 +6,7 @@ import pytest
 
 import attnc
 from attnc.ir.names import kernel_ident
+from attnc.ir.passes import _plan_cached
 from tests.conftest import example_files, library_files
 
 
@@ -13,20 +14,26 @@ def test_front_half_never_evals(monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("eval/exec called")
 
+    def run_all():
+        for path in library_files() + example_files():
+            for c in attnc.spec_from_file(path).cascades.values():
+                attnc.plan_passes(c)
+
+    run_all()  # first, unpatched: Python's import machinery (sympy imports lazily) uses exec
+    _plan_cached.cache_clear()
     monkeypatch.setattr(builtins, "eval", forbidden)
     monkeypatch.setattr(builtins, "exec", forbidden)
-    for path in library_files() + example_files():
-        spec = attnc.spec_from_file(path)
-        for c in spec.cascades.values():
-            attnc.plan_passes(c)
+    run_all()
     hostile = (
-        "attention __import__(os: int = 1, exec: float = 2.0):\n"
+        "attention import_(os: int = 1, exec: float = 2.0, eval: bool = True):\n"
         "    let lambda_ = os\n"
         "    score = score * exec\n"
         "    mask = kv_idx < lambda_\n"
     )
     spec = attnc.spec_from_text(hostile)
-    assert [p.name for p in spec.cascade().params] == ["os", "exec"]
+    assert [p.name for p in spec.cascade().params] == ["os", "exec", "eval"]
+    with pytest.raises(attnc.SpecError, match="reserved for the compiler"):
+        attnc.spec_from_text("mask __import__ = True\n")
 
 
 def test_strings_are_only_import_paths():

@@ -125,9 +125,9 @@ def _sliding_window(s, prm):
 
 
 def _chunked(s, prm):
-    c = prm["chunk"]
-    # as written in chunked.attn: floor(i / chunk) == floor(j / chunk), i and j absolute indices
-    return TorchSide(mask_mod=lambda b, h, i, j: torch.div(i, c, rounding_mode="floor") == torch.div(j, c, rounding_mode="floor"))
+    off, c = s.off, prm["chunk"]
+    # as written in chunked.attn: floor(p / chunk) == floor(j / chunk), p = i + n_kv - n_q
+    return TorchSide(mask_mod=lambda b, h, i, j: torch.div(i + off, c, rounding_mode="floor") == torch.div(j, c, rounding_mode="floor"))
 
 
 def _prefix_lm(s, prm):
