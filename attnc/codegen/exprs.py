@@ -1,0 +1,131 @@
+"""The one expression printer: IR expressions → Triton source.
+
+Every value in a kernel has one of four shapes, and the printer broadcasts operands to the
+shape the consumer needs:
+
+    scalar   b, h, sizes, runtime parameters         plain
+    row      per query: [BLOCK_M]                     `x` in row context, `x[:, None]` in pair/vec context
+    col      per key: [BLOCK_N]                       `x[None, :]` in pair context
+    pair     [BLOCK_M, BLOCK_N]
+
+Integer `//` and `%` are floor division and modulo (the spec language's meaning, total: x // 0
+is 0 and x % 0 is x); they and the functions Triton lacks on some backends (`tanh`, `log1p`,
+`softplus`, float `**`) are small helpers the kernel template defines once.
+Spec identifiers are never printed as they are: ``names`` maps each parameter and stage to the
+generated name (see ``ir/names.py``).
+"""
+
+from __future__ import annotations
+
+from ..ir import nodes as n
+
+_TL_TYPES = {n.INT: "tl.int32", n.FLOAT: "tl.float32", n.BOOL: "tl.int1"}
+
+
+class ExprPrinter:
+    """Prints IR expressions in one of the contexts ``pair``, ``row`` or ``vec``."""
+
+    def __init__(self, stage_ranks: dict[str, tuple[str, ...]], names: dict[str, str], loads):
+        self.stage_ranks = stage_ranks
+        self.names = names  # stage/param → generated identifier
+        self.loads = loads  # callable(Load, ctx) → source of the (clamped) load
+
+    def __call__(self, e: n.Expr, ctx: str) -> str:
+        return self.p(e, ctx)
+
+    # -- leaves
+    def p(self, e: n.Expr, ctx: str) -> str:
+        if isinstance(e, n.Const):
+            return _const(e)
+        if isinstance(e, n.Var):
+            if e.name == "i":
+                return "offs_m" if ctx == "row" else "offs_m[:, None]"
+            if e.name == "j":
+                return "offs_n[None, :]"
+            return {"b": "off_b", "h": "off_h", "n_q": "n_q", "n_kv": "n_kv", "head_dim": "head_dim",
+                    "n_heads": "n_heads", "n_kv_heads": "n_kv_heads", "scale": "scale"}[e.name]
+        if isinstance(e, n.Param):
+            return self.names[e.name]
+        if isinstance(e, n.Load):
+            return self.loads(e, ctx)
+        if isinstance(e, n.Ref):
+            name = self.names[e.stage]
+            ranks = self.stage_ranks[e.stage]
+            if ranks == n.ROW and e.type != n.VEC and ctx in ("pair", "vec"):
+                return f"{name}[:, None]"
+            return name
+        if isinstance(e, n.Running):
+            base = self.names[e.stage]
+            name = f"{base}_old" if e.when == "old" else base
+            return name if ctx == "row" else f"{name}[:, None]"
+        if isinstance(e, n.Unary):
+            x = self.p(e.operand, ctx)
+            return f"({x} == 0)" if e.op == "not" else f"(-{x})"
+        if isinstance(e, n.Binary):
+            return self.binary(e, ctx)
+        if isinstance(e, n.Select):
+            return f"tl.where({self.p(e.cond, ctx)}, {self.p(e.then, ctx)}, {self.p(e.other, ctx)})"
+        if isinstance(e, n.Call):
+            return self.call(e, ctx)
+        raise TypeError(f"the kernel printer cannot print {type(e).__name__}")
+
+    def binary(self, e: n.Binary, ctx: str) -> str:
+        a, b = self.p(e.left, ctx), self.p(e.right, ctx)
+        op = e.op
+        if op == "and":
+            return f"({a} & {b})"
+        if op == "or":
+            return f"({a} | {b})"
+        if op == "//":
+            return f"_fdiv({a}, {b})"
+        if op == "%":
+            return f"_fmod({a}, {b})"
+        if op == "**":
+            return f"_pow({a}, {b})"
+        if op == "/" and e.type == n.FLOAT:
+            return f"({a} / {b})"
+        return f"({a} {op} {b})"
+
+    def call(self, e: n.Call, ctx: str) -> str:
+        args = [self.p(x, ctx) for x in e.args]
+        x = args[0]
+        fn = e.fn
+        simple = {"exp": "tl.exp", "exp2": "tl.exp2", "log": "tl.log", "log2": "tl.log2", "sqrt": "tl.sqrt",
+                  "rsqrt": "tl.rsqrt", "sigmoid": "tl.sigmoid", "sin": "tl.sin", "cos": "tl.cos", "abs": "tl.abs"}
+        if fn in simple:
+            return f"{simple[fn]}({x})"
+        if fn in ("tanh", "log1p", "softplus"):  # helpers defined in the kernel template
+            return f"_{fn}({x})"
+        if fn == "relu":
+            return f"tl.maximum({x}, {'0' if e.type == n.INT else '0.0'})"
+        if fn in ("min", "max"):
+            out = x
+            for y in args[1:]:
+                out = f"tl.{'minimum' if fn == 'min' else 'maximum'}({out}, {y})"
+            return out
+        if fn == "clamp":
+            return f"tl.minimum(tl.maximum({x}, {args[1]}), {args[2]})"
+        if fn == "floor":
+            return f"tl.floor({x}).to(tl.int32)"
+        if fn == "ceil":
+            return f"tl.ceil({x}).to(tl.int32)"
+        if fn == "float":
+            return f"({x}).to(tl.float32)"
+        raise TypeError(f"the kernel printer has no function {fn}")
+
+
+def _const(c: n.Const) -> str:
+    if c.type == n.BOOL:
+        return "True" if c.value else "False"
+    if c.type == n.INT:
+        return str(int(c.value))
+    v = float(c.value)
+    if v != v:
+        return 'float("nan")'
+    if v in (float("inf"), float("-inf")):
+        return 'float("inf")' if v > 0 else 'float("-inf")'
+    return repr(v)
+
+
+def tl_type(t: str) -> str:
+    return _TL_TYPES[t]

@@ -1,0 +1,210 @@
+"""Cascade + pass plan → the Triton source of a forward kernel.
+
+Python decides every line here; ``forward.py.jinja`` only places them. One program handles a
+query tile of one (batch, head); each pass of the plan is one loop over the key tiles. Inside a
+loop the stages run in cascade order: pair maps become tile variables, j-reductions of the pass
+update their running state — rescaled by the factor the pass analysis proved — and per-query
+maps are recomputed where the pass reads them. Nothing here knows a normalization by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from ..ir import nodes as n
+from ..ir.names import kernel_ident
+from ..ir.passes import PassPlan, plan_passes
+from ..ir.printer import cascade_text
+from .exprs import ExprPrinter
+
+CODEGEN_VERSION = "1"
+KERNEL_NAME = "attnc_fwd"
+_TEMPLATE_DIR = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Specialization:
+    """What a generated source depends on besides the cascade (all of it is in the cache key)."""
+
+    dtype: str  # "float32" | "float16" | "bfloat16"
+    interpret: bool  # Triton's interpreter (CPU) instead of a compiled kernel
+
+    @property
+    def upcast(self) -> bool:
+        # fp32 dots for fp32 inputs, and for bf16 in the interpreter, whose bf16 tl.dot is wrong.
+        return self.dtype == "float32" or (self.interpret and self.dtype == "bfloat16")
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    text: str
+    kernel_name: str
+    tensor_params: tuple[n.ParamSpec, ...]  # in argument order
+    scalar_params: tuple[n.ParamSpec, ...]
+    has_lse: bool
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+class _Builder:
+    def __init__(self, c: n.Cascade, plan: PassPlan):
+        self.c = c
+        self.plan = plan
+        self.stages = {st.name: st for st in c.stages}
+        self.ranks = {st.name: st.ranks for st in c.stages}
+        self.names = {st.name: ("qk" if st.name == "qk" else "keep" if st.name == "keep" else kernel_ident(st.name, "s"))
+                      for st in c.stages}
+        for p in c.params:
+            self.names[p.name] = kernel_ident(p.name)
+        self.printer = ExprPrinter(self.ranks, self.names, self._load)
+        self.pass_of = {r.stage: r.pass_index for r in plan.reductions}
+
+    # -- tensor parameter reads: indices clamped into range, as in the reference
+    def _load(self, e: n.Load, ctx: str) -> str:
+        t = kernel_ident(e.tensor)
+        offset = " + ".join(
+            f"tl.minimum(tl.maximum({self.printer(ix, ctx)}, 0), {t}_size{k} - 1) * {t}_stride{k}"
+            for k, ix in enumerate(e.indices)
+        )
+        value = f"tl.load({t} + {offset})"
+        if e.type == n.INT:
+            return f"{value}.to(tl.int32)"
+        if e.type == n.BOOL:
+            return f"({value} != 0)"
+        return f"{value}.to(tl.float32)"
+
+    def expr(self, e: n.Expr, ctx: str) -> str:
+        return self.printer(e, ctx)
+
+    # -- which stages a pass needs
+    def _needed_in_pass(self, k: int) -> set[str]:
+        need: set[str] = set()
+        todo = [r.stage for r in self.plan.in_pass(k)]
+        while todo:
+            name = todo.pop()
+            if name in need:
+                continue
+            need.add(name)
+            for ref in n.refs(self.stages[name].expr):
+                st = self.stages[ref]
+                if st.is_reduction and self.pass_of[ref] != k:
+                    continue  # complete from an earlier pass: a plain variable
+                todo.append(ref)
+        need.add("keep") if "keep" in self.stages else None
+        return need
+
+    def pass_block(self, k: int) -> dict:
+        self.factors: dict[str, str] = {}
+        reductions = {r.stage: r for r in self.plan.in_pass(k)}
+        need = self._needed_in_pass(k)
+        olds = sorted({x.stage for r in reductions.values() if r.rescale is not None
+                       for x in n.walk(r.rescale) if isinstance(x, n.Running) and x.when == "old"})
+        init, body = [], []
+        for name, r in reductions.items():
+            var = self.names[name]
+            if r.op == "contract":
+                init.append(f"{var} = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)")
+            else:
+                fill = {"sum": "0.0", "max": 'float("-inf")', "min": 'float("inf")'}[r.op]
+                init.append(f"{var} = tl.full([BLOCK_M], {fill}, dtype=tl.float32)")
+        for name in olds:
+            body.append(f"{self.names[name]}_old = {self.names[name]}")
+        keep = "row_ok[:, None] & col_ok[None, :]"
+        for st in self.c.stages[1:]:
+            if st.name not in need and st.name not in ("s",):
+                continue
+            var = self.names[st.name]
+            if st.name == "keep":
+                body.append(f"keep = {keep} & ({self.expr(st.expr, 'pair')})")
+                continue
+            if st.name in reductions:
+                body += self._update(st, reductions[st.name])
+            elif st.is_reduction:
+                continue
+            elif st.ranks == n.PAIR:
+                body.append(f"{var} = {self.expr(st.expr, 'pair')}")
+            else:
+                body.append(f"{var} = {self.expr(st.expr, 'vec' if st.type == n.VEC else 'row')}")
+        if "keep" not in self.stages:
+            body.insert(len(olds), f"keep = {keep}")
+        if k == 1:
+            body.append("n_kept += tl.sum(keep.to(tl.int32), 1)")
+        summary = ", ".join(
+            f"{r.stage} ({r.op}{', rescaled' if r.rescale is not None else ''})" for r in reductions.values()
+        )
+        loads_v = any(r.op == "contract" for r in reductions.values())
+        return {"index": k, "summary": summary, "init": init, "body": body, "loads_v": loads_v}
+
+    def _update(self, st: n.Stage, r) -> list[str]:
+        var = self.names[st.name]
+        lines = []
+        fac = None
+        if r.rescale is not None:
+            text = self.expr(r.rescale, "row")
+            fac = self.factors.get(text)
+            if fac is None:  # reductions rescaled alike (z and acc in softmax) share one factor
+                fac = self.factors[text] = f"fac{len(self.factors) + 1}"
+                # A running input that has seen no kept key is ±inf on both sides: the factor is
+                # NaN, but the state it scales is still the identity, so 0 is as good as any value.
+                lines.append(f"{fac} = {text}")
+                lines.append(f"{fac} = tl.where({fac} == {fac}, {fac}, 0.0)")
+        if isinstance(st.expr, n.Contract):
+            lines.append(f"p = tl.where(keep, {self.expr(st.expr.weight, 'pair')}, 0.0)")
+            scaled = f"{var} * {fac}[:, None]" if fac else var
+            lines.append(f"{var} = {scaled} + tl.dot(p.to(v_tile.dtype), v_tile{self.dot_precision})"
+                         f"  # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_DV]")
+            return lines
+        body = self.expr(st.expr.body, "pair")
+        op = st.expr.op
+        if op == "sum":
+            lines.append(f"{var} = {var + ' * ' + fac if fac else var} + tl.sum(tl.where(keep, {body}, 0.0), 1)")
+        else:
+            fill = 'float("-inf")' if op == "max" else 'float("inf")'
+            red = "tl.max" if op == "max" else "tl.min"
+            comb = "tl.maximum" if op == "max" else "tl.minimum"
+            shifted = f"{var} + {fac}" if fac else var
+            lines.append(f"{var} = {comb}({shifted}, {red}(tl.where(keep, {body}, {fill}), 1))")
+        return lines
+
+    def epilogue(self) -> list[str]:
+        lines = []
+        for st in self.c.stages:
+            if st.ranks == n.ROW and not st.is_reduction:
+                lines.append(f"{self.names[st.name]} = {self.expr(st.expr, 'vec' if st.type == n.VEC else 'row')}")
+        return lines
+
+
+def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -> KernelSource:
+    """The Triton source of ``c``'s forward kernel for one specialization."""
+    plan = plan or plan_passes(c)
+    b = _Builder(c, plan)
+    b.dot_precision = ', input_precision="ieee"' if spec.upcast else ""
+    passes = [b.pass_block(k) for k in range(1, plan.num_passes + 1)]
+    tensors = [p for p in c.params if p.kind == "tensor"]
+    scalars = [p for p in c.params if p.kind != "tensor"]
+    text = _env().get_template("forward.py.jinja").render(
+        version=CODEGEN_VERSION,
+        cascade_name=c.name,
+        plan_summary=f"{plan.num_passes} pass{'es' if plan.num_passes != 1 else ''} over the keys",
+        cascade_lines=cascade_text(c).rstrip("\n").split("\n"),
+        kernel_name=KERNEL_NAME,
+        tensors=[{"ident": kernel_ident(p.name), "ndim": len(p.dims)} for p in tensors],
+        scalars=[kernel_ident(p.name) for p in scalars],
+        passes=passes,
+        upcast=".to(tl.float32)" if spec.upcast else "",
+        dot_precision=b.dot_precision,
+        epilogue=b.epilogue(),
+        out_var=b.names["out"],
+        lse_var=b.names["lse"] if c.has_lse else None,
+    )
+    return KernelSource(text, KERNEL_NAME, tuple(tensors), tuple(scalars), c.has_lse)
