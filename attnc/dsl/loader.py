@@ -109,14 +109,14 @@ class Loader:
     def load_text(self, text: str, name: str = "<string>", base_dir: Path | None = None, *, is_library: bool = False) -> Scope:
         module = parse(text, name)
         scope = Scope(module, self, base_dir, is_library=is_library)
-        first_seen: dict[str, Span | None] = {}
+        first_seen: dict[str, tuple[Span | None, str]] = {}
         for item in module.items:  # in source order, so a clash is reported at its second use
             if isinstance(item, ast.Def):
-                _check_fresh(item.name, item.name_span, first_seen)
+                _check_fresh(item.name, item.name_span, first_seen, "defined")
                 scope.defs[item.name] = item
             else:
                 for nm in item.names:
-                    _check_fresh(nm.id, nm.span, first_seen)
+                    _check_fresh(nm.id, nm.span, first_seen, "imported")
                     scope.imported[nm.id] = self._resolve_import(scope, item, nm)
         return scope
 
@@ -139,8 +139,9 @@ class Loader:
         return target.defs[nm.id], target
 
 
-def _check_fresh(name: str, span: Span | None, seen: dict[str, Span | None]) -> None:
+def _check_fresh(name: str, span: Span | None, seen: dict[str, tuple[Span | None, str]], how: str) -> None:
     if name in seen:
-        where = f" on line {seen[name].line}" if seen[name] is not None else ""
-        raise SpecError(f"`{name}` is already defined{where}", span)
-    seen[name] = span
+        first, first_how = seen[name]
+        where = f" on line {first.line}" if first is not None else ""
+        raise SpecError(f"`{name}` is already {first_how}{where}", span)
+    seen[name] = (span, how)

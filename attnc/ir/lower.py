@@ -259,12 +259,30 @@ def _lower_binop(e: ast.BinOp, ctx: Ctx) -> n.Expr:
                 )
         return n.Binary(op, a, b, n.INT)
     if op in ("/", "**") or n.FLOAT in (a.type, b.type):
-        return n.Binary(op, _promote(a, n.FLOAT), _promote(b, n.FLOAT), n.FLOAT)
+        out = n.Binary(op, _promote(a, n.FLOAT), _promote(b, n.FLOAT), n.FLOAT)
+        _check_finite_constant(out, e)
+        return out
     if isinstance(a, n.Const) and isinstance(b, n.Const) and op in ("+", "-", "*"):
         value = {"+": a.value + b.value, "-": a.value - b.value, "*": a.value * b.value}[op]
         if not -(INT32_MAX + 1) <= value <= INT32_MAX:
             raise SpecError(f"`{_describe(e)}` is {value}, which does not fit in 32 bits (kernels compute with int32)", e.span)
     return n.Binary(op, a, b, n.INT)
+
+
+def _check_finite_constant(x: n.Expr, node: ast.Expr) -> None:
+    """A float expression of constants only must evaluate to a finite number (no 1.0 / 0.0)."""
+    if any(isinstance(k, (n.Var, n.Param, n.Load, n.Ref, n.ValueRow, n.Dot)) for k in n.walk(x)):
+        return
+    import math
+
+    from .evaluate import eval_size_expr
+
+    try:
+        value = eval_size_expr(x, {}, {})
+    except (ArithmeticError, ValueError, TypeError):
+        value = math.nan
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SpecError(f"`{_describe(node)}` evaluates to {value}, not a finite number", node.span)
 
 
 def _lower_compare(e: ast.Compare, ctx: Ctx) -> n.Expr:
@@ -356,7 +374,9 @@ def _lower_builtin_call(e: ast.Call, ctx: Ctx) -> n.Expr:
     for x, node in zip(args, e.args):
         _num_operand(x, node, e.func)
     if rule in ("float", "tofloat"):
-        return n.Call(e.func, tuple(_promote(a, n.FLOAT) for a in args), n.FLOAT)
+        out = n.Call(e.func, tuple(_promote(a, n.FLOAT) for a in args), n.FLOAT)
+        _check_finite_constant(out, e)
+        return out
     if rule == "int":
         return n.Call(e.func, (_promote(args[0], n.FLOAT),), n.INT)
     out_t = n.INT if all(a.type == n.INT for a in args) else n.FLOAT
@@ -752,7 +772,10 @@ def _param_specs(d: ast.Def, scope: Scope) -> tuple[list[n.ParamSpec], dict]:
                 x = lower_expr(dim, Ctx("dim", scope, dim_env))
                 if x.type != n.INT:
                     raise SpecError(f"a tensor dimension must be an integer, but `{_describe(dim)}` is {_words(x.type)}", dim.span)
-                dims.append(simplify(x))
+                x = simplify(x)
+                if isinstance(x, n.Const) and x.value < 1:
+                    raise SpecError(f"a tensor dimension must be at least 1, but `{_describe(dim)}` is {x.value}", dim.span)
+                dims.append(x)
             spec = n.ParamSpec(p.name, "tensor", p.type.elem, tuple(dims), None, p.span)
             env[p.name] = Tensor(p.name, spec)
         else:
@@ -766,7 +789,25 @@ def _param_specs(d: ast.Def, scope: Scope) -> tuple[list[n.ParamSpec], dict]:
     return specs, env
 
 
+MAX_STAGE_NODES = 4000  # an inlined stage larger than this is almost surely a runaway definition
+
+
+def _check_size(e: n.Expr, what: str, span) -> None:
+    size = n.tree_size(e)
+    if size > MAX_STAGE_NODES:
+        raise SpecError(
+            f"{what} expands to {size} expression nodes once definitions and lets are inlined "
+            f"(the limit is {MAX_STAGE_NODES}); definitions that use each other repeatedly grow exponentially",
+            span,
+        )
+
+
 def _assemble(name: str, specs, score: n.Expr, mask: n.Expr | None, norm_stages, span) -> n.Cascade:
+    _check_size(score, "the score", span)
+    if mask is not None:
+        _check_size(mask, "the mask", span)
+    for st in norm_stages:
+        _check_size(st.expr, f"stage `{st.name}`", st.span or span)
     stages = [n.Stage("qk", n.PAIR, n.Dot()), n.Stage("s", n.PAIR, simplify(score))]
     if mask is not None:
         mask = simplify(mask)

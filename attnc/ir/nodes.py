@@ -250,30 +250,65 @@ def rebuild(e: Expr, kids: tuple[Expr, ...]) -> Expr:
 
 
 def walk(e: Expr):
-    """All nodes of ``e``, pre-order."""
+    """Every distinct node of ``e`` (by identity), pre-order; shared subtrees are visited once."""
     stack = [e]
+    seen: set[int] = set()
+    keep = []  # hold the nodes so ids stay unique while walking
     while stack:
         node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        keep.append(node)
         yield node
         stack.extend(reversed(children(node)))
 
 
-def transform(e: Expr, fn) -> Expr:
-    """Bottom-up rewrite: ``fn`` sees each node after its children were rewritten."""
+def transform(e: Expr, fn, _memo: dict | None = None) -> Expr:
+    """Bottom-up rewrite: ``fn`` sees each node after its children were rewritten.
+
+    Inlining shares subtrees (a `let` used twice is one object), so results are memoized by
+    node identity: the work is linear in the DAG, not in the tree it stands for.
+    """
+    memo = {} if _memo is None else _memo
+    key = id(e)
+    if key in memo:
+        return memo[key][1]
     kids = children(e)
+    out = e
     if kids:
-        new = tuple(transform(k, fn) for k in kids)
-        if new != kids:
-            e = rebuild(e, new)
-    return fn(e)
+        new = tuple(transform(k, fn, memo) for k in kids)
+        if any(a is not b for a, b in zip(new, kids)):
+            out = rebuild(e, new)
+    out = fn(out)
+    memo[key] = (e, out)  # keep e alive so its id is not reused during this walk
+    return out
+
+
+def tree_size(e: Expr, _memo: dict | None = None) -> int:
+    """The number of nodes of ``e`` as a tree (shared subtrees counted at every use)."""
+    memo = {} if _memo is None else _memo
+    key = id(e)
+    if key not in memo:
+        memo[key] = (e, 1 + sum(tree_size(k, memo) for k in children(e)))
+    return memo[key][1]
 
 
 def refs(e: Expr) -> set[str]:
     return {n.stage for n in walk(e) if isinstance(n, Ref)}
 
 
-def free_ranks(e: Expr, stage_ranks: dict[str, tuple[str, ...]]) -> set[str]:
+def free_ranks(e: Expr, stage_ranks: dict[str, tuple[str, ...]], _memo: dict | None = None) -> set[str]:
     """The query/key ranks (``i``, ``j``) ``e`` varies over; reductions remove ``j``."""
+    memo = {} if _memo is None else _memo
+    if id(e) in memo:
+        return memo[id(e)][1]
+    out = _free_ranks(e, stage_ranks, memo)
+    memo[id(e)] = (e, out)
+    return out
+
+
+def _free_ranks(e: Expr, stage_ranks, memo) -> set[str]:
     if isinstance(e, Var):
         return {e.name} if e.name in ("i", "j") else set()
     if isinstance(e, Ref):
@@ -283,8 +318,8 @@ def free_ranks(e: Expr, stage_ranks: dict[str, tuple[str, ...]]) -> set[str]:
     if isinstance(e, ValueRow):
         return {"j"}
     if isinstance(e, (Reduce, Contract)):
-        return free_ranks(children(e)[0], stage_ranks) - {"j"} | {"i"}
+        return free_ranks(children(e)[0], stage_ranks, memo) - {"j"} | {"i"}
     out: set[str] = set()
     for k in children(e):
-        out |= free_ranks(k, stage_ranks)
+        out |= free_ranks(k, stage_ranks, memo)
     return out

@@ -225,6 +225,13 @@ def _prove_online(sym: _Symbolic, red: n.Stage, running: tuple[str, ...]) -> _Pr
     except Exception as err:  # sympy gave up: no proof, so the conservative plan
         return _Proof(False, None, f"sympy could not simplify the {relation} ({type(err).__name__})")
     if _is_j_free(x, sym.j_syms):
+        # The running state is multiplied by the ratio (or shifted by the difference), so the
+        # ratio must be provably positive and finite — exp(·) is; m_new / m_old is not (m_old may
+        # be 0) — and a shift provably finite.
+        if is_sum and not (x.is_positive and x.is_finite):
+            return _Proof(False, x, f"the ratio {_short(x, 90)} is free of j but not provably positive and finite")
+        if not is_sum and not x.is_finite:
+            return _Proof(False, x, f"the difference {_short(x, 90)} is free of j but not provably finite")
         return _Proof(True, x, f"{relation} {x} is free of j")
     varying = sorted(str(s) for s in x.free_symbols & sym.j_syms)
     return _Proof(

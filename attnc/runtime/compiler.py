@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
-import math
 import os
 import sys
 import tempfile
@@ -30,8 +29,9 @@ import triton
 from ..codegen.generate import CODEGEN_VERSION, KernelSource, Specialization, generate
 from ..dsl.errors import SpecError
 from ..ir import nodes as n
-from ..ir.printer import cascade_text, expr_text
+from ..ir.printer import cascade_text
 from .frontend import library_spec, spec_from_file, spec_from_text
+from .validate import bind_params, check_inputs, sizes_of
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _lock = threading.RLock()
@@ -154,33 +154,6 @@ def kernel_for(c: n.Cascade, spec: Specialization) -> _Kernel:
 # ---------------------------------------------------------------------------- the callable
 
 
-def _check_tensors(q, k, v):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"`{name}` must have 4 dimensions [B, H, N, D], got shape {tuple(t.shape)}")
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"`{name}` must be float32, float16 or bfloat16, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
-    B, Hq, Nq, D = q.shape
-    Bk, Hkv, Nkv, Dk = k.shape
-    if Bk != B or v.shape[0] != B:
-        raise ValueError(f"batch sizes differ: q has {B}, k has {Bk}, v has {v.shape[0]}")
-    if Dk != D:
-        raise ValueError(f"`k` must have head dim {D} like q, got shape {tuple(k.shape)}")
-    if tuple(v.shape[1:3]) != (Hkv, Nkv):
-        raise ValueError(f"`v` must have shape [{B}, {Hkv}, {Nkv}, Dv] like k, got {tuple(v.shape)}")
-    if Hkv == 0 or Hq % Hkv != 0:
-        raise ValueError(f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
-    if not (1 <= D <= 256 and 1 <= v.shape[3] <= 256):
-        raise ValueError(f"head dims must be 1..256, got D={D}, Dv={v.shape[3]}")
-    return B, Hq, Hkv, Nq, Nkv, D, v.shape[3]
-
-
 class Attention:
     """A compiled attention variant: ``attn(q, k, v, *, scale=None, return_lse=False, **params)``."""
 
@@ -204,82 +177,28 @@ class Attention:
         """The cached ``.py`` file of the generated kernel for this dtype/device."""
         return kernel_for(self.cascade, Specialization(_DTYPES[dtype], device == "cpu")).path
 
-    def _params(self, params: dict, sizes: dict, device) -> tuple[list, list]:
-        from .reference import _eval_size_expr
-
-        c = self.cascade
-        known = {p.name for p in c.params}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise TypeError(f"{c.name} got unknown parameter(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known)) or 'none'}")
-        scalars, tensors, values = [], [], {}
-        for p in c.params:
-            if p.kind == "tensor":
-                continue
-            if p.name in params:
-                value = params[p.name]
-            elif p.default is not None:
-                value = _eval_size_expr(p.default, sizes, {})
-            else:
-                raise TypeError(f"{c.name} needs parameter `{p.name}` ({p.kind})")
-            if isinstance(value, torch.Tensor):
-                if value.numel() != 1:
-                    raise TypeError(f"parameter `{p.name}` is a scalar {p.kind}, got a tensor of shape {tuple(value.shape)}")
-                value = value.item()
-            if p.kind == n.BOOL:
-                if not isinstance(value, bool):
-                    raise TypeError(f"parameter `{p.name}` is a bool, got {type(value).__name__}")
-                value = int(value)
-            elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"parameter `{p.name}` is {p.kind}, got {type(value).__name__}")
-            elif p.kind == n.INT:
-                if isinstance(value, float) and not value.is_integer():
-                    raise TypeError(f"parameter `{p.name}` is an int, got {value!r}")
-                value = int(value)
-                if not -(2**31) <= value < 2**31:
-                    raise ValueError(f"parameter `{p.name}` = {value} does not fit in int32")
-            else:
-                value = float(value)
-            values[p.name] = value
-            scalars.append(value)
-        for p in c.params:
+    def _kernel_args(self, bound: dict) -> tuple[list, list]:
+        """Bound parameters as kernel arguments: tensors with sizes and strides, then scalars."""
+        tensors, scalars = [], []
+        for p in self.cascade.params:
+            value = bound[p.name]
             if p.kind != "tensor":
+                scalars.append(int(value) if p.kind == n.BOOL else value)
                 continue
-            if p.name not in params:
-                raise TypeError(f"{c.name} needs tensor parameter `{p.name}`")
-            t = params[p.name]
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"parameter `{p.name}` is a tensor, got {type(t).__name__}")
-            want = tuple(int(_eval_size_expr(d, sizes, values)) for d in p.dims)
-            if tuple(t.shape) != want:
-                shown = ", ".join(expr_text(d) for d in p.dims)
-                raise ValueError(f"parameter `{p.name}` must have shape [{shown}] = {want}, got {tuple(t.shape)}")
-            if p.elem == n.INT and (t.dtype.is_floating_point or t.dtype == torch.bool):
-                raise TypeError(f"parameter `{p.name}` holds ints, got dtype {t.dtype}")
-            if p.elem == n.FLOAT and not t.dtype.is_floating_point:
-                raise TypeError(f"parameter `{p.name}` holds floats, got dtype {t.dtype}")
-            if p.elem == n.BOOL and t.dtype != torch.bool:
-                raise TypeError(f"parameter `{p.name}` holds bools, got dtype {t.dtype}")
-            if t.device != device:
-                raise ValueError(f"parameter `{p.name}` is on {t.device}, but q is on {device}")
-            if p.elem == n.BOOL:
-                t = t.to(torch.int8)
-            if t.dtype == torch.int64:
-                t = t.to(torch.int32)
-            if any(s == 0 for s in t.shape):
-                raise ValueError(f"parameter `{p.name}` is empty (shape {tuple(t.shape)})")
-            tensors += [t, *t.shape, *t.stride()]
+            if value.dtype == torch.bool:
+                value = value.to(torch.int8)
+            elif value.dtype == torch.int64:
+                value = value.to(torch.int32)
+            tensors += [value, *value.shape, *value.stride()]
         return tensors, scalars
 
     def __call__(self, q, k, v, *, scale: float | None = None, return_lse: bool = False, **params):
-        B, Hq, Hkv, Nq, Nkv, D, Dv = _check_tensors(q, k, v)
-        if scale is None:
-            scale = 1.0 / math.sqrt(D)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            raise TypeError(f"`scale` must be a number, got {type(scale).__name__}")
-        sizes = {"n_q": Nq, "n_kv": Nkv, "head_dim": D, "n_heads": Hq, "n_kv_heads": Hkv, "scale": float(scale),
-                 "B": B, "H": Hq, "H_KV": Hkv, "N_Q": Nq, "N_KV": Nkv, "D": D, "D_V": Dv}
-        tensors, scalars = self._params(params, sizes, q.device)
+        B, Hq, Hkv, Nq, Nkv, D, Dv = check_inputs(q, k, v, dtypes=tuple(_DTYPES))
+        if not (1 <= D <= 256 and 1 <= Dv <= 256):
+            raise ValueError(f"head dims must be 1..256, got D={D}, Dv={Dv}")
+        sizes = sizes_of(q, k, v, scale)
+        scale = sizes["scale"]
+        tensors, scalars = self._kernel_args(bind_params(self.cascade, params, sizes, q.device))
         if return_lse and not self.cascade.has_lse:
             raise ValueError(f"{self.cascade.name} defines no lse[i]; call it with return_lse=False")
         interpret = q.device.type == "cpu"

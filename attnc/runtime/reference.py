@@ -22,6 +22,7 @@ import math
 import torch
 
 from ..ir import nodes as n
+from .validate import bind_params, check_inputs, sizes_of
 
 _F64 = torch.float64
 _I64 = torch.int64
@@ -156,76 +157,12 @@ class _Eval:
         raise TypeError(f"the reference has no function {fn}")
 
 
-def _eval_size_expr(e: n.Expr, sizes: dict, params: dict) -> int | float | bool:
-    ev = _Eval(n.Cascade("<default>", (), ()), sizes, params, {})
-    return ev.expr(e).item()
-
-
-def _scalar_param(spec: n.ParamSpec, value) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
-            raise TypeError(f"parameter `{spec.name}` is a scalar {spec.kind}, got a tensor of shape {tuple(value.shape)}")
-        value = value.item()
-    if spec.kind == n.BOOL:
-        if not isinstance(value, bool):
-            raise TypeError(f"parameter `{spec.name}` is a bool, got {type(value).__name__}")
-        return torch.tensor(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"parameter `{spec.name}` is {spec.kind}, got {type(value).__name__}")
-    if spec.kind == n.INT:
-        if isinstance(value, float):
-            if not value.is_integer():
-                raise TypeError(f"parameter `{spec.name}` is an int, got {value!r}")
-            value = int(value)
-        return torch.tensor(value, dtype=_I64)
-    return torch.tensor(float(value), dtype=_F64)
-
-
-def _tensor_param(spec: n.ParamSpec, value, dims_env: dict, params: dict) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"parameter `{spec.name}` is a tensor, got {type(value).__name__}")
-    want = []
-    env = dict(dims_env)
-    for d in spec.dims:
-        want.append(int(_eval_size_expr(d, env, params)))
-    if tuple(value.shape) != tuple(want):
-        from ..ir.printer import expr_text
-
-        shown = ", ".join(expr_text(d) for d in spec.dims)
-        raise ValueError(f"parameter `{spec.name}` must have shape [{shown}] = {tuple(want)}, got {tuple(value.shape)}")
-    if spec.elem == n.INT:
-        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
-            raise TypeError(f"parameter `{spec.name}` holds ints, got dtype {value.dtype}")
-        return value.to(device="cpu", dtype=_I64)
-    if spec.elem == n.BOOL:
-        if value.dtype != torch.bool:
-            raise TypeError(f"parameter `{spec.name}` holds bools, got dtype {value.dtype}")
-        return value.to("cpu")
-    if not value.dtype.is_floating_point:
-        raise TypeError(f"parameter `{spec.name}` holds floats, got dtype {value.dtype}")
-    return value.to(device="cpu", dtype=_F64)
-
-
-def check_inputs(q, k, v) -> tuple[int, int, int, int, int, int, int]:
-    """Validate q [B, Hq, Nq, D], k [B, Hkv, Nkv, D], v [B, Hkv, Nkv, Dv]; returns the sizes."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"`{name}` must have 4 dimensions [B, H, N, D], got shape {tuple(t.shape)}")
-        if not t.dtype.is_floating_point:
-            raise TypeError(f"`{name}` must be a floating-point tensor, got {t.dtype}")
-    B, Hq, Nq, D = q.shape
-    Bk, Hkv, Nkv, Dk = k.shape
-    if Bk != B or v.shape[0] != B:
-        raise ValueError(f"batch sizes differ: q {B}, k {Bk}, v {v.shape[0]}")
-    if Dk != D:
-        raise ValueError(f"q and k must share the head dim: q has {D}, k has {Dk}")
-    if tuple(v.shape[1:3]) != (Hkv, Nkv):
-        raise ValueError(f"`v` must have shape [B, {Hkv}, {Nkv}, Dv] like k, got {tuple(v.shape)}")
-    if Hkv == 0 or Hq % Hkv != 0:
-        raise ValueError(f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
-    return B, Hq, Hkv, Nq, Nkv, D, v.shape[3]
+def _as_tensor(spec: n.ParamSpec, value) -> torch.Tensor:
+    if spec.kind == "tensor":
+        dtype = {n.INT: _I64, n.FLOAT: _F64, n.BOOL: torch.bool}[spec.elem]
+        return value.detach().to(device="cpu", dtype=dtype)
+    dtype = {n.INT: _I64, n.FLOAT: _F64, n.BOOL: torch.bool}[spec.kind]
+    return torch.tensor(value, dtype=dtype)
 
 
 def reference(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
@@ -237,30 +174,9 @@ def reference(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     cascade defines lse, else ``None``).
     """
     B, Hq, Hkv, Nq, Nkv, D, Dv = check_inputs(q, k, v)
-    if scale is None:
-        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
-    sizes = {"n_q": Nq, "n_kv": Nkv, "head_dim": D, "n_heads": Hq, "n_kv_heads": Hkv, "scale": float(scale),
-             "B": B, "H": Hq, "H_KV": Hkv, "N_Q": Nq, "N_KV": Nkv, "D": D, "D_V": Dv}
-    known = {p.name for p in cascade.params}
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise TypeError(f"{cascade.name} got unknown parameter(s) {', '.join(unknown)}; it takes: {', '.join(sorted(known)) or 'none'}")
-    values: dict[str, torch.Tensor] = {}
-    for spec in cascade.params:  # scalars first: tensor shapes may use int parameters
-        if spec.kind == "tensor":
-            continue
-        if spec.name in params:
-            values[spec.name] = _scalar_param(spec, params[spec.name])
-        elif spec.default is not None:
-            values[spec.name] = _scalar_param(spec, _eval_size_expr(spec.default, sizes, {}))
-        else:
-            raise TypeError(f"{cascade.name} needs parameter `{spec.name}` ({spec.kind})")
-    for spec in cascade.params:
-        if spec.kind != "tensor":
-            continue
-        if spec.name not in params:
-            raise TypeError(f"{cascade.name} needs tensor parameter `{spec.name}`")
-        values[spec.name] = _tensor_param(spec, params[spec.name], sizes, values)
+    sizes = sizes_of(q, k, v, scale)
+    bound = bind_params(cascade, params, sizes)
+    values = {p.name: _as_tensor(p, bound[p.name]) for p in cascade.params}
 
     group = Hq // Hkv
     q64 = q.detach().to("cpu", _F64)

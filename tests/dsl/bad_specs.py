@@ -144,8 +144,8 @@ BAD_SPECS: list[BadSpec] = [
     # "a mask must be a bool ... `b` is an int" at 1:10; a definition must not take a built-in name.
     B("cyclic-definitions-builtin-name", "mask a = b\nmask b = a\n", "built-in", 2, 6),
     B("duplicate-definition", "mask foo = q_idx < 1\nmask foo = q_idx < 2\n", "already defined on line 1", 2, 6),
-    B("definition-clashes-with-import", "from library import causal\nmask causal = True\n", "already defined on line 1", 2, 6),
-    B("duplicate-import", "from library import causal, causal\n", "already defined", 1, 29),
+    B("definition-clashes-with-import", "from library import causal\nmask causal = True\n", "already imported on line 1", 2, 6),
+    B("duplicate-import", "from library import causal, causal\n", "already imported", 1, 29),
     B("duplicate-parameter", "mask foo(x: int, x: int) = q_idx < x\n", "declared twice", 1, 18),
     B("duplicate-let", "mask a:\n    let x = 1\n    let x = 2\n    mask = q_idx < x\n", "already defined", 3, 9),
     B("too-many-arguments", "mask w(x: int) = q_idx < x\nmask g = w(1, 2)\n", "`w` takes 1 argument but 2", 2, 10),
@@ -200,6 +200,14 @@ BAD_SPECS: list[BadSpec] = [
       files={"a.attn": 'from "b.attn" import y\nmask x = y\n', "b.attn": 'from "a.attn" import x\nmask y = True\n'},
       error_file="b.attn"),
     # ------------------------------------------------------------------ limits
+    # ------------------------------------------------------------------ found in review
+    B("exponential-let-chain", "mask m:\n    let a0 = q_idx\n" + "".join(f"    let a{k} = a{k-1} + a{k-1}\n" for k in range(1, 31))
+      + "    mask = q_idx < a30\n", "expands to", 1, 1),
+    B("exponential-mask-chain", "mask a0 = q_idx < kv_idx\n" + "".join(f"mask a{k} = a{k-1} and a{k-1}\n" for k in range(1, 19)),
+      "expands to", 11, 1),
+    B("constant-division-by-zero", "score g = score + 1.0 / 0.0\n", "not a finite number", 1, 19),
+    B("constant-log-of-negative", "score g = score + log(-1.0)\n", "not a finite number", 1, 19),
+    B("tensor-dimension-not-positive", "score g(t: tensor[-3] float) = score + t[0]\n", "at least 1", 1, 19),
     B("nesting-too-deep", "mask g = " + "not " * 200 + "True\n", "nested too deeply", 1, 482),
     # BUG: lark VisitError (ValueError: Exceeds the limit (4300 digits) for integer string
     # conversion) escapes from the parser's int_lit.

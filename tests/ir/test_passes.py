@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 import attnc
 from attnc.ir import nodes as n
 from attnc.ir.passes import plan_passes, plan_text
-from attnc.runtime.reference import _Eval, _eval_size_expr, _scalar_param
+from attnc.runtime.reference import _Eval
+from attnc.runtime.validate import bind_params
 
 
 def plan_of(text, name=None):
@@ -131,10 +132,9 @@ def simulate(c, q, k, v, tile, **params):
     B, H, Nq, D = q.shape
     Nkv, Dv = k.shape[2], v.shape[3]
     sizes = {"n_q": Nq, "n_kv": Nkv, "head_dim": D, "n_heads": H, "n_kv_heads": H, "scale": 1 / math.sqrt(D)}
-    values = {}
-    for p in c.params:  # scalar parameters only in these specs: given, else the default
-        value = params[p.name] if p.name in params else _eval_size_expr(p.default, sizes, {})
-        values[p.name] = _scalar_param(p, value)
+    bound = bind_params(c, params, sizes)  # scalar parameters only in these specs
+    values = {p.name: torch.tensor(bound[p.name], dtype=torch.float64 if p.kind == "float" else torch.int64)
+              for p in c.params}
     final: dict[str, torch.Tensor] = {}
     stages = c.stages
     for k_pass in range(1, plan.num_passes + 1):
@@ -152,16 +152,16 @@ def simulate(c, q, k, v, tile, **params):
             ev.v = v[:, :, j].double()
             ev.values.update(final)
             before = dict(state)
-            for st in stages:
-                if st.name in final:
+            for stg in stages:
+                if stg.name in final:
                     continue
-                if isinstance(st.expr, n.Dot):
+                if isinstance(stg.expr, n.Dot):
                     ev.values["qk"] = q.double() @ k[:, :, j].double().transpose(-1, -2)
                     continue
-                if st.name in in_pass:
-                    r = in_pass[st.name]
-                    tile_val = ev.expr(st.expr)
-                    old = before[st.name]
+                if stg.name in in_pass:
+                    r = in_pass[stg.name]
+                    tile_val = ev.expr(stg.expr)
+                    old = before[stg.name]
                     if r.rescale is not None:
                         fac = _running_eval(ev, r.rescale, before, state)
                         if r.rescale_kind == "scale":
@@ -169,27 +169,27 @@ def simulate(c, q, k, v, tile, **params):
                         else:
                             old = torch.where(torch.isinf(old), old, old + fac)
                     if r.op in ("sum", "contract"):
-                        state[st.name] = old + tile_val
+                        state[stg.name] = old + tile_val
                     elif r.op == "max":
-                        state[st.name] = torch.maximum(old, tile_val)
+                        state[stg.name] = torch.maximum(old, tile_val)
                     else:
-                        state[st.name] = torch.minimum(old, tile_val)
-                    ev.values[st.name] = state[st.name]
+                        state[stg.name] = torch.minimum(old, tile_val)
+                    ev.values[stg.name] = state[stg.name]
                     continue
-                if st.is_reduction:  # a later pass
+                if stg.is_reduction:  # a later pass
                     continue
-                if all(x in ev.values for x in n.refs(st.expr)):
-                    value = ev.expr(st.expr)
-                    if st.name == "keep":
+                if all(x in ev.values for x in n.refs(stg.expr)):
+                    value = ev.expr(stg.expr)
+                    if stg.name == "keep":
                         value = value.expand(ev.pair_shape)
                         ev.keep = value
-                    ev.values[st.name] = value
+                    ev.values[stg.name] = value
         final.update(state)
     ev = _Eval(c, sizes, values, {"b": None, "h": None, "i": torch.arange(Nq).view(1, 1, Nq, 1), "j": None})
     ev.values.update(final)
-    for st in stages:
-        if st.ranks == n.ROW and not st.is_reduction and st.name not in final:
-            ev.values[st.name] = ev.expr(st.expr)
+    for stg in stages:
+        if stg.ranks == n.ROW and not stg.is_reduction and stg.name not in final:
+            ev.values[stg.name] = ev.expr(stg.expr)
     return ev.values["out"].expand(B, H, Nq, Dv)
 
 
@@ -247,3 +247,10 @@ def test_simulator_detects_a_wrong_rescale():
     finally:
         passes.plan_passes = orig
         globals()["plan_passes"] = orig
+
+
+def test_a_j_free_ratio_that_may_be_zero_or_infinite_is_not_a_rescale():
+    # m_new / m_old is free of j but m_old may be 0: scaling the running sum by it is unsound
+    c, plan = plan_of("norm n2:\n    m[i] = max(s[i, j] for j)\n    out[i] = sum(s[i, j] * m[i] * v[j] for j)\n")
+    assert plan.num_passes == 2
+    assert "not provably positive and finite" in plan.boundaries[0].reason

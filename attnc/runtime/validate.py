@@ -1,0 +1,126 @@
+"""Validation shared by the kernels' launcher and the reference interpreter.
+
+Both check q/k/v and bind a cascade's parameters the same way, so an input either runs on both
+or fails on both with the same message. Errors are ``ValueError``/``TypeError`` naming the
+argument, the value it got and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..ir import nodes as n
+from ..ir.evaluate import eval_size_expr
+from ..ir.printer import expr_text
+
+
+def check_inputs(q, k, v, dtypes: tuple | None = None) -> tuple[int, int, int, int, int, int, int]:
+    """Validate q [B, Hq, Nq, D], k [B, Hkv, Nkv, D], v [B, Hkv, Nkv, Dv]; returns the sizes."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"`{name}` must have 4 dimensions [B, H, N, D], got shape {tuple(t.shape)}")
+        if not t.dtype.is_floating_point:
+            raise TypeError(f"`{name}` must be a floating-point tensor, got {t.dtype}")
+        if dtypes is not None and t.dtype not in dtypes:
+            raise TypeError(f"`{name}` must be one of {', '.join(str(d) for d in dtypes)}, got {t.dtype}")
+    if dtypes is not None and not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    B, Hq, Nq, D = q.shape
+    Bk, Hkv, Nkv, Dk = k.shape
+    if Bk != B or v.shape[0] != B:
+        raise ValueError(f"batch sizes differ: q has {B}, k has {Bk}, v has {v.shape[0]}")
+    if Dk != D:
+        raise ValueError(f"q and k must share the head dim: q has {D}, k has shape {tuple(k.shape)}")
+    if tuple(v.shape[1:3]) != (Hkv, Nkv):
+        raise ValueError(f"`v` must have shape [{B}, {Hkv}, {Nkv}, Dv] like k, got {tuple(v.shape)}")
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
+    return B, Hq, Hkv, Nq, Nkv, D, v.shape[3]
+
+
+def sizes_of(q, k, v, scale: float | None) -> dict:
+    B, Hq, Hkv, Nq, Nkv, D, Dv = q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], v.shape[3]
+    if scale is None:
+        scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"`scale` must be a number, got {type(scale).__name__}")
+    return {"n_q": Nq, "n_kv": Nkv, "head_dim": D, "n_heads": Hq, "n_kv_heads": Hkv, "scale": float(scale),
+            "B": B, "H": Hq, "H_KV": Hkv, "N_Q": Nq, "N_KV": Nkv, "D": D, "D_V": Dv}
+
+
+def _scalar(spec: n.ParamSpec, value):
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(f"parameter `{spec.name}` is a scalar {spec.kind}, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if spec.kind == n.BOOL:
+        if not isinstance(value, bool):
+            raise TypeError(f"parameter `{spec.name}` is a bool, got {type(value).__name__}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"parameter `{spec.name}` is {spec.kind}, got {type(value).__name__}")
+    if spec.kind == n.INT:
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise TypeError(f"parameter `{spec.name}` is an int, got {value!r}")
+            value = int(value)
+        if not -(2**31) <= value < 2**31:
+            raise ValueError(f"parameter `{spec.name}` = {value} does not fit in int32")
+        return value
+    return float(value)
+
+
+def _tensor(spec: n.ParamSpec, value, sizes: dict, scalars: dict, device) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"parameter `{spec.name}` is a tensor, got {type(value).__name__}")
+    want = tuple(int(eval_size_expr(d, sizes, scalars)) for d in spec.dims)
+    if tuple(value.shape) != want:
+        shown = ", ".join(expr_text(d) for d in spec.dims)
+        raise ValueError(f"parameter `{spec.name}` must have shape [{shown}] = {want}, got {tuple(value.shape)}")
+    if any(s <= 0 for s in want):
+        raise ValueError(f"parameter `{spec.name}` is empty (shape {want})")
+    dt = value.dtype
+    if spec.elem == n.INT and (dt.is_floating_point or dt.is_complex or dt == torch.bool):
+        raise TypeError(f"parameter `{spec.name}` holds ints, got dtype {dt}")
+    if spec.elem == n.BOOL and dt != torch.bool:
+        raise TypeError(f"parameter `{spec.name}` holds bools, got dtype {dt}")
+    if spec.elem == n.FLOAT and not dt.is_floating_point:
+        raise TypeError(f"parameter `{spec.name}` holds floats, got dtype {dt}")
+    if device is not None and value.device != device:
+        raise ValueError(f"parameter `{spec.name}` is on {value.device}, but q is on {device}")
+    return value
+
+
+def bind_params(c: n.Cascade, params: dict, sizes: dict, device=None) -> dict:
+    """Every parameter of ``c``: given, or its default evaluated for these sizes; validated."""
+    known = {p.name for p in c.params}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        from ..dsl.errors import suggest
+
+        raise TypeError(f"{c.name} got unknown parameter(s) {', '.join(unknown)}{suggest(unknown[0], known)}; "
+                        f"it takes: {', '.join(sorted(known)) or 'none'}")
+    values: dict = {}
+    for p in c.params:  # scalars first: tensor shapes may use int parameters
+        if p.kind == "tensor":
+            continue
+        if p.name in params:
+            values[p.name] = _scalar(p, params[p.name])
+        elif p.default is not None:
+            values[p.name] = _scalar(p, eval_size_expr(p.default, sizes, {}))
+        else:
+            raise TypeError(f"{c.name} needs parameter `{p.name}` ({p.kind})")
+    scalars = dict(values)
+    for p in c.params:
+        if p.kind != "tensor":
+            continue
+        if p.name not in params:
+            raise TypeError(f"{c.name} needs tensor parameter `{p.name}`")
+        values[p.name] = _tensor(p, params[p.name], sizes, scalars, device)
+    return values
