@@ -18,6 +18,7 @@ generated name (see ``ir/names.py``).
 from __future__ import annotations
 
 from ..ir import nodes as n
+from ..ir.printer import const_text
 
 _TL_TYPES = {n.INT: "tl.int32", n.FLOAT: "tl.float32", n.BOOL: "tl.int1"}
 
@@ -115,16 +116,9 @@ class ExprPrinter:
 
 
 def _const(c: n.Const) -> str:
-    if c.type == n.BOOL:
-        return "True" if c.value else "False"
-    if c.type == n.INT:
-        return str(int(c.value))
-    v = float(c.value)
-    if v != v:
-        return 'float("nan")'
-    if v in (float("inf"), float("-inf")):
-        return 'float("inf")' if v > 0 else 'float("-inf")'
-    return repr(v)
+    # The IR printer's literal, except that inf/nan must be Python expressions here.
+    text = const_text(c)
+    return f'float("{text}")' if text in ("inf", "-inf", "nan") else text
 
 
 def tl_type(t: str) -> str:

@@ -30,7 +30,8 @@ def _wrap(e: n.Expr, need: int, ctx) -> str:
     return f"({text})" if _prec(e) < need else text
 
 
-def _const(c: n.Const) -> str:
+def const_text(c: n.Const) -> str:
+    """The literal of a constant: True/False, an int, a float repr, inf, -inf or nan."""
     if c.type == n.BOOL:
         return "True" if c.value else "False"
     if c.type == n.INT:
@@ -56,7 +57,7 @@ def _text(e: n.Expr, ctx) -> str:
     ranks, masked = ctx
     flt = "{keep}" if masked else ""
     if isinstance(e, n.Const):
-        return _const(e)
+        return const_text(e)
     if isinstance(e, (n.Var, n.Param)):
         return e.name
     if isinstance(e, n.Load):
