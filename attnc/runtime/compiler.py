@@ -175,6 +175,8 @@ class Attention:
 
     def kernel_path(self, dtype: torch.dtype = torch.float16, device: str = "cpu") -> Path:
         """The cached ``.py`` file of the generated kernel for this dtype/device."""
+        if dtype not in _DTYPES:
+            raise TypeError(f"`dtype` must be one of {', '.join(str(d) for d in _DTYPES)}, got {dtype}")
         return kernel_for(self.cascade, Specialization(_DTYPES[dtype], device == "cpu")).path
 
     def _kernel_args(self, bound: dict) -> tuple[list, list]:

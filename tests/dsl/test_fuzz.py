@@ -340,12 +340,12 @@ def test_corpus_is_valid(base_dir):
         assert spec.cascades
 
 
-def test_token_mutations(base_dir):
+def _check_batches(strategy, examples: int, name: str, base_dir) -> None:
+    """Check ``examples`` batches of ``BATCH`` specs drawn from ``strategy``; record the count."""
     count = 0
-    examples = _n(400)
 
     @settings(max_examples=examples, **SETTINGS)
-    @given(st.lists(mutated_spec(), min_size=BATCH, max_size=BATCH))
+    @given(st.lists(strategy, min_size=BATCH, max_size=BATCH))
     def run(texts):
         nonlocal count
         for text in texts:
@@ -353,25 +353,16 @@ def test_token_mutations(base_dir):
             count += 1
 
     run()
-    COUNTS["token_mutations"] = count
+    COUNTS[name] = count
     assert count >= examples * BATCH
+
+
+def test_token_mutations(base_dir):
+    _check_batches(mutated_spec(), _n(400), "token_mutations", base_dir)
 
 
 def test_line_mutations(base_dir):
-    count = 0
-    examples = _n(100)
-
-    @settings(max_examples=examples, **SETTINGS)
-    @given(st.lists(line_mutated_spec(), min_size=BATCH, max_size=BATCH))
-    def run(texts):
-        nonlocal count
-        for text in texts:
-            check(text, base_dir)
-            count += 1
-
-    run()
-    COUNTS["line_mutations"] = count
-    assert count >= examples * BATCH
+    _check_batches(line_mutated_spec(), _n(100), "line_mutations", base_dir)
 
 
 DEEP_TEMPLATES = [
