@@ -26,10 +26,12 @@ _TL_TYPES = {n.INT: "tl.int32", n.FLOAT: "tl.float32", n.BOOL: "tl.int1"}
 class ExprPrinter:
     """Prints IR expressions in one of the contexts ``pair``, ``row`` or ``vec``."""
 
-    def __init__(self, stage_ranks: dict[str, tuple[str, ...]], names: dict[str, str], loads):
+    def __init__(self, stage_ranks: dict[str, tuple[str, ...]], names: dict[str, str], loads,
+                 stage_exprs: dict[str, n.Expr] | None = None):
         self.stage_ranks = stage_ranks
         self.names = names  # stage/param → generated identifier
         self.loads = loads  # callable(Load, ctx) → source of the (clamped) load
+        self.stage_exprs = stage_exprs or {}  # lets exp() fold log2(e) into a score's scale
 
     def __call__(self, e: n.Expr, ctx: str) -> str:
         return self.p(e, ctx)
@@ -93,6 +95,8 @@ class ExprPrinter:
         fn = e.fn
         simple = {"exp": "tl.exp", "exp2": "tl.exp2", "log": "tl.log", "log2": "tl.log2", "sqrt": "tl.sqrt",
                   "rsqrt": "tl.rsqrt", "sigmoid": "tl.sigmoid", "sin": "tl.sin", "cos": "tl.cos", "abs": "tl.abs"}
+        if fn == "exp":
+            return f"tl.exp2({self.log2e_times(e.args[0], ctx)})"
         if fn in simple:
             return f"{simple[fn]}({x})"
         if fn in ("tanh", "log1p", "softplus"):  # helpers defined in the kernel template
@@ -113,6 +117,40 @@ class ExprPrinter:
         if fn == "float":
             return f"({x}).to(tl.float32)"
         raise TypeError(f"the kernel printer has no function {fn}")
+
+
+    # -- exp(x) = exp2(x·log2 e), with the constant pushed down to the cheapest operand
+    def log2e_times(self, e: n.Expr, ctx: str) -> str:
+        """``e · log2(e)`` with the factor moved onto constants, scalars or per-row operands.
+
+        ``exp(s - m)`` with ``s = scale·qk`` prints as ``exp2(qk·(scale·LOG2E) - m·LOG2E)``: the
+        per-pair work is one fused multiply-add before ``exp2`` (FlashAttention's folding), and
+        the scalar and per-row products are computed once per tile, not per element.
+        """
+        if isinstance(e, n.Const):
+            return _const(n.Const(float(e.value) * LOG2E, n.FLOAT))
+        if isinstance(e, n.Unary) and e.op == "-":
+            return f"(-{self.log2e_times(e.operand, ctx)})"
+        if isinstance(e, n.Binary) and e.op in ("+", "-") and e.type == n.FLOAT:
+            return f"({self.log2e_times(e.left, ctx)} {e.op} {self.log2e_times(e.right, ctx)})"
+        if isinstance(e, n.Binary) and e.op in ("*", "/") and e.type == n.FLOAT:
+            # scale the operand that varies least: a constant, a scalar, then a per-row value
+            sides = [(e.left, e.right)] + ([(e.right, e.left)] if e.op == "*" else [])
+            for cheap, other in sides:
+                if ctx != "pair" or "j" not in n.free_ranks(cheap, self.stage_ranks):
+                    if cheap is e.left:
+                        return f"({self.log2e_times(cheap, ctx)} {e.op} {self.p(other, ctx)})"
+                    return f"({self.p(other, ctx)} * {self.log2e_times(cheap, ctx)})"
+        if isinstance(e, n.Ref) and self.stage_ranks.get(e.stage) == n.PAIR and e.stage in self.stage_exprs:
+            inner = self.stage_exprs[e.stage]
+            if isinstance(inner, n.Binary) and inner.op == "*" and any(
+                    isinstance(x, n.Dot) or (isinstance(x, n.Ref) and x.stage == "qk") for x in (inner.left, inner.right)):
+                return self.log2e_times(inner, ctx)  # s = c·qk: fold into c rather than rescale s
+        return f"({self.p(e, ctx)} * {LOG2E_TEXT})"
+
+
+LOG2E = 1.4426950408889634
+LOG2E_TEXT = repr(LOG2E)
 
 
 def _const(c: n.Const) -> str:

@@ -15,12 +15,13 @@ from pathlib import Path
 import jinja2
 
 from ..ir import nodes as n
+from ..ir.bounds import tile_bounds
 from ..ir.names import kernel_ident
 from ..ir.passes import PassPlan, plan_passes
 from ..ir.printer import cascade_text
 from .exprs import ExprPrinter
 
-CODEGEN_VERSION = "1"
+CODEGEN_VERSION = "2"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
@@ -66,7 +67,7 @@ class _Builder:
                       for st in c.stages}
         for p in c.params:
             self.names[p.name] = kernel_ident(p.name)
-        self.printer = ExprPrinter(self.ranks, self.names, self._load)
+        self.printer = ExprPrinter(self.ranks, self.names, self._load, {st.name: st.expr for st in c.stages})
         self.pass_of = {r.stage: r.pass_index for r in plan.reductions}
 
     # -- tensor parameter reads: indices clamped into range, as in the reference
@@ -104,12 +105,8 @@ class _Builder:
         return need
 
     def pass_block(self, k: int) -> dict:
-        self.factors: dict[str, str] = {}
         reductions = {r.stage: r for r in self.plan.in_pass(k)}
-        need = self._needed_in_pass(k)
-        olds = sorted({x.stage for r in reductions.values() if r.rescale is not None
-                       for x in n.walk(r.rescale) if isinstance(x, n.Running) and x.when == "old"})
-        init, body = [], []
+        init = []
         for name, r in reductions.items():
             var = self.names[name]
             if r.op == "contract":
@@ -117,16 +114,34 @@ class _Builder:
             else:
                 fill = {"sum": "0.0", "max": 'float("-inf")', "min": 'float("inf")'}[r.op]
                 init.append(f"{var} = tl.full([BLOCK_M], {fill}, dtype=tl.float32)")
-        for name in olds:
-            body.append(f"{self.names[name]}_old = {self.names[name]}")
-        keep = "row_ok[:, None] & col_ok[None, :]"
+        summary = ", ".join(
+            f"{r.stage} ({r.op}{', rescaled' if r.rescale is not None else ''})" for r in reductions.values()
+        )
+        loads_v = any(r.op == "contract" for r in reductions.values())
+        return {"index": k, "summary": summary, "init": init, "loads_v": loads_v,
+                "body": self._body(k, reductions, masked=True), "full_body": self._body(k, reductions, masked=False)}
+
+    def _body(self, k: int, reductions: dict, masked: bool) -> list[str]:
+        """One key tile of pass ``k``: on a boundary tile (``masked``) the whole mask and the key
+        range are evaluated; on a full tile only the residual atoms the bounds cannot decide."""
+        self.factors: dict[str, str] = {}
+        need = self._needed_in_pass(k)
+        olds = sorted({x.stage for r in reductions.values() if r.rescale is not None
+                       for x in n.walk(r.rescale) if isinstance(x, n.Running) and x.when == "old"})
+        body = [f"{self.names[name]}_old = {self.names[name]}" for name in olds]
+        if masked:
+            mask = self.stages["keep"].expr if "keep" in self.stages else None
+            keep = "col_ok[None, :]" + (f" & ({self.expr(mask, 'pair')})" if mask is not None else "")
+        else:
+            residual = self.bounds.residual
+            keep = " & ".join(f"({self.expr(a, 'pair')})" for a in residual) if residual else None
+        self.keep = keep
         for st in self.c.stages[1:]:
             if st.name not in need and st.name not in ("s",):
                 continue
             var = self.names[st.name]
             if st.name == "keep":
-                body.append(f"keep = {keep} & ({self.expr(st.expr, 'pair')})")
-                continue
+                continue  # placed first, below
             if st.name in reductions:
                 body += self._update(st, reductions[st.name])
             elif st.is_reduction:
@@ -135,15 +150,14 @@ class _Builder:
                 body.append(f"{var} = {self.expr(st.expr, 'pair')}")
             else:
                 body.append(f"{var} = {self.expr(st.expr, 'vec' if st.type == n.VEC else 'row')}")
-        if "keep" not in self.stages:
+        if keep is not None:
             body.insert(len(olds), f"keep = {keep}")
         if k == 1:
-            body.append("n_kept += tl.sum(keep.to(tl.int32), 1)")
-        summary = ", ".join(
-            f"{r.stage} ({r.op}{', rescaled' if r.rescale is not None else ''})" for r in reductions.values()
-        )
-        loads_v = any(r.op == "contract" for r in reductions.values())
-        return {"index": k, "summary": summary, "init": init, "body": body, "loads_v": loads_v}
+            body.append("n_kept += tl.sum(keep.to(tl.int32), 1)" if keep is not None else "n_kept += BLOCK_N")
+        return body
+
+    def _kept(self, x: str, fill: str) -> str:
+        return x if self.keep is None else f"tl.where(keep, {x}, {fill})"
 
     def _update(self, st: n.Stage, r) -> list[str]:
         var = self.names[st.name]
@@ -159,7 +173,7 @@ class _Builder:
                 lines.append(f"{fac} = {text}")
                 lines.append(f"{fac} = tl.where({fac} == {fac}, {fac}, 0.0)")
         if isinstance(st.expr, n.Contract):
-            lines.append(f"p = tl.where(keep, {self.expr(st.expr.weight, 'pair')}, 0.0)")
+            lines.append(f"p = {self._kept(self.expr(st.expr.weight, 'pair'), '0.0')}")
             scaled = f"{var} * {fac}[:, None]" if fac else var
             lines.append(f"{var} = {scaled} + tl.dot(p.to(v_tile.dtype), v_tile{self.dot_precision})"
                          f"  # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_DV]")
@@ -167,13 +181,51 @@ class _Builder:
         body = self.expr(st.expr.body, "pair")
         op = st.expr.op
         if op == "sum":
-            lines.append(f"{var} = {var + ' * ' + fac if fac else var} + tl.sum(tl.where(keep, {body}, 0.0), 1)")
+            lines.append(f"{var} = {var + ' * ' + fac if fac else var} + tl.sum({self._kept(body, '0.0')}, 1)")
         else:
             fill = 'float("-inf")' if op == "max" else 'float("inf")'
             red = "tl.max" if op == "max" else "tl.min"
             comb = "tl.maximum" if op == "max" else "tl.minimum"
             shifted = f"{var} + {fac}" if fac else var
-            lines.append(f"{var} = {comb}({shifted}, {red}(tl.where(keep, {body}, {fill}), 1))")
+            lines.append(f"{var} = {comb}({shifted}, {red}({self._kept(body, fill)}, 1))")
+        return lines
+
+    def key_range(self) -> list[str]:
+        """Scalar lines computing the key tiles of this query tile (see ``ir/bounds.py``):
+        boundary tiles ``[lo_t, mid_lo)`` and ``[mid_hi, end)``, full tiles ``[mid_lo, mid_hi)``."""
+        lines = ["i_first = pid_m * BLOCK_M",
+                 "i_last = tl.minimum(i_first + BLOCK_M, n_q) - 1",
+                 "lo = 0", "hi = n_kv", "full_lo = 0", "full_hi = n_kv"]
+        for con in self.bounds.constraints:
+            c = self.expr(con.c, "row")
+            loose = "i_last" if con.a > 0 else "i_first"  # the row where the bound is widest
+            tight = "i_first" if con.a > 0 else "i_last"  # the row where it is narrowest
+
+            def lin(row: str, sign: int = 1, con=con, c=c) -> str:  # sign · (a·row + c)
+                a = con.a * sign
+                ai = "" if a == 0 else f"{row}" if a == 1 else f"-{row}" if a == -1 else f"{a} * {row}"
+                cc = f"({c})" if sign == 1 else f"(-({c}))"
+                return f"({ai} + {cc})" if ai else cc
+
+            if con.b > 0:  # j >= ceil(-(a·i + c) / b)
+                lines.append(f"lo = tl.maximum(lo, {_ceil_div(lin(loose, -1), con.b)})")
+                lines.append(f"full_lo = tl.maximum(full_lo, {_ceil_div(lin(tight, -1), con.b)})")
+            elif con.b < 0:  # j <= floor((a·i + c) / -b)
+                lines.append(f"hi = tl.minimum(hi, {_floor_div(lin(loose), -con.b)} + 1)")
+                lines.append(f"full_hi = tl.minimum(full_hi, {_floor_div(lin(tight), -con.b)} + 1)")
+            else:  # a condition on the query alone
+                lines.append(f"hi = tl.where({lin(loose)} >= 0, hi, 0)")
+                lines.append(f"full_hi = tl.where({lin(tight)} >= 0, full_hi, 0)")
+        lines += [
+            "lo = tl.maximum(lo, 0)",
+            "hi = tl.minimum(hi, n_kv)",
+            "lo_t = (lo // BLOCK_N) * BLOCK_N",
+            "end = tl.where(hi > lo, ((hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, lo_t)",
+            "full_lo = tl.maximum(full_lo, lo)",
+            "full_hi = tl.maximum(tl.minimum(full_hi, hi), 0)",
+            "mid_lo = tl.minimum(((full_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, end)",
+            "mid_hi = tl.maximum(tl.minimum((full_hi // BLOCK_N) * BLOCK_N, end), mid_lo)",
+        ]
         return lines
 
     def epilogue(self) -> list[str]:
@@ -184,10 +236,19 @@ class _Builder:
         return lines
 
 
+def _floor_div(x: str, k: int) -> str:
+    return x if k == 1 else f"_fdiv({x}, {k})"
+
+
+def _ceil_div(x: str, k: int) -> str:
+    return x if k == 1 else f"(-_fdiv(-{x}, {k}))"
+
+
 def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -> KernelSource:
     """The Triton source of ``c``'s forward kernel for one specialization."""
     plan = plan or plan_passes(c)
     b = _Builder(c, plan)
+    b.bounds = tile_bounds(c)
     b.dot_precision = ', input_precision="ieee"' if spec.upcast else ""
     passes = [b.pass_block(k) for k in range(1, plan.num_passes + 1)]
     tensors = [p for p in c.params if p.kind == "tensor"]
@@ -204,6 +265,8 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         upcast=".to(tl.float32)" if spec.upcast else "",
         dot_precision=b.dot_precision,
         epilogue=b.epilogue(),
+        key_range=b.key_range(),
+        lower_bounded=any(con.b > 0 for con in b.bounds.constraints),
         out_var=b.names["out"],
         lse_var=b.names["lse"] if c.has_lse else None,
     )

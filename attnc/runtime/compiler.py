@@ -27,8 +27,10 @@ import torch
 import triton
 
 from ..codegen.generate import CODEGEN_VERSION, KernelSource, Specialization, generate
+from ..codegen.tuning import INTERPRETER_CONFIG, gpu_configs
 from ..dsl.errors import SpecError
 from ..ir import nodes as n
+from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text
 from .frontend import library_spec, spec_from_file, spec_from_text
 from .validate import bind_params, check_inputs, sizes_of
@@ -129,8 +131,28 @@ class _Kernel:
                 setattr(module, helper, triton.jit(getattr(module, helper)))
             sizes = ["n_q", "n_kv", "n_heads", "n_kv_heads", "head_dim", "head_dim_v"]
             scalar_args = [a for a in fn.__code__.co_varnames[: fn.__code__.co_argcount]
-                           if a.startswith("u_") or a.startswith("stride") or a in sizes]
+                           if a.startswith(("u_", "stride")) or a in sizes]
             self.fn = triton.jit(fn, do_not_specialize=scalar_args)
+        self._tuned: dict[tuple, object] = {}
+
+    def launcher(self, config_key: tuple):
+        """The kernel to launch for (capability, BLOCK_D, BLOCK_DV): interpreted, or autotuned
+        over ``gpu_configs`` (``ATTNC_AUTOTUNE=0`` takes the first config without timing)."""
+        if self.interpret:
+            return self.fn, INTERPRETER_CONFIG
+        if config_key not in self._tuned:
+            capability, block_d, block_dv = config_key
+            configs = gpu_configs(capability, self.dtype, block_d, block_dv, self.num_passes)
+            if os.environ.get("ATTNC_AUTOTUNE", "1") == "0" or len(configs) == 1:
+                fn = self.fn
+                self._tuned[config_key] = (fn, configs[0])
+            else:
+                fn = triton.autotune(
+                    [triton.Config(c.kwargs(), num_warps=c.num_warps, num_stages=c.num_stages) for c in configs],
+                    key=["head_dim", "head_dim_v"],
+                )(self.fn)
+                self._tuned[config_key] = (fn, None)
+        return self._tuned[config_key]
 
 
 def kernel_for(c: n.Cascade, spec: Specialization) -> _Kernel:
@@ -146,12 +168,18 @@ def kernel_for(c: n.Cascade, spec: Specialization) -> _Kernel:
             _write_atomic(path, source.text)
         module = _load_module(path, key)
         kernel = _Kernel(source, path, module, spec.interpret)
+        kernel.dtype, kernel.num_passes = spec.dtype, plan_passes(c).num_passes
         _memory[key] = kernel
         _builds += 1
         return kernel
 
 
 # ---------------------------------------------------------------------------- the callable
+
+
+def _capability(device: torch.device) -> int:
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
 
 
 class Attention:
@@ -210,25 +238,28 @@ class Attention:
         lse = alloc((B, Hq, Nq), float("nan"), dtype=torch.float32, device=q.device)
         if Nq == 0 or B == 0 or Hq == 0:
             return (out, lse) if return_lse else out
-        block = 16 if interpret else 64
-        grid = (triton.cdiv(Nq, block), B * Hq)
+        block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
+        capability = 0 if interpret else _capability(q.device)
+        fn, config = kernel.launcher((capability, block_d, block_dv))
+        if config is None:  # autotuned: the tuner picks the tile sizes
+            grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)
+            launch = {}
+        else:
+            grid = (triton.cdiv(Nq, config.block_m), B * Hq)
+            launch = {**config.kwargs(), **({} if interpret else
+                                            {"num_warps": config.num_warps, "num_stages": config.num_stages})}
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()  # masked-off lanes
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
-            self._launch(kernel, grid, block, q, k, v, out, lse, tensors, scalars, Nq, Nkv, Hq, Hkv, D, Dv, scale)
+            fn[grid](
+                q, k, v, out, lse, *tensors, *scalars,
+                *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(),
+                Nq, Nkv, Hq, Hkv, D, Dv, float(scale),
+                BLOCK_D=block_d, BLOCK_DV=block_dv, **launch,
+            )
         return (out, lse) if return_lse else out
 
-    @staticmethod
-    def _launch(kernel, grid, block, q, k, v, out, lse, tensors, scalars, Nq, Nkv, Hq, Hkv, D, Dv, scale):
-        kernel.fn[grid](
-            q, k, v, out, lse, *tensors, *scalars,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(),
-            Nq, Nkv, Hq, Hkv, D, Dv, float(scale),
-            BLOCK_M=block, BLOCK_N=block,
-            BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(Dv)),
-        )
 
-
-def compile(path_or_source: str | os.PathLike, name: str | None = None) -> Attention:  # noqa: A001
+def compile(path_or_source: str | os.PathLike, name: str | None = None) -> Attention:
     """Compile a spec file (a path) or spec text (anything with a newline) to an ``Attention``."""
     if isinstance(path_or_source, os.PathLike) or (isinstance(path_or_source, str) and "\n" not in path_or_source):
         spec = spec_from_file(path_or_source)
