@@ -9,12 +9,19 @@ fused Triton kernel. Pipeline: ``dsl → ir → codegen → runtime``; the varia
 from .dsl.errors import SpecError
 from .dsl.parser import parse
 from .ir.passes import plan_passes
-from .runtime.frontend import SpecFile, library_cascade, library_spec, spec_from_file, spec_from_text
 from .runtime.compiler import Attention, compile, compile_count, load
+from .runtime.frontend import (
+    SpecFile,
+    library_cascade,
+    library_spec,
+    spec_from_file,
+    spec_from_text,
+)
+from .runtime.jit import jit
 from .runtime.reference import reference
 
 __all__ = [
     "SpecError", "SpecFile", "parse", "spec_from_file", "spec_from_text", "library_spec", "library_cascade",
-    "plan_passes", "reference", "Attention", "compile", "load", "compile_count",
+    "plan_passes", "reference", "Attention", "compile", "load", "compile_count", "jit",
 ]
 __version__ = "0.1.0"

@@ -562,11 +562,13 @@ def _tensor_arg(p: ast.Param, node: ast.Expr, ctx: Ctx, dscope: Scope) -> Tensor
     # Shapes over the size symbols alone (no int parameters) must agree exactly.
     dim_ctx = Ctx("dim", dscope, _builtins("dim"))
     for k, (want, have) in enumerate(zip(p.type.dims, b.spec.dims)):
+        if isinstance(want, ast.Name) and want.id == "_":
+            continue
         try:
             want_ir = simplify(lower_expr(want, dim_ctx))
         except SpecError:
             continue  # depends on the callee's int parameters: checked when the tensor arrives
-        if not _has(have, n.Param) and want_ir != have:
+        if not _has(have, n.Param) and want_ir != have and n.ANY_DIM not in (want_ir, have):
             from .printer import expr_text
 
             raise SpecError(
@@ -769,6 +771,9 @@ def _param_specs(d: ast.Def, scope: Scope) -> tuple[list[n.ParamSpec], dict]:
                 raise SpecError(f"tensor parameter `{p.name}` cannot have a default", p.default.span)
             dims = []
             for dim in p.type.dims:
+                if isinstance(dim, ast.Name) and dim.id == "_":
+                    dims.append(n.ANY_DIM)  # any size: checked for rank only
+                    continue
                 x = lower_expr(dim, Ctx("dim", scope, dim_env))
                 if x.type != n.INT:
                     raise SpecError(f"a tensor dimension must be an integer, but `{_describe(dim)}` is {_words(x.type)}", dim.span)

@@ -152,6 +152,10 @@ class Running:
 Expr = Union[Const, Var, Param, Load, Ref, ValueRow, Dot, Unary, Binary, Call, Select, Reduce, Contract, Running]
 
 
+# A tensor dimension declared ``_``: any size (the kernel clamps indices by the runtime size).
+ANY_DIM = Var("_", INT)
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     name: str

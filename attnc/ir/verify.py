@@ -129,7 +129,8 @@ def verify(c: n.Cascade) -> n.Cascade:
         ranks[st.name] = st.ranks
     for p in c.params:
         for d in p.dims:
-            _type_of(d, {}, params, f"{c.name}.{p.name}")
+            if d != n.ANY_DIM:
+                _type_of(d, {}, params, f"{c.name}.{p.name}")
         if p.default is not None:
             _type_of(p.default, {}, params, f"{c.name}.{p.name}")
     return c

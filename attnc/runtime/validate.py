@@ -79,7 +79,12 @@ def _scalar(spec: n.ParamSpec, value):
 def _tensor(spec: n.ParamSpec, value, sizes: dict, scalars: dict, device) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"parameter `{spec.name}` is a tensor, got {type(value).__name__}")
-    want = tuple(int(eval_size_expr(d, sizes, scalars)) for d in spec.dims)
+    if value.dim() != len(spec.dims):
+        shown = ", ".join(expr_text(d) for d in spec.dims)
+        raise ValueError(f"parameter `{spec.name}` must have {len(spec.dims)} dimensions [{shown}], "
+                         f"got shape {tuple(value.shape)}")
+    want = tuple(value.shape[k] if d == n.ANY_DIM else int(eval_size_expr(d, sizes, scalars))
+                 for k, d in enumerate(spec.dims))
     if tuple(value.shape) != want:
         shown = ", ".join(expr_text(d) for d in spec.dims)
         raise ValueError(f"parameter `{spec.name}` must have shape [{shown}] = {want}, got {tuple(value.shape)}")

@@ -1,0 +1,625 @@
+"""The Python frontend: FlexAttention-style ``score_mod`` / ``mask_mod`` functions → spec AST.
+
+A function is called once with symbolic stand-ins (``Sym``) for ``score, b, h, q_idx, kv_idx``
+and its extra parameters. Every operation on them — Python operators, ``torch.where``,
+``torch.tanh``, ``tensor[q_idx]`` on a captured tensor, ... — builds a spec expression instead of
+computing a value, so the function is never run per element, and what comes out is the same
+AST a spec file parses to. Anything without a spec meaning (``if`` on a symbolic value, an
+unsupported torch function) raises a ``SpecError`` that points at the Python line doing it.
+
+Captured tensors become tensor parameters (``name: tensor[_, ...] elem``); the tracer keeps the
+tensor objects, so each call reads their current contents.
+"""
+
+from __future__ import annotations
+
+import inspect
+import linecache
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from . import ast
+from .errors import Source, Span, SpecError
+from .parser import KEYWORDS
+
+SCORE_ARGS = ("score", "b", "h", "q_idx", "kv_idx")
+MASK_ARGS = ("b", "h", "q_idx", "kv_idx")
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the attnc package
+_TORCH = os.path.dirname(os.path.abspath(torch.__file__))
+# Names the spec language gives a meaning to; a user name equal to one cannot be a parameter.
+RESERVED = frozenset(KEYWORDS) | {
+    "q_idx", "kv_idx", "b", "h", "n_q", "n_kv", "head_dim", "n_heads", "n_kv_heads", "scale",
+    "B", "H", "H_KV", "N_Q", "N_KV", "D", "D_V", "exp", "exp2", "log", "log2", "log1p", "sqrt", "rsqrt",
+    "tanh", "sigmoid", "softplus", "relu", "abs", "min", "max", "clamp", "floor", "ceil", "sin", "cos",
+    "sum", "softmax", "i", "j", "s", "v", "out", "lse",
+}
+
+
+# ---------------------------------------------------------------------------- source locations
+
+
+def _user_frame():
+    """The innermost frame outside attnc and torch: the user's line being traced."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith((_HERE + os.sep, _TORCH + os.sep)):
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _span_of_frame(frame) -> Span | None:
+    if frame is None:
+        return None
+    code = frame.f_code
+    path = code.co_filename
+    line, col, end_line, end_col = frame.f_lineno, 0, frame.f_lineno, 0
+    try:
+        pos = list(code.co_positions())[frame.f_lasti // 2]
+        if pos[0] is not None:
+            line, end_line = pos[0], pos[1] or pos[0]
+            col, end_col = (pos[2] or 0), (pos[3] or 0)
+    except (AttributeError, IndexError):
+        pass
+    text = "".join(linecache.getlines(path))
+    return Span(Source(path, text), line, col + 1, end_line, max(end_col + 1, col + 2))
+
+
+def _def_span(fn) -> Span | None:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return None
+    text = "".join(linecache.getlines(code.co_filename))
+    line = code.co_firstlineno
+    src = Source(code.co_filename, text)
+    width = len(src.line(line))
+    return Span(src, line, 1, line, max(width + 1, 2))
+
+
+def trace_error(message: str) -> SpecError:
+    frame = _user_frame()
+    where = f"in `{frame.f_code.co_name}`: " if frame is not None else ""
+    return SpecError(where + message, _span_of_frame(frame))
+
+
+# ---------------------------------------------------------------------------- symbolic values
+
+
+def _num(x) -> ast.Expr:
+    if isinstance(x, bool):
+        return ast.Bool(x)
+    if isinstance(x, int):
+        if not -(2**31) <= x < 2**31:
+            raise trace_error(f"the integer {x} does not fit in int32")
+        return ast.Num(x, True) if x >= 0 else ast.Unary("-", ast.Num(-x, True))
+    if math.isnan(x) or math.isinf(x):
+        raise trace_error(
+            f"the constant {x} has no spec meaning; to mask pairs, return "
+            "`torch.where(cond, score, -float('inf'))` from a score_mod or use a mask_mod")
+    return ast.Num(x, False) if x >= 0 or math.copysign(1, x) > 0 else ast.Unary("-", ast.Num(-x, False))
+
+
+class Sym:
+    """A symbolic value: a spec expression ``node`` of type ``kind`` ("int", "float" or "bool").
+
+    FlexAttention masks in a score_mod by selecting ``-inf``; here that is kind "neginf" (no
+    node), and ``torch.where(cond, x, -inf)`` gives ``x`` with ``masked = cond``, which becomes
+    part of the mask. Neither may flow into further arithmetic.
+    """
+
+    __slots__ = ("kind", "masked", "node", "tracer")
+
+    def __init__(self, node: ast.Expr | None, kind: str, tracer: Tracer, masked: ast.Expr | None = None):
+        self.node = node
+        self.kind = kind
+        self.tracer = tracer
+        self.masked = masked
+
+    def plain(self) -> Sym:
+        if self.kind == "neginf" or self.masked is not None:
+            raise trace_error("-inf can only be chosen by torch.where(cond, score, -inf) as the value a score_mod "
+                              "returns (attnc turns it into a mask); it cannot flow into further arithmetic")
+        return self
+
+    __hash__ = object.__hash__
+
+    # -- operands
+    def _lift(self, x) -> Sym:
+        if isinstance(x, Sym):
+            return x
+        if isinstance(x, float) and x == -math.inf:
+            return Sym(None, "neginf", self.tracer)
+        if isinstance(x, (bool, int, float)):
+            kind = "bool" if isinstance(x, bool) else "int" if isinstance(x, int) else "float"
+            return Sym(_num(x), kind, self.tracer)
+        if isinstance(x, torch.Tensor):
+            raise trace_error(
+                f"a captured tensor of shape {tuple(x.shape)} is used as a value; index it with "
+                "the symbolic arguments (e.g. `bias[h]`, `doc[q_idx]`), or pass a Python number")
+        raise trace_error(f"cannot use a {type(x).__name__} in a traced expression")
+
+    def _arith(self, op: str, other, reverse: bool = False) -> Sym:
+        a, b = (self._lift(other), self) if reverse else (self, self._lift(other))
+        a, b = a.plain(), b.plain()
+        for x in (a, b):
+            if x.kind == "bool":
+                raise trace_error(f"arithmetic `{op}` on a boolean; use torch.where(cond, 1.0, 0.0) to get a number")
+        kind = "float" if op == "/" or "float" in (a.kind, b.kind) else "int"
+        return Sym(ast.BinOp(op, a.node, b.node), kind, self.tracer)
+
+    def __add__(self, o): return self._arith("+", o)
+    def __radd__(self, o): return self._arith("+", o, True)
+    def __sub__(self, o): return self._arith("-", o)
+    def __rsub__(self, o): return self._arith("-", o, True)
+    def __mul__(self, o): return self._arith("*", o)
+    def __rmul__(self, o): return self._arith("*", o, True)
+    def __truediv__(self, o): return self._arith("/", o)
+    def __rtruediv__(self, o): return self._arith("/", o, True)
+    def __floordiv__(self, o): return self._arith("//", o)
+    def __rfloordiv__(self, o): return self._arith("//", o, True)
+    def __mod__(self, o): return self._arith("%", o)
+    def __rmod__(self, o): return self._arith("%", o, True)
+    def __pow__(self, o): return self._arith("**", o)
+    def __rpow__(self, o): return self._arith("**", o, True)
+
+    def __neg__(self):
+        self.plain()
+        if self.kind == "bool":
+            raise trace_error("unary minus on a boolean; use `~` to negate a condition")
+        return Sym(ast.Unary("-", self.node), self.kind, self.tracer)
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return self.tracer.call("abs", self)
+
+    def _compare(self, op: str, other) -> Sym:
+        a, b = self.plain(), self._lift(other).plain()
+        if (a.kind == "bool") != (b.kind == "bool"):
+            raise trace_error(f"`{op}` compares a boolean with a number")
+        return Sym(ast.Compare((op,), (a.node, b.node)), "bool", self.tracer)
+
+    def __lt__(self, o): return self._compare("<", o)
+    def __le__(self, o): return self._compare("<=", o)
+    def __gt__(self, o): return self._compare(">", o)
+    def __ge__(self, o): return self._compare(">=", o)
+    def __eq__(self, o): return self._compare("==", o)  # type: ignore[override]
+    def __ne__(self, o): return self._compare("!=", o)  # type: ignore[override]
+
+    def _logic(self, op: str, other, reverse: bool = False) -> Sym:
+        a, b = (self._lift(other), self) if reverse else (self, self._lift(other))
+        a, b = a.plain(), b.plain()
+        if a.kind != "bool" or b.kind != "bool":
+            raise trace_error(f"`{'&' if op == 'and' else '|'}` on a {a.kind if a.kind != 'bool' else b.kind} value: "
+                              "bitwise operations on integers have no spec meaning; combine conditions only")
+        return Sym(ast.BoolOp(op, a.node, b.node), "bool", self.tracer)
+
+    def __and__(self, o): return self._logic("and", o)
+    def __rand__(self, o): return self._logic("and", o, True)
+    def __or__(self, o): return self._logic("or", o)
+    def __ror__(self, o): return self._logic("or", o, True)
+
+    def __xor__(self, o):
+        b = self._lift(o)
+        if self.kind != "bool" or b.kind != "bool":
+            raise trace_error("`^` on integers has no spec meaning")
+        return self._compare("!=", b)
+
+    def __invert__(self):
+        self.plain()
+        if self.kind != "bool":
+            raise trace_error("`~` on an integer has no spec meaning; `~` negates a condition")
+        return Sym(ast.Not(self.node), "bool", self.tracer)
+
+    def __bool__(self):
+        raise trace_error(
+            "Python control flow on a traced value (`if`, `while`, `and`/`or`/`not`, a chained "
+            "comparison, bool()): the function runs once, symbolically; use torch.where(cond, a, b), "
+            "`&`, `|` and `~` instead")
+
+    def __index__(self):
+        raise trace_error("a traced value cannot be used as a Python integer (indexing a list, range(), int())")
+
+    __int__ = __index__
+
+    def __float__(self):
+        raise trace_error("a traced value cannot be converted to a Python float")
+
+    def __iter__(self):
+        raise trace_error("a traced value is a single number per (q_idx, kv_idx); it cannot be iterated")
+
+    def __getitem__(self, _):
+        raise trace_error("a traced value is a single number; it cannot be indexed")
+
+    def __repr__(self) -> str:
+        from .printer import print_expr
+
+        return f"<traced {self.kind}: {print_expr(self.node)}>"
+
+    # -- tensor-style methods used in score_mods
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        methods = {
+            "abs": "abs", "exp": "exp", "exp2": "exp2", "log": "log", "log2": "log2", "log1p": "log1p",
+            "sqrt": "sqrt", "rsqrt": "rsqrt", "tanh": "tanh", "sigmoid": "sigmoid", "sin": "sin", "cos": "cos",
+            "floor": "floor", "ceil": "ceil", "relu": "relu",
+        }
+        if name in methods:
+            return lambda: self.tracer.call(methods[name], self)
+        if name in ("float", "double", "half", "bfloat16"):
+            return lambda: self.tracer.to_float(self)
+        if name in ("int", "long"):
+            return lambda: self.tracer.to_int(self)
+        if name == "to":
+            return lambda dtype, *a, **k: self.tracer.to_dtype(self, dtype)
+        if name == "clamp":
+            return lambda min=None, max=None: self.tracer.clamp(self, min, max)
+        if name in ("logical_and", "logical_or"):
+            return lambda other: self._logic(name[8:], other)
+        if name == "logical_not":
+            return self.__invert__
+        if name in ("minimum", "maximum"):
+            return lambda other: self.tracer.call("min" if name == "minimum" else "max", self, other)
+        if name == "where":  # x.where(cond, y) == torch.where(cond, x, y)
+            return lambda cond, other: self.tracer.where(cond, self, other)
+        raise trace_error(f"`.{name}` is not supported on a traced value")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tracer = next(a.tracer for a in _flatten((args, kwargs)) if isinstance(a, Sym))
+        return tracer.torch_function(func, args, kwargs)
+
+
+def _flatten(x):
+    if isinstance(x, (list, tuple)):
+        for y in x:
+            yield from _flatten(y)
+    elif isinstance(x, dict):
+        for y in x.values():
+            yield from _flatten(y)
+    else:
+        yield x
+
+
+# ---------------------------------------------------------------------------- the tracer
+
+
+@dataclass
+class Captured:
+    """A tensor the traced functions index: it becomes the tensor parameter ``name``."""
+
+    name: str
+    tensor: torch.Tensor
+    elem: str
+
+
+@dataclass
+class Tracer:
+    functions: list = field(default_factory=list)  # the user's functions, for naming captures
+    captured: list[Captured] = field(default_factory=list)
+    taken: set[str] = field(default_factory=set)
+    return_spans: dict = field(default_factory=dict)  # function → span of its `return`
+
+    # -- functions
+    def call(self, fn: str, *args) -> Sym:
+        lifted = [(a if isinstance(a, Sym) else Sym(_num(a), "float" if isinstance(a, float) else "int", self)).plain()
+                  for a in args]
+        for a in lifted:
+            if a.kind == "bool":
+                raise trace_error(f"`{fn}` of a boolean; use torch.where(cond, 1.0, 0.0) to get a number")
+        if fn in ("floor", "ceil") or fn in ("abs", "min", "max", "relu") and all(a.kind == "int" for a in lifted):
+            kind = "int"
+        else:
+            kind = "float"
+        return Sym(ast.Call(fn, tuple(a.node for a in lifted), ()), kind, self)
+
+    def where(self, cond, a, b) -> Sym:
+        if isinstance(cond, bool):
+            return a if cond else b
+        if not isinstance(cond, Sym) or cond.kind != "bool":
+            raise trace_error("the condition of torch.where must be a comparison or a combination of them")
+        cond = cond.plain()
+        a, b = cond._lift(a), cond._lift(b)
+        if b.kind == "neginf" or a.kind == "neginf":  # a FlexAttention-style mask
+            keep, x = (cond.node, a) if b.kind == "neginf" else (ast.Not(cond.node), b)
+            if x.kind == "neginf":
+                raise trace_error("torch.where selects -inf on both sides")
+            if x.kind == "bool":
+                raise trace_error("torch.where mixes a boolean and -inf")
+            masked = keep if x.masked is None else ast.BoolOp("and", keep, x.masked)
+            return Sym(x.node, "float", self, masked)
+        a, b = a.plain(), b.plain()
+        if (a.kind == "bool") != (b.kind == "bool"):
+            raise trace_error("torch.where mixes a boolean and a number")
+        kind = a.kind if a.kind == b.kind else "float"
+        return Sym(ast.IfExp(cond.node, a.node, b.node), kind, self)
+
+    def clamp(self, x, lo, hi) -> Sym:
+        if lo is not None and hi is not None:
+            return self.call("clamp", x, lo, hi)
+        if lo is not None:
+            return self.call("max", x, lo)
+        if hi is not None:
+            return self.call("min", x, hi)
+        return x
+
+    def to_float(self, x: Sym) -> Sym:
+        if x.kind == "float":
+            return x
+        if x.kind == "bool":
+            return self.where(x, 1.0, 0.0)
+        return Sym(ast.Call("float", (x.node,), ()), "float", self)
+
+    def to_int(self, x: Sym) -> Sym:
+        if x.kind == "int":
+            return x
+        if x.kind == "bool":
+            return self.where(x, 1, 0)
+        return Sym(ast.Call("floor", (x.node,), ()), "int", self)
+
+    def to_dtype(self, x: Sym, dtype) -> Sym:
+        if dtype == torch.bool:
+            if x.kind != "bool":
+                return x != 0
+            return x
+        if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+            return self.to_float(x)
+        if isinstance(dtype, torch.dtype):
+            return self.to_int(x)
+        raise trace_error(f".to({dtype!r}) is not supported on a traced value")
+
+    # -- captured tensors
+    def index(self, tensor: torch.Tensor, idx) -> Sym:
+        indices = idx if isinstance(idx, tuple) else (idx,)
+        if any(i is Ellipsis or i is None or isinstance(i, slice) for i in indices):
+            raise trace_error("index captured tensors with one value per dimension (no slices, `...` or None)")
+        if len(indices) != tensor.dim():
+            raise trace_error(
+                f"a captured tensor of shape {tuple(tensor.shape)} is indexed with {len(indices)} "
+                f"index{'es' if len(indices) != 1 else ''}; give exactly one per dimension, e.g. t[h, q_idx]")
+        cap = self.capture(tensor)
+        anchor = next(i for i in indices if isinstance(i, Sym))
+        nodes = []
+        for i in indices:
+            s = anchor._lift(i)
+            if s.kind != "int":
+                raise trace_error(f"a tensor index must be an integer, got a {s.kind} value")
+            nodes.append(s.node)
+        kind = cap.elem
+        return Sym(ast.Index(cap.name, tuple(nodes)), kind, self)
+
+    def capture(self, tensor: torch.Tensor) -> Captured:
+        for cap in self.captured:
+            if cap.tensor is tensor:
+                return cap
+        if tensor.dim() == 0:
+            raise trace_error("a 0-d captured tensor; pass the value as a Python number or as an extra parameter")
+        if tensor.dtype == torch.bool:
+            elem = "bool"
+        elif tensor.dtype.is_floating_point:
+            elem = "float"
+        elif tensor.dtype.is_complex:
+            raise trace_error("complex tensors have no spec meaning")
+        else:
+            elem = "int"
+        name = self._name_for(tensor)
+        cap = Captured(name, tensor, elem)
+        self.captured.append(cap)
+        self.taken.add(name)
+        return cap
+
+    def _name_for(self, tensor: torch.Tensor) -> str:
+        """The Python name the user's functions know the tensor by, made unique and legal."""
+        found = None
+        for fn in self.functions:
+            code = getattr(fn, "__code__", None)
+            if code is None:
+                continue
+            for var, cell in zip(code.co_freevars, fn.__closure__ or ()):
+                try:
+                    if cell.cell_contents is tensor:
+                        found = var
+                except ValueError:
+                    continue
+            for var in code.co_names:
+                if fn.__globals__.get(var) is tensor:
+                    found = found or var
+        base = (found or "buf").lstrip("_") or "buf"
+        if base in RESERVED:
+            base = f"{base}_t"
+        name, k = base, 1
+        while name in self.taken:
+            k += 1
+            name = f"{base}{k}"
+        return name
+
+    # -- torch functions on symbolic values
+    def torch_function(self, func, args, kwargs):
+        name = getattr(func, "__name__", str(func))
+        if func is torch.Tensor.__getitem__:
+            return self.index(args[0], args[1])
+        unary = {"tanh": "tanh", "exp": "exp", "exp2": "exp2", "log": "log", "log2": "log2", "log1p": "log1p",
+                 "sqrt": "sqrt", "rsqrt": "rsqrt", "sigmoid": "sigmoid", "abs": "abs", "sin": "sin", "cos": "cos",
+                 "floor": "floor", "ceil": "ceil", "relu": "relu", "softplus": "softplus"}
+        if name in unary and len(args) == 1 and not kwargs:
+            return self.call(unary[name], args[0])
+        if name == "where" and len(args) == 3:
+            return self.where(*args)
+        if name in ("minimum", "maximum", "fmin", "fmax") and len(args) == 2:
+            return self.call("min" if name in ("minimum", "fmin") else "max", *args)
+        if name in ("min", "max") and len(args) == 2 and not kwargs:
+            return self.call(name, *args)
+        if name in ("clamp", "clip"):
+            lo = args[1] if len(args) > 1 else kwargs.get("min")
+            hi = args[2] if len(args) > 2 else kwargs.get("max")
+            return self.clamp(args[0], lo, hi)
+        if name in ("logical_and", "logical_or") and len(args) == 2:
+            a = args[0] if isinstance(args[0], Sym) else args[1]._lift(args[0])
+            return a._logic(name[8:], args[1])
+        if name == "logical_not" and len(args) == 1:
+            return args[0].__invert__()
+        if name in ("remainder", "fmod") and len(args) == 2:
+            return _binary(args, "%")
+        if name == "floor_divide" and len(args) == 2:
+            return _binary(args, "//")
+        if name in ("div", "true_divide", "divide") and len(args) == 2:
+            mode = kwargs.get("rounding_mode")
+            if mode == "floor":
+                return _binary(args, "//")
+            if mode is None:
+                return _binary(args, "/")
+        if name in ("pow", "float_power") and len(args) == 2:
+            return _binary(args, "**")
+        if name in ("add", "sub", "mul") and len(args) == 2 and not kwargs:
+            return _binary(args, {"add": "+", "sub": "-", "mul": "*"}[name])
+        if name.startswith("__") and name.endswith("__"):  # Tensor operators with a Sym operand
+            op = name.strip("_")
+            reverse = op.startswith("r") and op[1:] in _OPS
+            op = op[1:] if reverse else op
+            if op in _OPS and len(args) == 2:
+                a, b = (args[1], args[0]) if reverse else (args[0], args[1])
+                return _binary((a, b), _OPS[op])
+        raise trace_error(f"`torch.{name}` has no spec meaning in attnc (supported: arithmetic, comparisons, "
+                          "& | ~, torch.where, tanh, exp, log, sqrt, sigmoid, abs, minimum, maximum, clamp, "
+                          "and indexing captured tensors)")
+
+
+_OPS = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%", "pow": "**",
+        "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=", "and": "&", "or": "|"}
+
+
+def _binary(args, op: str) -> Sym:
+    a, b = args
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        t = a if isinstance(a, torch.Tensor) else b
+        raise trace_error(
+            f"a captured tensor of shape {tuple(t.shape)} is used as a value; index it with "
+            "the symbolic arguments (e.g. `bias[h]`, `doc[q_idx]`), or pass a Python number")
+    sym = a if isinstance(a, Sym) else b
+    lhs = sym._lift(a)
+    rhs = b
+    if op in ("<", "<=", ">", ">=", "==", "!="):
+        return lhs._compare(op, rhs)
+    if op in ("&", "|"):
+        return lhs._logic("and" if op == "&" else "or", rhs)
+    return lhs._arith(op, rhs)
+
+
+# ---------------------------------------------------------------------------- user functions
+
+
+@dataclass(frozen=True)
+class ExtraParam:
+    name: str
+    kind: str  # "int" | "float" | "bool"
+    default: object  # a Python value, or inspect.Parameter.empty
+
+
+def role_of(fn) -> str:
+    """"score" for ``score_mod(score, b, h, q_idx, kv_idx, ...)``, "mask" for
+    ``mask_mod(b, h, q_idx, kv_idx, ...)``; a SpecError at the def line otherwise."""
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        raise SpecError(f"{getattr(fn, '__name__', fn)!r} has no inspectable signature") from None
+    if len(params) >= 5 and params[0] == "score":
+        return "score"
+    if len(params) >= 4 and params[0] != "score":
+        return "mask"
+    name = getattr(fn, "__name__", "the function")
+    raise SpecError(
+        f"`{name}({', '.join(params)})` is neither a score_mod (score, b, h, q_idx, kv_idx, ...) "
+        "nor a mask_mod (b, h, q_idx, kv_idx, ...)", _def_span(fn))
+
+
+def extra_params(fn, role: str) -> list[ExtraParam]:
+    """The parameters after the standard ones: runtime scalar parameters of the attention."""
+    sig = inspect.signature(fn)
+    n_std = 5 if role == "score" else 4
+    out = []
+    for p in list(sig.parameters.values())[n_std:]:
+        where = _def_span(fn)
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            raise SpecError(f"`{fn.__name__}`: *args/**kwargs cannot become spec parameters", where)
+        kind = None
+        ann = p.annotation
+        if ann in (int, "int"):
+            kind = "int"
+        elif ann in (float, "float"):
+            kind = "float"
+        elif ann in (bool, "bool"):
+            kind = "bool"
+        elif p.default is not p.empty and isinstance(p.default, (bool, int, float)):
+            kind = "bool" if isinstance(p.default, bool) else "int" if isinstance(p.default, int) else "float"
+        if kind is None:
+            raise SpecError(
+                f"`{fn.__name__}`: extra parameter `{p.name}` needs an int/float/bool annotation or a "
+                "number default (it becomes a runtime parameter of the attention)", where)
+        if p.name in RESERVED or p.name.startswith("_"):
+            raise SpecError(f"`{fn.__name__}`: parameter name `{p.name}` is reserved in attnc specs; rename it", where)
+        out.append(ExtraParam(p.name, kind, p.default))
+    return out
+
+
+def trace(fn, role: str, tracer: Tracer, extras: list[ExtraParam]) -> Sym | bool | float | int:
+    """Call ``fn`` once on symbolic arguments; returns what it returned."""
+    args = {
+        "score": Sym(ast.Name("score"), "float", tracer),
+        "b": Sym(ast.Name("b"), "int", tracer),
+        "h": Sym(ast.Name("h"), "int", tracer),
+        "q_idx": Sym(ast.Name("q_idx"), "int", tracer),
+        "kv_idx": Sym(ast.Name("kv_idx"), "int", tracer),
+    }
+    std = SCORE_ARGS if role == "score" else MASK_ARGS
+    positional = [args[a] for a in std]
+    names = list(inspect.signature(fn).parameters)[len(std):]
+    by_name = {e.name: e for e in extras}
+    extra_syms = [Sym(ast.Name(nm), by_name[nm].kind, tracer) for nm in names]
+    tracer.functions.append(fn)
+    # Remember the line of the `return`, so a result of the wrong type is reported there.
+    code = getattr(fn, "__code__", None)
+    previous = sys.getprofile()
+
+    def profile(frame, event, arg):
+        if event == "return" and frame.f_code is code:
+            tracer.return_spans[fn] = _span_of_frame(frame)
+
+    sys.setprofile(profile)
+    try:
+        return fn(*positional, *extra_syms)
+    finally:
+        sys.setprofile(previous)
+
+
+def as_expr(result, role: str, fn, tracer: Tracer) -> tuple[ast.Expr, ast.Expr | None]:
+    """The function's result as a spec expression of the right type for its role, and for a
+    score_mod the mask its ``torch.where(cond, score, -inf)`` selections mean (or None)."""
+    name = getattr(fn, "__name__", "the function")
+    where = tracer.return_spans.get(fn) or _def_span(fn)
+    masked = None
+    if isinstance(result, Sym):
+        if result.kind == "neginf":
+            raise SpecError(f"`{name}` returns -inf for every pair", where)
+        kind, node, masked = result.kind, result.node, result.masked
+    elif isinstance(result, (bool, int, float)):
+        kind = "bool" if isinstance(result, bool) else "int" if isinstance(result, int) else "float"
+        node = _num(result)
+    elif isinstance(result, torch.Tensor) and result.dim() == 0 and result.dtype == torch.bool:
+        kind, node = "bool", ast.Bool(bool(result))
+    else:
+        raise SpecError(f"`{name}` returned a {type(result).__name__}; a {role}_mod returns "
+                        f"{'a boolean' if role == 'mask' else 'a number'} built from its arguments", where)
+    if role == "mask" and kind != "bool":
+        raise SpecError(f"mask_mod `{name}` returned {'an' if kind == 'int' else 'a'} {kind} value; a mask_mod must "
+                        "return a boolean (a comparison, or `&`/`|`/`~` of comparisons)", where)
+    if role == "score" and kind == "bool":
+        raise SpecError(f"score_mod `{name}` returned a boolean; a score_mod returns the new score", where)
+    return node, masked
