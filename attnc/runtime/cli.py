@@ -2,6 +2,11 @@
 
     attnc list                 the library, one line of math per variant
     attnc explain SPEC [NAME]  the parsed definition, its Einsum cascade and its pass plan
+    attnc compile SPEC [NAME] [-o FILE] [--dtype D]
+                               a standalone Triton kernel file with a launcher (torch + triton only)
+    attnc check SPEC [NAME] [--dtype D] [shape options] [--param name=value]
+                               run the kernel on random inputs against the float64 reference
+    attnc demo                 compile, run and check a library variant; show the generated kernel
 
 SPEC is a path to a spec file or the name of a library variant.
 """
@@ -69,6 +74,94 @@ def cmd_explain(spec: str, name: str | None, out) -> int:
     return 0
 
 
+def _definitions(sf: SpecFile, name: str | None) -> list[str]:
+    if name:
+        return [name]
+    attentions = [d.name for d in sf.module.defs if d.kind == "attention"]
+    return attentions or sf.names
+
+
+def cmd_compile(spec: str, name: str | None, out_path: str | None, dtype: str, out) -> int:
+    from ..codegen.standalone import standalone_source
+
+    sf = _open(spec)
+    target = name or sf.cascade().name
+    cascade = sf.cascade(target)
+    path = Path(out_path or f"{target}_kernel.py")
+    text = standalone_source(cascade, dtype, module_hint=path.stem)
+    from .compiler import _write_atomic
+
+    _write_atomic(path, text)
+    print(f"wrote {path} ({cascade.name}, {dtype}, {len(text.splitlines())} lines; needs torch and triton only)",
+          file=out)
+    return 0
+
+
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text in ("True", "False", "true", "false"):
+        return text.lower() == "true"
+    raise ValueError(f"--param value {text!r} is not a number or a bool")
+
+
+def cmd_check(args, out) -> int:
+    from .check import DTYPES, Shape, check
+    from .compiler import Attention
+
+    sf = _open(args.spec)
+    params = {}
+    for item in args.param or []:
+        if "=" not in item:
+            raise ValueError(f"--param takes name=value, got {item!r}")
+        key, value = item.split("=", 1)
+        params[key.strip()] = _parse_value(value.strip())
+    shape = Shape(args.batch, args.heads, args.kv_heads or args.heads, args.nq, args.nkv or args.nq,
+                  args.head_dim, args.head_dim_v)
+    dtypes = list(DTYPES.values()) if args.dtype == "all" else [DTYPES[args.dtype]]
+    failed = 0
+    print(f"checking {sf.path}: B={shape.batch} Hq={shape.heads} Hkv={shape.kv_heads} Nq={shape.n_q} "
+          f"Nkv={shape.n_kv} D={shape.head_dim} Dv={shape.head_dim_v or shape.head_dim}, seed {args.seed}, "
+          f"device {args.device}", file=out)
+    for target in _definitions(sf, args.name):
+        attn = Attention(sf.cascade(target), sf.path)
+        for dtype in dtypes:
+            result = check(attn, dtype, shape, args.seed, params, args.device)
+            print(result.line(), file=out)
+            failed += not result.passed
+    print("PASS" if not failed else f"FAIL ({failed} failed)", file=out)
+    return 1 if failed else 0
+
+
+def cmd_demo(out) -> int:
+    import torch
+
+    from .check import Shape, check
+    from .compiler import load
+
+    name, params = "sliding_window", {"window": 24}
+    attn = load(name)
+    plan = plan_passes(attn.cascade)
+    print(f"attnc demo — library variant `{name}`: {formula_line(LIBRARY_DIR / f'{name}.attn')}", file=out)
+    print("plan: " + plan_text(attn.cascade, plan).splitlines()[0], file=out)
+    shape = Shape(batch=2, heads=4, kv_heads=2, n_q=100, n_kv=100, head_dim=64)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    how = "compiled Triton kernel" if device == "cuda" else "Triton's interpreter, the same kernel source"
+    print(f"running on {device} ({how}): B=2, Hq=4, Hkv=2 (GQA), N=100, D=64, window=24", file=out)
+    worst = 0
+    for dtype in (torch.float16, torch.float32):
+        result = check(attn, dtype, shape, seed=0, params=params, device=device)
+        print("  " + result.line(), file=out)
+        worst += not result.passed
+    print(f"generated kernel: {attn.kernel_path(torch.float16, device)}", file=out)
+    print(f"a standalone copy: attnc compile {name} -o {name}_kernel.py", file=out)
+    print(f"see also: attnc explain {name}; attnc check {name}; attnc list", file=out)
+    return 1 if worst else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="attnc", description="a compiler for attention variants")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,10 +169,36 @@ def main(argv: list[str] | None = None) -> int:
     ex = sub.add_parser("explain", help="show a spec's definition, cascade and pass plan")
     ex.add_argument("spec", help="a spec file, or the name of a library variant")
     ex.add_argument("name", nargs="?", help="one definition of the file (default: all)")
+    co = sub.add_parser("compile", help="write a standalone Triton kernel file with a launcher")
+    co.add_argument("spec", help="a spec file, or the name of a library variant")
+    co.add_argument("name", nargs="?", help="the definition to compile (default: the file's attention)")
+    co.add_argument("-o", "--output", help="output file (default: NAME_kernel.py)")
+    co.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    ch = sub.add_parser("check", help="run a kernel on random inputs against the float64 reference")
+    ch.add_argument("spec", help="a spec file, or the name of a library variant")
+    ch.add_argument("name", nargs="?", help="one definition (default: the attentions, else every definition)")
+    ch.add_argument("--dtype", default="all", choices=["all", "float32", "float16", "bfloat16"])
+    ch.add_argument("--batch", type=int, default=2)
+    ch.add_argument("--heads", type=int, default=4)
+    ch.add_argument("--kv-heads", type=int, default=2)
+    ch.add_argument("--nq", type=int, default=37)
+    ch.add_argument("--nkv", type=int, default=None, help="default: --nq")
+    ch.add_argument("--head-dim", type=int, default=32)
+    ch.add_argument("--head-dim-v", type=int, default=None, help="default: --head-dim")
+    ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--device", default="cpu")
+    ch.add_argument("--param", action="append", metavar="NAME=VALUE", help="a scalar parameter (repeatable)")
+    sub.add_parser("demo", help="compile, run and check a library variant")
     args = parser.parse_args(argv)
     try:
         if args.command == "list":
             return cmd_list(sys.stdout)
+        if args.command == "compile":
+            return cmd_compile(args.spec, args.name, args.output, args.dtype, sys.stdout)
+        if args.command == "check":
+            return cmd_check(args, sys.stdout)
+        if args.command == "demo":
+            return cmd_demo(sys.stdout)
         return cmd_explain(args.spec, args.name, sys.stdout)
     except SpecError as err:
         print(str(err), file=sys.stderr)
@@ -87,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 1
+    except (ValueError, TypeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

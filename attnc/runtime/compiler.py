@@ -201,6 +201,12 @@ class Attention:
     def name(self) -> str:
         return self.cascade.name
 
+    def reference(self, q, k, v, *, scale: float | None = None, return_lse: bool = False, **params):
+        """The float64 reference result for the same call (``runtime/reference.py``)."""
+        from .reference import reference
+
+        return reference(self.cascade, q, k, v, scale=scale, return_lse=return_lse, **params)
+
     def kernel_path(self, dtype: torch.dtype = torch.float16, device: str = "cpu") -> Path:
         """The cached ``.py`` file of the generated kernel for this dtype/device."""
         if dtype not in _DTYPES:

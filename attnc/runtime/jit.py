@@ -49,13 +49,18 @@ class JitAttention(Attention):
         self.spec_text = spec_text
         self.captured = tuple(captured)
 
-    def __call__(self, q, k, v, *, scale=None, return_lse=False, **params):
+    def _with_captured(self, params: dict) -> dict:
         for cap in self.captured:
             if cap.name in params:
                 raise TypeError(f"parameter `{cap.name}` is the tensor captured by the traced function; "
                                 "update that tensor in place instead of passing it")
-        bound = {cap.name: cap.tensor for cap in self.captured}
-        return super().__call__(q, k, v, scale=scale, return_lse=return_lse, **bound, **params)
+        return {**{cap.name: cap.tensor for cap in self.captured}, **params}
+
+    def __call__(self, q, k, v, *, scale=None, return_lse=False, **params):
+        return super().__call__(q, k, v, scale=scale, return_lse=return_lse, **self._with_captured(params))
+
+    def reference(self, q, k, v, *, scale=None, return_lse=False, **params):
+        return super().reference(q, k, v, scale=scale, return_lse=return_lse, **self._with_captured(params))
 
 
 def _norm_defs(norm) -> tuple[str, list[ast.Def], tuple[ast.Param, ...]]:

@@ -67,3 +67,97 @@ def test_console_entry_point_runs_as_a_module():
     proc = subprocess.run([sys.executable, "-m", "attnc", "explain", "causal"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "keep[i, j]  = j <= i + n_kv - n_q" in proc.stdout
+
+
+# ---------------------------------------------------------------------------- compile / check / demo
+
+STANDALONE_RUN = r"""
+import sys
+sys.modules["attnc"] = None  # any import of attnc inside the kernel file now fails
+sys.path.insert(0, {dir!r})
+import torch
+import {module} as kernel
+torch.manual_seed(0)
+q = torch.randn(1, 2, 21, 16, dtype=torch.{dtype})
+k = torch.randn(1, 1, 19, 16, dtype=torch.{dtype})
+v = torch.randn(1, 1, 19, 24, dtype=torch.{dtype})
+out = kernel.attention(q, k, v{args})
+torch.save(out, {out!r})
+"""
+
+
+@pytest.mark.parametrize(("variant", "dtype", "params"), [
+    ("sliding_window", "float16", {"window": 5}),
+    ("softmax_sink", "float32", {"sink": "torch.randn(2)"}),
+    ("document", "float32", {"doc": "torch.tensor([[0] * 9 + [1] * 10])"}),
+    ("sigmoid_attention", "bfloat16", {}),
+])
+def test_compiled_file_runs_standalone_and_matches_the_reference(capsys, tmp_path, variant, dtype, params):
+    import torch
+
+    import attnc
+
+    path = tmp_path / f"{variant}_kernel.py"
+    code, out, err = run(capsys, "compile", variant, "-o", str(path), "--dtype", dtype)
+    assert code == 0, err
+    assert str(path) in out and path.exists()
+    text = path.read_text()
+    assert "import attnc" not in text and "from attnc" not in text
+    args = "".join(f", {k}={v}" for k, v in params.items())
+    result = tmp_path / "out.pt"
+    script = STANDALONE_RUN.format(dir=str(tmp_path), module=path.stem, dtype=dtype, args=args, out=str(result))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(result)
+    torch.manual_seed(0)
+    tdt = getattr(torch, dtype)
+    q, k = torch.randn(1, 2, 21, 16, dtype=tdt), torch.randn(1, 1, 19, 16, dtype=tdt)
+    v = torch.randn(1, 1, 19, 24, dtype=tdt)
+    # the same parameter tensors, drawn after q/k/v from the same seed as in the script
+    values = {name: eval(expr, {"torch": torch}) for name, expr in params.items()}  # noqa: S307 (test data)
+    ref = attnc.load(variant).reference(q, k, v, **values)
+    bound = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}[dtype]
+    assert got.dtype == tdt and got.shape == ref.shape
+    assert (got.double() - ref).norm() <= bound * ref.norm()
+
+
+def test_compile_rejects_a_bad_spec_without_writing(capsys, tmp_path):
+    bad = tmp_path / "bad.attn"
+    bad.write_text("attention a:\n    mask = kv_idx <= q_idx +\n")
+    out_file = tmp_path / "k.py"
+    code, _, err = run(capsys, "compile", str(bad), "-o", str(out_file))
+    assert code == 1 and "bad.attn:2:" in err
+    assert not out_file.exists()
+
+
+def test_check_passes_and_prints_the_error(capsys):
+    code, out, _ = run(capsys, "check", "causal", "--nq", "9", "--nkv", "13", "--head-dim", "16",
+                       "--batch", "1", "--heads", "2", "--kv-heads", "1")
+    assert code == 0
+    lines = [ln for ln in out.splitlines() if ln.startswith("causal")]
+    assert len(lines) == 3 and all("PASS" in ln and "rel err" in ln for ln in lines)
+    assert out.strip().endswith("PASS")
+
+
+def test_check_fails_with_nonzero_exit_when_the_kernel_is_wrong(capsys, monkeypatch):
+    # a kernel that drops the last key: the reference disagrees, so check must say FAIL
+    import attnc.runtime.compiler as compiler
+
+    real = compiler.Attention.__call__
+
+    def wrong(self, q, k, v, **kw):
+        return real(self, q, k[:, :, :-1], v[:, :, :-1], **kw)
+
+    monkeypatch.setattr(compiler.Attention, "__call__", wrong)
+    code, out, _ = run(capsys, "check", "softmax", "--dtype", "float32", "--nq", "5", "--head-dim", "16",
+                       "--batch", "1", "--heads", "1", "--kv-heads", "1")
+    assert code == 1
+    assert "FAIL" in out
+
+
+def test_check_with_param_and_bad_param(capsys):
+    code, out, _ = run(capsys, "check", "sliding_window", "--dtype", "float32", "--nq", "20", "--head-dim", "16",
+                       "--batch", "1", "--heads", "1", "--kv-heads", "1", "--param", "window=3")
+    assert code == 0 and "PASS" in out
+    code, _, err = run(capsys, "check", "sliding_window", "--dtype", "float32", "--param", "windw=3")
+    assert code == 2 and "windw" in err and "window" in err
