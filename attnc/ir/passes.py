@@ -191,9 +191,28 @@ def _is_j_free(x: sp.Expr, j_syms: set[sp.Symbol]) -> bool:
     return not (x.free_symbols & j_syms)
 
 
+def _pull_positive(m: sp.Expr) -> sp.Expr:
+    """``max(c·x, c·y) = c·max(x, y)`` (and min) for a factor ``c`` sympy proves positive.
+
+    sympy leaves ``Max(0, exp(-m)·(exp(s) - 1))`` alone, so a ReLU of rescaled weights (softpick)
+    would hide the ``exp(-m)`` the online proof needs; pulling it out lets the ratio cancel.
+    """
+    common = None
+    for a in m.args:
+        if a == 0:
+            continue
+        parts = set(sp.Mul.make_args(sp.factor_terms(sp.expand_power_exp(a))))
+        common = parts if common is None else common & parts
+    c = sp.Mul(*[f for f in (common or ()) if f.is_positive and f.free_symbols])
+    if c == 1:
+        return m
+    return c * m.func(*[sp.factor_terms(sp.expand_power_exp(a)) / c for a in m.args])
+
+
 def _simplify(x: sp.Expr) -> sp.Expr:
     x = sp.powsimp(sp.powdenest(x, force=False), combine="exp")
     if x.free_symbols:
+        x = x.replace(lambda e: isinstance(e, (sp.Max, sp.Min)), _pull_positive)
         x = sp.simplify(x)
     return x
 

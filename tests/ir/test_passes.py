@@ -208,6 +208,8 @@ def _running_eval(ev, expr, before, after):
 NORMS = ["softmax", "softmax_off_by_one", "sigmoid", "relu", "none", "clipped_softmax"]
 SPECS = {name: f"attention t:\n    mask = kv_idx <= q_idx + 2\n    norm = {name}\n" for name in NORMS}
 SPECS["diff"] = open(__file__.replace("tests/ir/test_passes.py", "examples/differential.attn")).read()
+SPECS["softpick"] = open(__file__.replace("tests/ir/test_passes.py", "examples/softpick.attn")).read()
+EXAMPLE_ATTENTION = {"diff": "causal_diff", "softpick": "causal_softpick"}
 
 
 @settings(max_examples=40)
@@ -219,10 +221,12 @@ def test_tiled_execution_of_the_plan_matches_the_reference(name, nq, nkv, tile, 
     k = torch.randn(1, 2, nkv, 8, generator=g, dtype=torch.float64) * 2
     v = torch.randn(1, 2, nkv, 4, generator=g, dtype=torch.float64)
     spec = attnc.spec_from_text(SPECS[name], base_dir=None)
-    c = spec.cascade("causal_diff" if name == "diff" else "t")
+    c = spec.cascade(EXAMPLE_ATTENTION.get(name, "t"))
     ref = attnc.reference(c, q, k, v)
     got = simulate(c, q, k, v, tile)
-    kept_rows = (torch.arange(nq).view(-1, 1) + 2 >= 0).any(-1)
+    # rows with at least one kept key: mask j <= i + 2, or bottom-right causal in the examples
+    offset = nkv - nq if name in EXAMPLE_ATTENTION else 2
+    kept_rows = torch.arange(nq) + offset >= 0
     assert torch.allclose(got[:, :, kept_rows], ref[:, :, kept_rows], rtol=1e-9, atol=1e-9)
 
 
@@ -254,3 +258,12 @@ def test_a_j_free_ratio_that_may_be_zero_or_infinite_is_not_a_rescale():
     c, plan = plan_of("norm n2:\n    m[i] = max(s[i, j] for j)\n    out[i] = sum(s[i, j] * m[i] * v[j] for j)\n")
     assert plan.num_passes == 2
     assert "not provably positive and finite" in plan.boundaries[0].reason
+
+
+def test_softpick_relu_of_rescaled_weights_is_one_pass():
+    # relu(e^{s-m} - e^{-m}) = e^{-m}·relu(e^s - 1): the positive factor is pulled out of the max,
+    # so the contraction rescales online like softmax does.
+    spec = attnc.spec_from_text(SPECS["softpick"], base_dir=None)
+    plan = attnc.plan_passes(spec.cascade("causal_softpick"))
+    assert plan.num_passes == 1
+    assert all(r.rescale is not None for r in plan.reductions if r.op != "max")
