@@ -17,7 +17,6 @@ import inspect
 import linecache
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -54,13 +53,14 @@ def _user_frame():
 
 
 def _span_of_frame(frame) -> Span | None:
-    if frame is None:
-        return None
-    code = frame.f_code
+    return None if frame is None else _span_at(frame.f_code, frame.f_lineno, frame.f_lasti)
+
+
+def _span_at(code, lineno: int, lasti: int) -> Span:
     path = code.co_filename
-    line, col, end_line, end_col = frame.f_lineno, 0, frame.f_lineno, 0
+    line, col, end_line, end_col = lineno, 0, lineno, 0
     try:
-        pos = list(code.co_positions())[frame.f_lasti // 2]
+        pos = list(code.co_positions())[lasti // 2]
         if pos[0] is not None:
             line, end_line = pos[0], pos[1] or pos[0]
             col, end_col = (pos[2] or 0), (pos[3] or 0)
@@ -112,13 +112,15 @@ class Sym:
     part of the mask. Neither may flow into further arithmetic.
     """
 
-    __slots__ = ("kind", "masked", "node", "tracer")
+    __slots__ = ("kind", "masked", "node", "origin", "tracer")
 
     def __init__(self, node: ast.Expr | None, kind: str, tracer: Tracer, masked: ast.Expr | None = None):
         self.node = node
         self.kind = kind
         self.tracer = tracer
         self.masked = masked
+        frame = _user_frame()  # where the value was made: for a returned value, its `return` line
+        self.origin = None if frame is None else (frame.f_code, frame.f_lineno, frame.f_lasti)
 
     def plain(self) -> Sym:
         if self.kind == "neginf" or self.masked is not None:
@@ -306,7 +308,6 @@ class Tracer:
     functions: list = field(default_factory=list)  # the user's functions, for naming captures
     captured: list[Captured] = field(default_factory=list)
     taken: set[str] = field(default_factory=set)
-    return_spans: dict = field(default_factory=dict)  # function → span of its `return`
 
     # -- functions
     def call(self, fn: str, *args) -> Sym:
@@ -584,26 +585,15 @@ def trace(fn, role: str, tracer: Tracer, extras: list[ExtraParam]) -> Sym | bool
     by_name = {e.name: e for e in extras}
     extra_syms = [Sym(ast.Name(nm), by_name[nm].kind, tracer) for nm in names]
     tracer.functions.append(fn)
-    # Remember the line of the `return`, so a result of the wrong type is reported there.
-    code = getattr(fn, "__code__", None)
-    previous = sys.getprofile()
-
-    def profile(frame, event, arg):
-        if event == "return" and frame.f_code is code:
-            tracer.return_spans[fn] = _span_of_frame(frame)
-
-    sys.setprofile(profile)
-    try:
-        return fn(*positional, *extra_syms)
-    finally:
-        sys.setprofile(previous)
+    return fn(*positional, *extra_syms)
 
 
 def as_expr(result, role: str, fn, tracer: Tracer) -> tuple[ast.Expr, ast.Expr | None]:
     """The function's result as a spec expression of the right type for its role, and for a
     score_mod the mask its ``torch.where(cond, score, -inf)`` selections mean (or None)."""
     name = getattr(fn, "__name__", "the function")
-    where = tracer.return_spans.get(fn) or _def_span(fn)
+    origin = getattr(result, "origin", None)
+    where = _span_at(*origin) if origin is not None else _def_span(fn)
     masked = None
     if isinstance(result, Sym):
         if result.kind == "neginf":
