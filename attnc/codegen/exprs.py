@@ -36,8 +36,25 @@ class ExprPrinter:
     def __call__(self, e: n.Expr, ctx: str) -> str:
         return self.p(e, ctx)
 
+    def wide(self, e: n.Expr) -> str:
+        """A scalar int expression in int64: its int leaves are widened before any arithmetic,
+        so rearranged bounds such as ``n_q - n_kv + window - 1`` cannot wrap around."""
+        self._wide = True
+        try:
+            return self.p(e, "row")
+        finally:
+            self._wide = False
+
+    _wide = False
+
     # -- leaves
     def p(self, e: n.Expr, ctx: str) -> str:
+        if self._wide and e.type == n.INT and isinstance(e, (n.Var, n.Param, n.Load)):
+            self._wide = False
+            try:
+                return f"{self.p(e, ctx)}.to(tl.int64)"
+            finally:
+                self._wide = True
         if isinstance(e, n.Const):
             return _const(e)
         if isinstance(e, n.Var):

@@ -21,7 +21,7 @@ from ..ir.passes import PassPlan, plan_passes
 from ..ir.printer import cascade_text
 from .exprs import ExprPrinter
 
-CODEGEN_VERSION = "2"
+CODEGEN_VERSION = "3"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
@@ -193,11 +193,13 @@ class _Builder:
     def key_range(self) -> list[str]:
         """Scalar lines computing the key tiles of this query tile (see ``ir/bounds.py``):
         boundary tiles ``[lo_t, mid_lo)`` and ``[mid_hi, end)``, full tiles ``[mid_lo, mid_hi)``."""
-        lines = ["i_first = pid_m * BLOCK_M",
-                 "i_last = tl.minimum(i_first + BLOCK_M, n_q) - 1",
+        # Bounds are computed in int64 and clamped into [0, n_kv] before any tile is touched:
+        # rearranging `i - j < window` into `j > i - window` must not wrap for extreme windows.
+        lines = ["i_first = (pid_m * BLOCK_M).to(tl.int64)",
+                 "i_last = (tl.minimum(pid_m * BLOCK_M + BLOCK_M, n_q) - 1).to(tl.int64)",
                  "lo = 0", "hi = n_kv", "full_lo = 0", "full_hi = n_kv"]
         for con in self.bounds.constraints:
-            c = self.expr(con.c, "row")
+            c = self.printer.wide(con.c)
             loose = "i_last" if con.a > 0 else "i_first"  # the row where the bound is widest
             tight = "i_first" if con.a > 0 else "i_last"  # the row where it is narrowest
 
@@ -217,8 +219,10 @@ class _Builder:
                 lines.append(f"hi = tl.where({lin(loose)} >= 0, hi, 0)")
                 lines.append(f"full_hi = tl.where({lin(tight)} >= 0, full_hi, 0)")
         lines += [
-            "lo = tl.maximum(lo, 0)",
-            "hi = tl.minimum(hi, n_kv)",
+            "lo = tl.minimum(tl.maximum(lo, 0), n_kv).to(tl.int32)",
+            "hi = tl.maximum(tl.minimum(hi, n_kv), 0).to(tl.int32)",
+            "full_lo = tl.minimum(tl.maximum(full_lo, 0), n_kv).to(tl.int32)",
+            "full_hi = tl.maximum(tl.minimum(full_hi, n_kv), 0).to(tl.int32)",
             "lo_t = (lo // BLOCK_N) * BLOCK_N",
             "end = tl.where(hi > lo, ((hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, lo_t)",
             "full_lo = tl.maximum(full_lo, lo)",

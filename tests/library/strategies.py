@@ -221,3 +221,103 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     if base == 0.0:
         return 0.0 if diff == 0.0 else math.inf
     return diff / base
+
+
+# ----------------------------------------------------------------------------- kernel problems
+#
+# For the generated kernels (tests/codegen): the interpreter's tile is 16 rows/keys, so lengths
+# favour one row and the ragged edges around one and two tiles; head dims are mostly 16 with an
+# occasional non-power of two (padded in the kernel) or a Dv different from D.
+
+KERNEL_TILE = 16
+TILE_EDGE_LENGTHS = (1, KERNEL_TILE - 1, KERNEL_TILE + 1, KERNEL_TILE, 2 * KERNEL_TILE + 1)
+
+
+def kernel_lengths(max_n: int = 40):
+    return st.one_of(st.sampled_from(TILE_EDGE_LENGTHS), st.integers(1, max_n))
+
+
+@st.composite
+def kernel_shapes(draw, *, max_n: int = 40, heads=(1, 2, 4), max_batch: int = 2,
+                  dims=(16, 16, 16, 16, 32, 8, 24, 40, 80), nq_le_nkv: bool = False) -> Shape:
+    """B 1–``max_batch``; Hq ∈ ``heads`` with Hkv | Hq (MHA, GQA and MQA); Nq, Nkv drawn
+    independently from ``kernel_lengths`` (Nq ≤ Nkv when asked); D from ``dims`` (repeats weight
+    the draw); Dv = D most of the time, else another of 8, 16, 24, 40, 80."""
+    B = draw(st.integers(1, max_batch))
+    Hq = draw(st.sampled_from(heads))
+    Hkv = draw(st.sampled_from([h for h in (1, 2, 4) if h <= Hq and Hq % h == 0]))
+    Nkv = draw(kernel_lengths(max_n))
+    Nq = draw(kernel_lengths(max_n))
+    if nq_le_nkv:
+        Nq = min(Nq, Nkv)
+    D = draw(st.sampled_from(dims))
+    Dv = draw(st.sampled_from([D, D, D, 8, 16, 24, 40, 80]))
+    return Shape(B, Hq, Hkv, Nq, Nkv, D, Dv)
+
+
+def relu_params(s: Shape):
+    """relu's divisor, or its default (n_kv)."""
+    return st.one_of(st.just({}), st.fixed_dictionaries({"divisor": st.floats(0.5, 64.0)}))
+
+
+def sigmoid_params(s: Shape):
+    """A sigmoid bias, or the variant's default (0 for sigmoid, −log n_kv for sigmoid_attention)."""
+    return st.one_of(st.just({}), st.fixed_dictionaries({"bias": st.floats(-6.0, 3.0)}))
+
+
+def clipped_softmax_params(s: Shape):
+    """ζ ≥ 1 and γ ≤ 0 (the paper's stretch), or the defaults ζ = 1.003, γ = −0.003."""
+    return st.one_of(st.just({}), st.fixed_dictionaries({"zeta": st.floats(1.0, 1.2), "gamma": st.floats(-0.2, 0.0)}))
+
+
+def no_params(s: Shape):
+    return st.just({})
+
+
+# library variant -> parameter strategy (natten2d needs its own shapes: see natten_kernel_problems)
+LIBRARY_PARAMS = {
+    "alibi": no_params, "causal": no_params, "full": no_params, "none": no_params, "softmax": no_params,
+    "softmax_off_by_one": no_params,
+    "chunked": chunk_params, "dilated_window": dilated_window_params, "document": document_params,
+    "prefix_lm": prefix_params, "relative_bias": relative_bias_params, "relu": relu_params,
+    "sigmoid": sigmoid_params, "sigmoid_attention": sigmoid_params, "sink_window": sink_window_params,
+    "sliding_window": window_params, "softcap": softcap_params, "softmax_sink": sink_params,
+    "clipped_softmax": clipped_softmax_params,
+}
+
+
+@st.composite
+def natten_kernel_problems(draw, heads=(1, 2), max_extra: int = 1):
+    """A valid 2-D NATTEN image (see ``natten_cases``) as a kernel problem: kernel 3 with dilation
+    1 or 2, or kernel 5 undilated (images of 9–49 tokens); Nq = Nkv = height·width, B = 1 (the
+    mask costs the interpreter most), and the ``natten2d`` parameters."""
+    case = draw(st.one_of(natten_cases(kernels=(3,), dilations=(1, 2), max_extra=max_extra),
+                          natten_cases(kernels=(5,), dilations=(1,), max_extra=max_extra)))
+    Hq = draw(st.sampled_from(heads))
+    Hkv = draw(st.sampled_from([h for h in (1, 2, 4) if h <= Hq and Hq % h == 0]))
+    D = draw(st.sampled_from([16, 16, 24]))
+    Dv = draw(st.sampled_from([D, 8]))
+    n = case.height * case.width
+    shape = Shape(1, Hq, Hkv, n, n, D, Dv)
+    return shape, {"width": case.width, "kernel": case.kernel, "dilation": case.dilation}
+
+
+# Scalar parameters at the edges of their meaning — zero and negative windows, chunks, prefixes
+# and dilations (`//` and `%` by 0 or a negative are total, see docs/semantics.md) — but small
+# enough that no product or sum in a library mask leaves int32.
+EDGE_PARAMS = {
+    "sliding_window": lambda s: st.fixed_dictionaries({"window": st.integers(-3, 0)}),
+    "chunked": lambda s: st.fixed_dictionaries({"chunk": st.integers(-4, 0)}),
+    "prefix_lm": lambda s: st.fixed_dictionaries({"prefix": st.integers(-3, 0)}),
+    "sink_window": lambda s: st.fixed_dictionaries({"sinks": st.integers(-2, s.Nkv + 2), "window": st.integers(-2, 0)}),
+    "dilated_window": lambda s: st.fixed_dictionaries({"window": st.integers(-2, 3), "dilation": st.integers(-3, 0)}),
+}
+
+
+def kernel_params(name: str, s: Shape):
+    """Parameters for library variant ``name`` on shape ``s``: ``LIBRARY_PARAMS`` mostly, and for
+    variants with integer scalars sometimes ``EDGE_PARAMS``."""
+    normal = LIBRARY_PARAMS[name](s)
+    if name in EDGE_PARAMS:
+        return st.one_of(normal, normal, normal, EDGE_PARAMS[name](s))
+    return normal
