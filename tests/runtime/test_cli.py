@@ -114,7 +114,8 @@ def test_compiled_file_runs_standalone_and_matches_the_reference(capsys, tmp_pat
     q, k = torch.randn(1, 2, 21, 16, dtype=tdt), torch.randn(1, 1, 19, 16, dtype=tdt)
     v = torch.randn(1, 1, 19, 24, dtype=tdt)
     # the same parameter tensors, drawn after q/k/v from the same seed as in the script
-    values = {name: eval(expr, {"torch": torch}) for name, expr in params.items()}  # noqa: S307 (test data)
+    values = {name: eval(expr, {"torch": torch}) if isinstance(expr, str) else expr  # noqa: S307 (test data)
+              for name, expr in params.items()}
     ref = attnc.load(variant).reference(q, k, v, **values)
     bound = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}[dtype]
     assert got.dtype == tdt and got.shape == ref.shape
