@@ -4,11 +4,12 @@ The runtime autotunes over ``gpu_configs(...)`` on CUDA; the ahead-of-time test 
 config for sm_80 and sm_90 and asserts that none spills. The interpreter (CPU) runs one small
 config, ``INTERPRETER_CONFIG``: its cost grows with the tile, and tests want ragged edges.
 
-Why these numbers: FlashAttention-2/3 and Triton's fused-attention tutorial use 128-row query
-tiles with 64-key tiles on sm_80/sm_90 for D <= 128; larger head dims halve the key tile to
-keep the fp32 accumulator [BLOCK_M, BLOCK_DV] plus the score tile in registers; fp32 inputs
-(no 16-bit tensor-core path) and multi-pass plans (more running state) get smaller tiles.
-Hopper (sm_90) has more shared memory, so it takes one more software-pipeline stage.
+Why these numbers: they are the largest tiles found (by ahead-of-time builds with ptxas's
+spill report) at which no library kernel spills. FlashAttention-style 128×64 tiles spilled for
+every variant, 8 B to 3 KB. The tiles are therefore narrower in keys than FlashAttention's;
+lowering register pressure in the generated code (integer mask arithmetic, three copies of the
+key loop) is what would allow larger ones, and only a GPU run can say what the small tiles cost.
+Hopper (sm_90) takes one more software-pipeline stage for one-pass plans.
 """
 
 from __future__ import annotations
@@ -33,19 +34,27 @@ INTERPRETER_CONFIG = LaunchConfig(16, 16, 1, 1)
 def gpu_configs(capability: int, dtype: str, block_d: int, block_dv: int, num_passes: int = 1) -> list[LaunchConfig]:
     """Autotuning candidates for a compute capability (80, 90, ...), dtype and padded head dims.
 
-    Every candidate must compile without register spills for the library's kernels (checked ahead
-    of time by ``tests/codegen/test_aot.py``); the first is the one used when tuning is off.
+    Every candidate compiles without register spills for every library kernel (no LOCAL, no
+    stack frame, no ptxas spill stores; checked ahead of time by ``tests/codegen/test_aot.py``
+    over 20 variants × sm_80/sm_90 × fp16/bf16/fp32 × D 64/128). The first is the one used when
+    tuning is off. The tiles are small where the masks' integer arithmetic (NATTEN, dilated
+    windows) or fp32 dots (``input_precision="ieee"``, no tensor cores) raise register
+    pressure; larger tiles spilled for at least one library variant.
     """
-    wide = max(block_d, block_dv)
-    stages = 3 if capability >= 90 else 2
+    wide, hopper = max(block_d, block_dv), capability >= 90
     if dtype == "float32":
         if wide <= 64:
-            return [LaunchConfig(64, 32, 4, 2), LaunchConfig(32, 32, 4, 2)]
-        return [LaunchConfig(32, 32, 4, 2), LaunchConfig(16, 32, 4, 2)]
-    if num_passes > 1:
-        stages = 2
+            return [LaunchConfig(32, 32, 4, 2)] if hopper else [LaunchConfig(32, 32, 8, 2), LaunchConfig(16, 32, 8, 2)]
+        if wide <= 128:
+            return [LaunchConfig(16, 32, 8, 2)] if hopper else [LaunchConfig(16, 32, 8, 2), LaunchConfig(16, 16, 8, 2)]
+        return [LaunchConfig(16, 16, 8, 2)]
+    stages = 3 if hopper and num_passes == 1 else 2
     if wide <= 64:
-        return [LaunchConfig(128, 64, 4, stages), LaunchConfig(64, 64, 4, stages)]
+        if hopper:
+            return [LaunchConfig(128, 16, 8, stages), LaunchConfig(64, 16, 4, stages)]
+        return [LaunchConfig(128, 32, 8, 2), LaunchConfig(64, 32, 4, 2)]
     if wide <= 128:
-        return [LaunchConfig(128, 64, 8, stages), LaunchConfig(64, 64, 4, stages)]
-    return [LaunchConfig(64, 32, 4, 2), LaunchConfig(64, 32, 8, 2)]
+        if hopper:
+            return [LaunchConfig(64, 16, 8, stages), LaunchConfig(32, 32, 8, 2)]
+        return [LaunchConfig(128, 16, 8, 2), LaunchConfig(64, 16, 4, 2)]
+    return [LaunchConfig(64, 16, 4, 2)]

@@ -1,0 +1,463 @@
+"""Ahead-of-time compilation of generated kernels for a GPU architecture, with no GPU present.
+
+``aot_compile(cascade, "float16", 128, 128, 90, config)`` generates the kernel source the CUDA
+runtime would run, imports it, and hands it to ``triton.compile(ASTSource(fn, signature,
+constexprs), target=GPUTarget("cuda", 90, 32))``. The PTX goes through the ``ptxas`` Triton
+bundles, and the bundled ``cuobjdump --dump-resource-usage`` reports what the cubin needs per
+thread. Nothing here touches a driver, so it runs on a CPU-only machine; it catches code that
+only Triton's interpreter accepts and launch configurations that spill registers.
+
+Spills are read from two places, because they do not show up in one: ``LOCAL`` in the cuobjdump
+report is local memory the kernel *declares*; registers that ptxas spills land in the *stack
+frame* (``STACK``), and ptxas's own ``-v`` log counts them as "bytes spill stores/loads".
+``AotResult.spilled`` is true when any of them is non-zero.
+
+The kernel's argument list is read off the generated function, not written down here: Q, K, V,
+Out are pointers of the input dtype, Lse a float32 pointer; a tensor parameter ``u_x`` is a
+pointer of the type the runtime passes (int → int32, bool → int8, float → float32) followed by
+``u_x_sizeK`` / ``u_x_strideK``; scalar parameters are i32 (int, bool) or fp32 (float);
+``scale`` is fp32; every other runtime argument is an i32 size or stride; ``tl.constexpr``
+parameters take their values from the launch config, the padded head dims, their defaults in
+the kernel, or ``constexprs=``. Pointers carry the 16-byte alignment hint the runtime gives
+torch tensors; integers are not specialized (the runtime marks them ``do_not_specialize``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..codegen.generate import Specialization, generate
+from ..codegen.tuning import LaunchConfig, gpu_configs
+from ..ir import nodes as n
+from ..ir.names import kernel_ident
+from ..ir.passes import plan_passes
+
+# The runtime's dtype names → Triton signature element types.
+_ELEM = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "float": "float32"}
+# How the runtime passes a tensor parameter of each spec element type (see Attention._kernel_args).
+_TENSOR_ELEM = {n.INT: "*i32", n.BOOL: "*i8", n.FLOAT: "*fp32"}
+_SCALAR = {n.INT: "i32", n.BOOL: "i32", n.FLOAT: "fp32"}
+
+# Largest dynamic shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin).
+SHARED_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
+
+_UNSET = object()
+_lock = threading.RLock()
+_kernels: dict[str, tuple] = {}
+
+
+@dataclass(frozen=True)
+class AotResult:
+    """What one ahead-of-time build of a kernel needs per thread / per block."""
+
+    kernel: str  # cascade name
+    capability: int
+    dtype: str
+    head_dim: int
+    head_dim_v: int
+    config: LaunchConfig
+    registers: int  # REG
+    local_bytes: int  # LOCAL: declared local memory
+    stack_bytes: int  # STACK: the stack frame, where ptxas puts spilled registers
+    spill_stores: int | None  # ptxas -v "bytes spill stores" (None: no ptxas log available)
+    spill_loads: int | None
+    shared_bytes: int  # dynamic shared memory the launch asks for (Triton's metadata)
+    static_shared_bytes: int  # SHARED in the cuobjdump report
+    compile_seconds: float  # wall clock
+    compile_cpu_seconds: float  # CPU time of this process and its children (ptxas): load-independent
+    ptx_bytes: int
+    cubin_bytes: int
+    signature: dict = field(default_factory=dict, compare=False, repr=False)
+    ptxas_log: str = field(default="", compare=False, repr=False)
+
+    @property
+    def spilled_bytes(self) -> int:
+        """Bytes of local memory the kernel uses for anything: declared, stack frame, spills."""
+        return max(self.local_bytes, self.stack_bytes, self.spill_stores or 0)
+
+    @property
+    def spilled(self) -> bool:
+        return self.spilled_bytes > 0 or bool(self.spill_loads)
+
+    @property
+    def shared_limit(self) -> int | None:
+        return SHARED_LIMIT.get(self.capability)
+
+    @property
+    def fits_shared(self) -> bool:
+        limit = self.shared_limit
+        return limit is None or self.shared_bytes + self.static_shared_bytes <= limit
+
+    def describe(self) -> str:
+        c = self.config
+        spills = "?" if self.spill_stores is None else f"{self.spill_stores}/{self.spill_loads}"
+        return (f"{self.kernel} sm_{self.capability} {self.dtype} D={self.head_dim} Dv={self.head_dim_v} "
+                f"BLOCK_M={c.block_m} BLOCK_N={c.block_n} warps={c.num_warps} stages={c.num_stages}: "
+                f"REG={self.registers} LOCAL={self.local_bytes} STACK={self.stack_bytes} "
+                f"spill st/ld={spills} smem={self.shared_bytes}+{self.static_shared_bytes} "
+                f"({self.compile_seconds:.1f} s, {self.compile_cpu_seconds:.1f} s CPU)")
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["config"] = asdict(self.config)
+        d.pop("ptxas_log")
+        d.pop("signature")
+        return d
+
+
+# ---------------------------------------------------------------------------- toolchain
+
+
+def _nvidia_tool(name: str) -> str | None:
+    """Path of a tool Triton bundles with its NVIDIA backend (or the one TRITON_<NAME>_PATH names)."""
+    try:
+        from triton import knobs
+
+        path = getattr(knobs.nvidia, name.replace("-", "_")).path
+    except Exception:
+        path = None
+    if not path:
+        try:
+            import triton.backends.nvidia as nv
+
+            path = str(Path(nv.__file__).parent / "bin" / name)
+        except ImportError:
+            return None
+    return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+
+
+def toolchain_problem(capability: int = 80) -> str | None:
+    """Why ahead-of-time builds cannot run here (None when they can)."""
+    try:
+        import triton  # noqa: F401
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except ImportError as err:
+        return f"Triton is not importable: {err}"
+    try:
+        import triton.backends.nvidia.compiler  # noqa: F401
+    except ImportError as err:
+        return f"Triton has no NVIDIA backend: {err}"
+    ptxas = "ptxas-blackwell" if capability >= 90 and _nvidia_tool("ptxas-blackwell") else "ptxas"
+    for tool in (ptxas, "cuobjdump"):
+        if _nvidia_tool(tool) is None:
+            return f"Triton's NVIDIA backend has no usable `{tool}` (set TRITON_{tool.upper().replace('-', '_')}_PATH)"
+    return None
+
+
+def parse_resource_usage(text: str, function: str | None = None) -> dict[str, int]:
+    """``cuobjdump --dump-resource-usage`` output → {"REG": .., "STACK": .., "SHARED": .., "LOCAL": ..}.
+
+    With ``function``, the line of that function; otherwise the first function in the report.
+    """
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"\s*Function\s+(\S+?):\s*$", line)
+        if not m or (function is not None and m.group(1) != function):
+            continue
+        usage = " ".join(lines[i + 1: i + 3])
+        found = {k: int(v) for k, v in re.findall(r"\b([A-Z]+(?:\[\d+\])?):(\d+)", usage)}
+        if "REG" in found:
+            return found
+    raise ValueError(f"no resource usage for {function or 'any function'} in cuobjdump output:\n{text}")
+
+
+def parse_ptxas_log(text: str) -> dict[str, int]:
+    """ptxas ``-v`` output → stack frame, spill stores/loads and registers (where present)."""
+    out: dict[str, int] = {}
+    m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    if m:
+        out["stack_frame"], out["spill_stores"], out["spill_loads"] = map(int, m.groups())
+    m = re.search(r"Used (\d+) registers", text)
+    if m:
+        out["registers"] = int(m.group(1))
+    return out
+
+
+def resource_usage(cubin: bytes, function: str | None = None) -> dict[str, int]:
+    cuobjdump = _nvidia_tool("cuobjdump")
+    if cuobjdump is None:
+        raise RuntimeError(toolchain_problem() or "cuobjdump not found")
+    fd, path = tempfile.mkstemp(suffix=".cubin", prefix="attnc_aot_")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(cubin)
+        proc = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True, text=True, check=False)
+    finally:
+        os.unlink(path)
+    if proc.returncode != 0:
+        raise RuntimeError(f"cuobjdump failed ({proc.returncode}): {proc.stderr.strip()}")
+    return parse_resource_usage(proc.stdout, function)
+
+
+# ---------------------------------------------------------------------------- kernel and signature
+
+
+def _dtype_name(dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    name = _ALIASES.get(name, name)
+    if name not in _ELEM:
+        raise ValueError(f"dtype must be one of {', '.join(_ELEM)}, got {dtype!r}")
+    return name
+
+
+def _aot_dir() -> Path:
+    base = os.environ.get("ATTNC_CACHE_DIR") or Path.home() / ".cache" / "attnc"
+    return Path(base) / "aot"
+
+
+def load_kernel(cascade: n.Cascade, dtype: str, source_transform=None):
+    """The jitted Triton function of ``cascade``'s compiled (non-interpreter) kernel, and its source.
+
+    The source is written to ``$ATTNC_CACHE_DIR/aot/<hash>.py`` (Triton reads kernels back
+    through ``inspect``) and imported under its own module name; helpers are jitted first.
+    ``source_transform`` (text → text) edits the generated source first: a way to measure what a
+    codegen change would do to registers before making it.
+    """
+    import dataclasses
+
+    import triton
+
+    source = generate(cascade, Specialization(_dtype_name(dtype), interpret=False))
+    if source_transform is not None:
+        source = dataclasses.replace(source, text=source_transform(source.text))
+    key = hashlib.sha256(source.text.encode()).hexdigest()[:32]
+    with _lock:
+        hit = _kernels.get(key)
+        if hit is not None:
+            return hit
+        path = _aot_dir() / f"{key}.py"
+        if not path.exists() or path.read_text(encoding="utf-8") != source.text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(source.text)
+            os.replace(tmp, path)
+        name = f"attnc_aot_{key}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        for helper in getattr(module, "HELPERS", ()):  # helpers must be jitted before the kernel is
+            setattr(module, helper, triton.jit(getattr(module, helper)))
+        fn = triton.jit(getattr(module, source.kernel_name))
+        _kernels[key] = (fn, source, path)
+        return _kernels[key]
+
+
+def signature_for(fn, cascade: n.Cascade, dtype: str, extra_types: dict[str, str] | None = None) -> dict[str, str]:
+    """Triton signature ({arg name: type}) of a generated kernel, constexprs marked ``constexpr``."""
+    elem = _ELEM[_dtype_name(dtype)]
+    known: dict[str, str] = {"Q": f"*{elem}", "K": f"*{elem}", "V": f"*{elem}", "Out": f"*{elem}",
+                             "Lse": "*fp32", "scale": "fp32"}
+    for p in cascade.params:
+        ident = kernel_ident(p.name)
+        if p.kind == "tensor":
+            known[ident] = _TENSOR_ELEM[p.elem]
+            for k in range(len(p.dims)):
+                known[f"{ident}_size{k}"] = known[f"{ident}_stride{k}"] = "i32"
+        else:
+            known[ident] = _SCALAR[p.kind]
+    known.update(extra_types or {})
+    sig = {}
+    for param in fn.params:
+        name = param.name
+        if param.is_constexpr:
+            sig[name] = "constexpr"
+        elif name in known:
+            sig[name] = known[name]
+        elif name[:1].isupper():  # the template names its tensors Q, K, V, Out, Lse: a pointer
+            sig[name] = f"*{elem}"
+        else:  # sizes, strides, counts
+            sig[name] = "i32"
+    return sig
+
+
+def _constexpr_values(fn, config: LaunchConfig, head_dim: int, head_dim_v: int,
+                      overrides: dict | None) -> dict[str, object]:
+    import inspect
+
+    import triton
+
+    values = {"BLOCK_D": max(16, triton.next_power_of_2(head_dim)),
+              "BLOCK_DV": max(16, triton.next_power_of_2(head_dim_v)), **config.kwargs()}
+    values.update(overrides or {})
+    defaults = inspect.signature(fn.fn).parameters
+    out = {}
+    for param in fn.params:
+        if not param.is_constexpr:
+            continue
+        if param.name in values:
+            out[param.name] = values[param.name]
+        elif defaults[param.name].default is not inspect.Parameter.empty:
+            out[param.name] = defaults[param.name].default
+        else:
+            raise ValueError(f"the kernel takes constexpr `{param.name}` that aot_compile has no value for; "
+                             f"pass constexprs={{'{param.name}': ...}}")
+    return out
+
+
+@contextlib.contextmanager
+def _fresh_compile():
+    """A real build every time (the ptxas log only exists for one), into a throwaway Triton cache
+    (the artifacts, about 1 MB a build, are not wanted afterwards), collecting the ptxas ``-v``
+    log that Triton prints when asked to."""
+    from triton import knobs
+
+    with tempfile.TemporaryDirectory(prefix="attnc_aot_triton_") as tmp:
+        saved = []
+        for owner, attr, value in ((knobs.compilation, "always_compile", True),
+                                   (knobs.nvidia, "dump_ptxas_log", True), (knobs.cache, "dir", tmp)):
+            if hasattr(owner, attr):  # knobs keep explicit settings in the instance __dict__
+                saved.append((owner, attr, owner.__dict__.get(attr, _UNSET)))
+                setattr(owner, attr, value)
+        buf = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buf):
+                yield buf
+        finally:
+            for owner, attr, value in reversed(saved):
+                if value is _UNSET:
+                    owner.__dict__.pop(attr, None)
+                else:
+                    setattr(owner, attr, value)
+
+
+def _cpu_seconds() -> float:
+    try:
+        import resource
+    except ImportError:  # not POSIX: this process only
+        return time.process_time()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def aot_compile(cascade: n.Cascade, dtype: str, head_dim: int, head_dim_v: int, capability: int,
+                config: LaunchConfig, *, constexprs: dict | None = None,
+                extra_types: dict[str, str] | None = None, source_transform=None) -> AotResult:
+    """Compile ``cascade``'s CUDA kernel for ``sm_<capability>`` and report its resource usage.
+
+    ``constexprs`` / ``extra_types`` supply values / signature types for kernel arguments this
+    module does not know (see the module docstring); ``source_transform`` is passed to
+    ``load_kernel``.
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    problem = toolchain_problem(capability)
+    if problem:
+        raise RuntimeError(problem)
+    dtype = _dtype_name(dtype)
+    fn, source, _ = load_kernel(cascade, dtype, source_transform)
+    sig = signature_for(fn, cascade, dtype, extra_types)
+    consts = _constexpr_values(fn, config, head_dim, head_dim_v, constexprs)
+    index = {name: i for i, name in enumerate(fn.arg_names)}
+    attrs = {(index[a],): [["tt.divisibility", 16]] for a, t in sig.items() if t.startswith("*")}
+    src = ASTSource(fn, sig, {(index[k],): v for k, v in consts.items()}, attrs)
+    target = GPUTarget("cuda", capability, 32)
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    with _lock, _fresh_compile() as log, warnings.catch_warnings():
+        # Triton 3.9 warns once that its FP-fusion default will change; the runtime gets the same default.
+        warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION is unset")
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        compiled = triton.compile(src, target=target, options=options)
+        seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+    usage = resource_usage(compiled.asm["cubin"], source.kernel_name)
+    ptxas = parse_ptxas_log(log.getvalue())
+    ptx = compiled.asm["ptx"]
+    return AotResult(
+        kernel=cascade.name, capability=capability, dtype=dtype, head_dim=head_dim, head_dim_v=head_dim_v,
+        config=config, registers=usage["REG"], local_bytes=usage.get("LOCAL", 0),
+        stack_bytes=usage.get("STACK", 0), spill_stores=ptxas.get("spill_stores"),
+        spill_loads=ptxas.get("spill_loads"), shared_bytes=int(getattr(compiled.metadata, "shared", 0) or 0),
+        static_shared_bytes=usage.get("SHARED", 0), compile_seconds=seconds, compile_cpu_seconds=cpu,
+        ptx_bytes=len(ptx.encode() if isinstance(ptx, str) else ptx), cubin_bytes=len(compiled.asm["cubin"]),
+        signature=sig, ptxas_log=log.getvalue(),
+    )
+
+
+# ---------------------------------------------------------------------------- sweeps
+
+
+def configs_for(cascade: n.Cascade, capability: int, dtype: str, head_dim: int, head_dim_v: int) -> list[LaunchConfig]:
+    """The launch configs the runtime may pick for this kernel (``codegen.tuning.gpu_configs``)."""
+    import triton
+
+    return gpu_configs(capability, _dtype_name(dtype), max(16, triton.next_power_of_2(head_dim)),
+                       max(16, triton.next_power_of_2(head_dim_v)), plan_passes(cascade).num_passes)
+
+
+@dataclass(frozen=True)
+class AotJob:
+    """One build of a library variant (picklable, for process pools)."""
+
+    variant: str
+    capability: int
+    dtype: str
+    head_dim: int
+    head_dim_v: int
+    config: LaunchConfig
+
+    @property
+    def label(self) -> str:
+        c = self.config
+        return (f"{self.variant}-sm{self.capability}-{self.dtype}-D{self.head_dim}-"
+                f"{c.block_m}x{c.block_n}w{c.num_warps}s{c.num_stages}")
+
+
+def library_jobs(variants, capabilities=(80, 90), dtypes=("float16", "float32"), head_dims=(64, 128),
+                 all_configs: bool = True) -> list[AotJob]:
+    """Every (variant, arch, dtype, D = Dv, config) build; ``all_configs=False``: the first config only."""
+    from .frontend import library_cascade
+
+    jobs = []
+    for name in variants:
+        cascade = library_cascade(name)
+        for cap in capabilities:
+            for dtype in dtypes:
+                for d in head_dims:
+                    configs = configs_for(cascade, cap, dtype, d, d)
+                    for config in configs if all_configs else configs[:1]:
+                        jobs.append(AotJob(name, cap, _dtype_name(dtype), d, d, config))
+    return jobs
+
+
+def run_job(job: AotJob) -> AotResult | str:
+    """Build one job; a failure comes back as its message (so a pool never loses the others)."""
+    from .frontend import library_cascade
+
+    try:
+        return aot_compile(library_cascade(job.variant), job.dtype, job.head_dim, job.head_dim_v,
+                           job.capability, job.config)
+    except Exception as err:  # noqa: BLE001 - reported to the caller with the job
+        return f"{type(err).__name__}: {err}"
+
+
+def run_jobs(jobs: list[AotJob], workers: int | None = None) -> dict[AotJob, AotResult | str]:
+    """Build ``jobs`` on a pool of ``workers`` processes (default: one per CPU; 1: in this process)."""
+    workers = workers or int(os.environ.get("ATTNC_AOT_WORKERS", 0)) or os.cpu_count() or 1
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        return {job: run_job(job) for job in jobs}
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the parent may hold MLIR contexts and threads that a fork would copy half-way.
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        results = list(pool.map(run_job, jobs, chunksize=1))
+    return dict(zip(jobs, results))

@@ -1,0 +1,128 @@
+"""Ahead-of-time builds of every library kernel for sm_80 and sm_90, on a machine without a GPU.
+
+Each case is ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`` of the kernel
+the CUDA runtime would launch (fp16 and fp32, D = Dv = 64 and 128), then the bundled
+``cuobjdump --dump-resource-usage`` and ptxas's ``-v`` log: the build must succeed, spill
+nothing (``LOCAL`` 0, and no stack frame / spill stores — ptxas puts spilled registers in the
+stack frame, which ``LOCAL`` does not count) and fit the architecture's shared memory.
+
+How much is built (``ATTNC_AOT``; a build takes about 10 s of CPU):
+
+* ``ci``: half of the matrix. Every variant in four of the eight (arch, dtype, D)
+  cases — on each arch both dtypes, with D = 64 for one and 128 for the other, swapped on the
+  other arch and from one variant to the next — so every case is built for ten variants and
+  every variant meets both archs, dtypes and head dims. First config of
+  ``codegen.tuning.gpu_configs`` (the one the runtime uses when it does not autotune).
+  80 builds: about 1½–2½ minutes on CI's two cores (a build takes 1–2 s of CPU when it does
+  not spill, 3–10 s when ptxas fights spills).
+* ``first`` (default): every variant in every case, first config — 160 builds, about 2½
+  minutes on two cores with the spill-free configs.
+* ``full`` (or ``ATTNC_AOT_FULL=1``): every config of every case — the acceptance sweep, about
+  twice ``first``. ``benchmarks/bench_forward.py`` records the ``first`` sweep in
+  ``docs/performance.md``.
+
+The builds run on a process pool, one worker per CPU (``ATTNC_AOT_WORKERS`` overrides); only
+the cases pytest selected are built. The cases skip, saying why, when Triton's NVIDIA backend
+or its ptxas/cuobjdump is missing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import attnc
+from attnc.runtime.aot import (AotResult, library_jobs, parse_ptxas_log, parse_resource_usage, run_jobs,
+                               toolchain_problem)
+
+CAPABILITIES = (80, 90)
+DTYPES = ("float16", "float32")
+HEAD_DIMS = (64, 128)
+MODE = "full" if os.environ.get("ATTNC_AOT_FULL", "") not in ("", "0") else os.environ.get("ATTNC_AOT", "first")
+if MODE not in ("ci", "first", "full"):
+    raise ValueError(f"ATTNC_AOT must be ci, first or full, got {MODE!r}")
+VARIANTS = attnc.library.names()
+ALL_JOBS = library_jobs(VARIANTS, CAPABILITIES, DTYPES, HEAD_DIMS, all_configs=MODE == "full")
+
+
+def _ci_cases(i: int) -> set:
+    """The four (arch, dtype, D) cases the ``ci`` mode builds for the i-th variant: on each arch
+    both dtypes, one D each; the other head dims on the other arch; alternating with ``i``."""
+    pairs = [(d, h) for d in DTYPES for h in HEAD_DIMS]  # (fp16, 64) (fp16, 128) (fp32, 64) (fp32, 128)
+    return {(80, *pairs[i % 2]), (80, *pairs[2 + (i + 1) % 2]), (90, *pairs[(i + 1) % 2]), (90, *pairs[2 + i % 2])}
+
+
+if MODE == "ci":
+    _index = {name: i for i, name in enumerate(VARIANTS)}
+    JOBS = [j for j in ALL_JOBS if (j.capability, j.dtype, j.head_dim) in _ci_cases(_index[j.variant])]
+else:
+    JOBS = ALL_JOBS
+
+
+def _problem() -> str | None:
+    return next((p for p in (toolchain_problem(cap) for cap in CAPABILITIES) if p), None)
+
+
+@pytest.fixture(scope="module")
+def built(request):
+    """Results of every job that this session selected, built once on a process pool."""
+    problem = _problem()
+    if problem:
+        pytest.skip(f"ahead-of-time builds need Triton's NVIDIA backend: {problem}")
+    selected = [item.callspec.params["job"] for item in request.session.items
+                if item.module is request.module and hasattr(item, "callspec") and "job" in item.callspec.params]
+    return run_jobs(selected)
+
+
+@pytest.mark.parametrize("job", JOBS, ids=[j.label for j in JOBS])
+def test_library_kernel_builds_without_spills(built, job):
+    result = built[job]
+    if not isinstance(result, AotResult):
+        pytest.fail(f"{job.label}: the ahead-of-time build failed: {result}", pytrace=False)
+    problems = []
+    if result.local_bytes:
+        problems.append(f"declares {result.local_bytes} bytes of local memory (LOCAL)")
+    if result.spilled:
+        problems.append("spills registers (lower the pressure: smaller BLOCK_M/BLOCK_N, more warps or fewer "
+                        "stages for this case in attnc/codegen/tuning.py)")
+    if not result.fits_shared:
+        problems.append(f"needs {result.shared_bytes + result.static_shared_bytes} bytes of shared memory, "
+                        f"sm_{job.capability} allows {result.shared_limit}")
+    if problems:
+        pytest.fail(f"{result.describe()}\n  " + "\n  ".join(problems), pytrace=False)
+
+
+def test_the_selection_covers_every_variant_and_case():
+    cases = {(c, d, h) for c in CAPABILITIES for d in DTYPES for h in HEAD_DIMS}
+    assert {j.variant for j in JOBS} == set(VARIANTS)
+    assert {(j.capability, j.dtype, j.head_dim) for j in JOBS} == cases
+    if MODE != "ci":
+        built = {(j.variant, j.capability, j.dtype, j.head_dim) for j in JOBS}
+        assert built == {(v, *c) for v in VARIANTS for c in cases}
+
+
+# ---------------------------------------------------------------------------- parsers (no toolchain)
+
+
+def test_parse_resource_usage():
+    text = """
+Resource usage:
+ Common:
+  GLOBAL:11 CONSTANT[4]:8
+ Function attnc_fwd:
+  REG:255 STACK:232 SHARED:1024 LOCAL:0 CONSTANT[0]:688 TEXTURE:0 SURFACE:0 SAMPLER:0
+"""
+    usage = parse_resource_usage(text, "attnc_fwd")
+    assert (usage["REG"], usage["STACK"], usage["SHARED"], usage["LOCAL"]) == (255, 232, 1024, 0)
+    assert parse_resource_usage(text)["REG"] == 255
+    with pytest.raises(ValueError):
+        parse_resource_usage(text, "other")
+
+
+def test_parse_ptxas_log():
+    log = ("ptxas info    : Function properties for attnc_fwd\n"
+           "    232 bytes stack frame, 228 bytes spill stores, 440 bytes spill loads\n"
+           "ptxas info    : Used 255 registers, used 1 barriers, 232 bytes cumulative stack size\n")
+    assert parse_ptxas_log(log) == {"stack_frame": 232, "spill_stores": 228, "spill_loads": 440, "registers": 255}
+    assert parse_ptxas_log("") == {}
