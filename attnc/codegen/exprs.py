@@ -64,8 +64,8 @@ class ExprPrinter:
                 return "offs_n[None, :]"
             return {"b": "off_b", "h": "off_h", "n_q": "n_q", "n_kv": "n_kv", "head_dim": "head_dim",
                     "n_heads": "n_heads", "n_kv_heads": "n_kv_heads", "scale": "scale"}[e.name]
-        if isinstance(e, n.Param):
-            return self.names[e.name]
+        if isinstance(e, n.Param):  # bool parameters arrive as int32 kernel arguments
+            return f"({self.names[e.name]} != 0)" if e.type == n.BOOL else self.names[e.name]
         if isinstance(e, n.Load):
             return self.loads(e, ctx)
         if isinstance(e, n.Ref):

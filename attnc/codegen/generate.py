@@ -21,7 +21,7 @@ from ..ir.passes import PassPlan, plan_passes
 from ..ir.printer import cascade_text
 from .exprs import ExprPrinter
 
-CODEGEN_VERSION = "3"
+CODEGEN_VERSION = "4"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
