@@ -128,6 +128,17 @@ def cmd_check(args, out) -> int:
           f"device {args.device}", file=out)
     for target in _definitions(sf, args.name):
         attn = Attention(sf.cascade(target), sf.path)
+        if args.examples:  # property-test with attnc.testing: drawn shapes and parameters, shrunk failures
+            from .. import testing
+
+            try:
+                testing.check(attn, examples=args.examples, seed=args.seed, dtypes=tuple(dtypes),
+                              params=params or None)
+                print(f"{target:24s} {args.examples} drawn problems  PASS", file=out)
+            except AssertionError as err:
+                print(f"{target:24s} FAIL\n{err}", file=out)
+                failed += 1
+            continue
         for dtype in dtypes:
             result = check(attn, dtype, shape, args.seed, params, args.device)
             print(result.line(), file=out)
@@ -186,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     ch.add_argument("--head-dim", type=int, default=32)
     ch.add_argument("--head-dim-v", type=int, default=None, help="default: --head-dim")
     ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--examples", type=int, default=0,
+                    help="property-test on N drawn problems (attnc.testing) instead of one fixed shape")
     ch.add_argument("--device", default="cpu")
     ch.add_argument("--param", action="append", metavar="NAME=VALUE", help="a scalar parameter (repeatable)")
     sub.add_parser("demo", help="compile, run and check a library variant")

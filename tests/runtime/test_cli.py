@@ -162,3 +162,9 @@ def test_check_with_param_and_bad_param(capsys):
     assert code == 0 and "PASS" in out
     code, _, err = run(capsys, "check", "sliding_window", "--dtype", "float32", "--param", "windw=3")
     assert code == 2 and "windw" in err and "window" in err
+
+
+def test_check_examples_runs_the_property_kit(capsys):
+    code, out, _ = run(capsys, "check", "sliding_window", "--examples", "4", "--dtype", "float32",
+                       "--param", "window=3")
+    assert code == 0 and "4 drawn problems  PASS" in out
