@@ -34,7 +34,7 @@ RESERVED = frozenset(KEYWORDS) | {
     "q_idx", "kv_idx", "b", "h", "n_q", "n_kv", "head_dim", "n_heads", "n_kv_heads", "scale",
     "B", "H", "H_KV", "N_Q", "N_KV", "D", "D_V", "exp", "exp2", "log", "log2", "log1p", "sqrt", "rsqrt",
     "tanh", "sigmoid", "softplus", "relu", "abs", "min", "max", "clamp", "floor", "ceil", "sin", "cos",
-    "sum", "softmax", "i", "j", "s", "v", "out", "lse",
+    "sum", "i", "j", "s", "v", "out", "lse",
 }
 
 

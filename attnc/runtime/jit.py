@@ -36,6 +36,7 @@ from ..dsl.trace import (
     role_of,
     trace,
 )
+from ..ir.lower import DEFAULT_NORM
 from ..library import names as library_names
 from .compiler import Attention
 from .frontend import library_spec, spec_from_text
@@ -88,7 +89,7 @@ def _param_ast(e: ExtraParam) -> ast.Param:
     return ast.Param(e.name, ast.ScalarType(e.kind), default)
 
 
-def build(score_mod=None, mask_mod=None, norm: str = "softmax", name: str | None = None) -> JitAttention:
+def build(score_mod=None, mask_mod=None, norm: str = DEFAULT_NORM, name: str | None = None) -> JitAttention:
     """The attention with ``score_mod``, ``mask_mod`` (either may be None) and ``norm``."""
     tracer = Tracer()
     mods = [(fn, role) for fn, role in ((score_mod, "score"), (mask_mod, "mask")) if fn is not None]
@@ -150,7 +151,7 @@ def build(score_mod=None, mask_mod=None, norm: str = "softmax", name: str | None
     return JitAttention(spec.cascade(attn_name), origin, text, tracer.captured)
 
 
-def jit(fn=None, *, score_mod=None, mask_mod=None, norm: str = "softmax", name: str | None = None):
+def jit(fn=None, *, score_mod=None, mask_mod=None, norm: str = DEFAULT_NORM, name: str | None = None):
     """Decorate a score_mod or mask_mod (bare, or with keyword arguments) → ``JitAttention``."""
 
     def decorate(f):
