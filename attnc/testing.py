@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from .ir import nodes as n
 from .ir.evaluate import eval_size_expr
 from .ir.printer import cascade_text
-from .runtime.check import TOLERANCE
+from .runtime.check import TOLERANCE, draw_tensor, tensor_shape
 from .runtime.compiler import Attention
 from .runtime.validate import sizes_of
 
@@ -73,12 +73,7 @@ class Problem:
         v = torch.randn(self.B, self.Hkv, self.Nkv, self.Dv, generator=g)
         params = dict(self.scalars)
         for name, shape, elem in self.tensor_specs:
-            if elem == n.FLOAT:
-                params[name] = torch.randn(shape, generator=g)
-            elif elem == n.BOOL:
-                params[name] = torch.rand(shape, generator=g) > 0.5
-            else:  # ids: small, sorted along the last axis, so segment-style masks see segments
-                params[name] = torch.sort(torch.randint(0, 4, shape, generator=g), dim=-1).values
+            params[name] = draw_tensor(shape, elem, g)
         return q.to(self.dtype), k.to(self.dtype), v.to(self.dtype), params
 
 
@@ -130,8 +125,7 @@ def problems(attn: Attention, *, dtypes=(torch.float32, torch.float16, torch.bfl
         for p in attn.cascade.params:
             if p.kind != "tensor" or p.name in captured:
                 continue
-            shape = tuple(Nkv if d == n.ANY_DIM else max(1, int(eval_size_expr(d, sizes, values))) for d in p.dims)
-            tensor_specs.append((p.name, shape, p.elem))
+            tensor_specs.append((p.name, tensor_shape(p, sizes, values), p.elem))
         seed = draw_(st.integers(0, 2**31 - 1))
         return Problem(B, Hq, Hkv, Nq, Nkv, D, Dv, dtype, seed, None, scalars, tuple(tensor_specs))
 

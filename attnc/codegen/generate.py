@@ -26,6 +26,15 @@ KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
 
+_RUNTIME_SIZES = ("n_q", "n_kv", "n_heads", "n_kv_heads", "head_dim", "head_dim_v")
+
+
+def unspecialized(argnames) -> list[str]:
+    """Kernel arguments Triton must not specialize on (sizes, strides, runtime parameters), so
+    new lengths, strides or parameter values never recompile."""
+    return [a for a in argnames if a.startswith(("u_", "stride")) or a in _RUNTIME_SIZES]
+
+
 @dataclass(frozen=True)
 class Specialization:
     """What a generated source depends on besides the cascade (all of it is in the cache key)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..ir import nodes as n
 from ..ir.evaluate import eval_size_expr
 from ..ir.passes import plan_passes
-from .generate import CODEGEN_VERSION, Specialization, _env, generate
+from .generate import CODEGEN_VERSION, Specialization, _env, generate, unspecialized
 from .tuning import INTERPRETER_CONFIG, gpu_configs
 
 _PY_OPS = {"+", "-", "*", "<", "<=", ">", ">=", "==", "!=", "and", "or"}
@@ -95,11 +95,7 @@ def standalone_source(c: n.Cascade, dtype: str, module_hint: str = "attention_ke
     demo = "".join(f", {p.name}={_demo_value(p, demo_sizes, demo_scalars)}"
                    for p in c.params if p.default is None)
     sig = ", ".join(f"{p.name}" for p in c.params)
-    # Kernel arguments Triton must not specialize on (sizes, strides, runtime parameters), so
-    # new lengths or parameter values never recompile.
-    argnames = _kernel_argnames(source.text, source.kernel_name)
-    sizes = {"n_q", "n_kv", "n_heads", "n_kv_heads", "head_dim", "head_dim_v"}
-    dns = [a for a in argnames if a.startswith(("u_", "stride")) or a in sizes]
+    dns = unspecialized(_kernel_argnames(source.text, source.kernel_name))
     text = _env().get_template("standalone.jinja").render(
         version=CODEGEN_VERSION,
         cascade_name=c.name,

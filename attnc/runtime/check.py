@@ -75,15 +75,24 @@ def random_params(attn: Attention, q, k, v, given: dict, g: torch.Generator) -> 
     for p in attn.cascade.params:
         if p.kind != "tensor" or p.name in out or p.name in captured:
             continue
-        shape = tuple(sizes["n_kv"] if d == n.ANY_DIM else max(1, int(eval_size_expr(d, sizes, scalars)))
-                      for d in p.dims)
-        if p.elem == n.FLOAT:
-            out[p.name] = torch.randn(shape, generator=g)
-        elif p.elem == n.BOOL:
-            out[p.name] = torch.rand(shape, generator=g) > 0.5
-        else:
-            out[p.name] = torch.sort(torch.randint(0, 3, shape, generator=g), dim=-1).values
+        out[p.name] = draw_tensor(tensor_shape(p, sizes, scalars), p.elem, g)
     return out
+
+
+def tensor_shape(p: n.ParamSpec, sizes: dict, scalars: dict) -> tuple[int, ...]:
+    """The declared shape of tensor parameter ``p`` for these sizes; ``_`` dims take N_KV."""
+    return tuple(sizes["n_kv"] if d == n.ANY_DIM else max(1, int(eval_size_expr(d, sizes, scalars)))
+                 for d in p.dims)
+
+
+def draw_tensor(shape: tuple[int, ...], elem: str, g: torch.Generator) -> torch.Tensor:
+    """Random values of a declared element type: floats standard normal, bools coin flips, ints
+    small ids sorted along the last axis (so segment-style masks see several segments)."""
+    if elem == n.FLOAT:
+        return torch.randn(shape, generator=g)
+    if elem == n.BOOL:
+        return torch.rand(shape, generator=g) > 0.5
+    return torch.sort(torch.randint(0, 4, shape, generator=g), dim=-1).values
 
 
 def check(attn: Attention, dtype: torch.dtype, shape: Shape = Shape(), seed: int = 0, params: dict | None = None,

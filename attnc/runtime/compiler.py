@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import triton
 
-from ..codegen.generate import CODEGEN_VERSION, KernelSource, Specialization, generate
+from ..codegen.generate import CODEGEN_VERSION, KernelSource, Specialization, generate, unspecialized
 from ..codegen.tuning import INTERPRETER_CONFIG, gpu_configs
 from ..dsl.errors import SpecError
 from ..ir import nodes as n
@@ -129,10 +129,8 @@ class _Kernel:
         else:
             for helper in module.HELPERS:  # helpers must be jitted before the kernel is
                 setattr(module, helper, triton.jit(getattr(module, helper)))
-            sizes = ["n_q", "n_kv", "n_heads", "n_kv_heads", "head_dim", "head_dim_v"]
-            scalar_args = [a for a in fn.__code__.co_varnames[: fn.__code__.co_argcount]
-                           if a.startswith(("u_", "stride")) or a in sizes]
-            self.fn = triton.jit(fn, do_not_specialize=scalar_args)
+            argnames = fn.__code__.co_varnames[: fn.__code__.co_argcount]
+            self.fn = triton.jit(fn, do_not_specialize=unspecialized(argnames))
         self._tuned: dict[tuple, object] = {}
 
     def launcher(self, config_key: tuple):
