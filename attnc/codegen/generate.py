@@ -9,6 +9,8 @@ maps are recomputed where the pass reads them. Nothing here knows a normalizatio
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from ..ir.passes import PassPlan, plan_passes
 from ..ir.printer import cascade_text
 from .exprs import ExprPrinter
 
-CODEGEN_VERSION = "4"
+CODEGEN_VERSION = "5"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
@@ -96,6 +98,19 @@ class _Builder:
     def expr(self, e: n.Expr, ctx: str) -> str:
         return self.printer(e, ctx)
 
+    def full(self, e: n.Expr, ranks: tuple[str, ...]) -> str:
+        """``e`` printed at the full shape of ``ranks``: a value that does not vary over a rank
+        (a constant score, a mask on the query alone, `z[i] = 1.0`) prints as a scalar or a
+        [BLOCK_M, 1] / [1, BLOCK_N] slice, which reductions over axis 1 and tl.dot cannot take."""
+        pair = ranks == n.PAIR
+        text = self.expr(e, "pair" if pair else "vec" if e.type == n.VEC else "row")
+        if set(ranks) <= n.free_ranks(e, self.ranks) or e.type == n.VEC:
+            return text
+        shape = "[BLOCK_M, BLOCK_N]" if pair else "[BLOCK_M]"
+        if e.type == n.BOOL:
+            return f"(({text}) | tl.zeros({shape}, dtype=tl.int1))"
+        return f"(({text}) + tl.zeros({shape}, dtype={'tl.int32' if e.type == n.INT else 'tl.float32'}))"
+
     # -- which stages a pass needs
     def _needed_in_pass(self, k: int) -> set[str]:
         need: set[str] = set()
@@ -140,10 +155,10 @@ class _Builder:
         body = [f"{self.names[name]}_old = {self.names[name]}" for name in olds]
         if masked:
             mask = self.stages["keep"].expr if "keep" in self.stages else None
-            keep = "col_ok[None, :]" + (f" & ({self.expr(mask, 'pair')})" if mask is not None else "")
+            keep = "col_ok[None, :]" + (f" & {self.full(mask, n.PAIR)}" if mask is not None else "")
         else:
             residual = self.bounds.residual
-            keep = " & ".join(f"({self.expr(a, 'pair')})" for a in residual) if residual else None
+            keep = self.full(functools.reduce(lambda a, b: n.Binary("and", a, b, n.BOOL), residual), n.PAIR) if residual else None
         self.keep = keep
         for st in self.c.stages[1:]:
             if st.name not in need and st.name not in ("s",):
@@ -155,10 +170,8 @@ class _Builder:
                 body += self._update(st, reductions[st.name])
             elif st.is_reduction:
                 continue
-            elif st.ranks == n.PAIR:
-                body.append(f"{var} = {self.expr(st.expr, 'pair')}")
             else:
-                body.append(f"{var} = {self.expr(st.expr, 'vec' if st.type == n.VEC else 'row')}")
+                body.append(f"{var} = {self.full(st.expr, st.ranks)}")
         if keep is not None:
             body.insert(len(olds), f"keep = {keep}")
         if k == 1:
@@ -182,12 +195,12 @@ class _Builder:
                 lines.append(f"{fac} = {text}")
                 lines.append(f"{fac} = tl.where({fac} == {fac}, {fac}, 0.0)")
         if isinstance(st.expr, n.Contract):
-            lines.append(f"p = {self._kept(self.expr(st.expr.weight, 'pair'), '0.0')}")
+            lines.append(f"p = {self._kept(self.full(st.expr.weight, n.PAIR), '0.0')}")
             scaled = f"{var} * {fac}[:, None]" if fac else var
             lines.append(f"{var} = {scaled} + tl.dot(p.to(v_tile.dtype), v_tile{self.dot_precision})"
                          f"  # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_DV]")
             return lines
-        body = self.expr(st.expr.body, "pair")
+        body = self.full(st.expr.body, n.PAIR)
         op = st.expr.op
         if op == "sum":
             lines.append(f"{var} = {var + ' * ' + fac if fac else var} + tl.sum({self._kept(body, '0.0')}, 1)")
@@ -245,7 +258,7 @@ class _Builder:
         lines = []
         for st in self.c.stages:
             if st.ranks == n.ROW and not st.is_reduction:
-                lines.append(f"{self.names[st.name]} = {self.expr(st.expr, 'vec' if st.type == n.VEC else 'row')}")
+                lines.append(f"{self.names[st.name]} = {self.full(st.expr, st.ranks)}")
         return lines
 
 
