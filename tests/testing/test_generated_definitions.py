@@ -1,0 +1,77 @@
+"""The compiler on programs nobody wrote: random well-typed definitions (attnc.testing.specs),
+rendered as spec text, parsed back, compiled to a kernel and run on drawn problems.
+
+Three results must agree on every definition: the kernel (within the dtype's bound, through
+``attnc.testing.assert_matches_reference``), attnc's float64 reference interpreter, and the
+generator's own float64 evaluation of the same trees (written from the language docs, not from
+attnc's lowering). Any exception is a bug: the generator only writes valid definitions, so there
+is no expected rejection.
+
+``ATTNC_SPECGEN_EXAMPLES`` sets the number of definitions (CI: 500; the nightly profile in
+docs/testing.md runs 5000).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import attnc
+from attnc.testing import assert_matches_reference, problems
+from attnc.testing.specs import definitions
+
+EXAMPLES = int(os.environ.get("ATTNC_SPECGEN_EXAMPLES", "500"))
+
+
+@pytest.fixture(autouse=True)
+def _cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(attnc.Attention, "POISON", True)
+    monkeypatch.setenv("ATTNC_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _close(got, want, what, d):
+    # both float64 on the same inputs: only the order of operations differs
+    bad = ~torch.isclose(got, want, rtol=1e-7, atol=1e-9, equal_nan=False)
+    assert not bad.any(), (f"{what}: attnc's reference and the generator's evaluation disagree at "
+                           f"{bad.nonzero()[0].tolist()}: {got[bad][0].item()!r} vs {want[bad][0].item()!r}\n{d.text}")
+
+
+def test_generated_definitions_agree_with_the_reference_and_an_independent_evaluation():
+    stats = Counter()
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
+              suppress_health_check=list(HealthCheck))
+    @given(d=definitions(), data=st.data())
+    def run(d, data):
+        attn = attnc.compile(d.text)  # must not raise: every generated definition is valid
+        problem = data.draw(problems(attn, max_batch=2, heads=((1, 1), (2, 1), (2, 2)), max_len=24, head_dims=(16,),
+                                     params=d.param_strategies, defaults=False), label="problem")
+        q, k, v, params = problem.inputs()
+        has_lse = attn.cascade.has_lse
+        ref = attn.reference(q, k, v, return_lse=has_lse, **params)
+        ref_out, ref_lse = ref if has_lse else (ref, None)
+        want_out, want_lse = d.expected(q, k, v, params)
+        _close(ref_out, want_out, "out", d)
+        if has_lse:
+            assert want_lse is not None, d.text
+            _close(ref_lse, want_lse, "lse", d)
+        assert_matches_reference(attn, problem)
+        stats["definitions"] += 1
+        stats[f"passes={attnc.plan_passes(attn.cascade).num_passes}"] += 1
+        stats[f"norm={d.norm.family}"] += 1
+        stats["masked"] += d.mask is not None
+        stats[str(problem.dtype)] += 1
+
+    run()
+    print(dict(stats))
+    # the run checked what it claims, across the families the generator draws
+    assert stats["definitions"] >= EXAMPLES * 0.95, stats
+    assert stats["passes=2"] + stats["passes=3"] >= EXAMPLES * 0.05, stats
+    assert stats["masked"] >= EXAMPLES * 0.3, stats
+    for family in ("library", "softmax_like", "elementwise", "multipass"):
+        assert stats[f"norm={family}"] >= EXAMPLES * 0.05, stats
