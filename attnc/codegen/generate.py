@@ -21,9 +21,10 @@ from ..ir.bounds import tile_bounds
 from ..ir.names import kernel_ident
 from ..ir.passes import PassPlan, plan_passes
 from ..ir.printer import cascade_text
+from ..ir.ranges import weight_range
 from .exprs import ExprPrinter
 
-CODEGEN_VERSION = "5"
+CODEGEN_VERSION = "6"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
@@ -35,6 +36,9 @@ def unspecialized(argnames) -> list[str]:
     """Kernel arguments Triton must not specialize on (sizes, strides, runtime parameters), so
     new lengths, strides or parameter values never recompile."""
     return [a for a in argnames if a.startswith(("u_", "stride")) or a in _RUNTIME_SIZES]
+
+
+FP16_MAX = 65504.0
 
 
 @dataclass(frozen=True)
@@ -197,8 +201,14 @@ class _Builder:
         if isinstance(st.expr, n.Contract):
             lines.append(f"p = {self._kept(self.full(st.expr.weight, n.PAIR), '0.0')}")
             scaled = f"{var} * {fac}[:, None]" if fac else var
-            lines.append(f"{var} = {scaled} + tl.dot(p.to(v_tile.dtype), v_tile{self.dot_precision})"
-                         f"  # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_DV]")
+            lo, hi = weight_range(self.c, st.expr.weight)
+            if self.fp16_dot and max(-lo, hi) > FP16_MAX:
+                # weights fp16 cannot hold (ReLU, linear, user norms): the dot runs on fp32
+                # operands (tf32 on GPUs), not on p rounded to inf
+                dot = "tl.dot(p, v_tile.to(tl.float32))"
+            else:
+                dot = f"tl.dot(p.to(v_tile.dtype), v_tile{self.dot_precision})"
+            lines.append(f"{var} = {scaled} + {dot}  # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_DV]")
             return lines
         body = self.full(st.expr.body, n.PAIR)
         op = st.expr.op
@@ -276,6 +286,7 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
     b = _Builder(c, plan)
     b.bounds = tile_bounds(c)
     b.dot_precision = ', input_precision="ieee"' if spec.upcast else ""
+    b.fp16_dot = spec.dtype == "float16" and not spec.upcast
     passes = [b.pass_block(k) for k in range(1, plan.num_passes + 1)]
     tensors = [p for p in c.params if p.kind == "tensor"]
     scalars = [p for p in c.params if p.kind != "tensor"]

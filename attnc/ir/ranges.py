@@ -1,0 +1,156 @@
+"""Interval arithmetic over IR expressions: what values an expression can take.
+
+Two users:
+
+* code generation asks whether a contraction's weight is bounded (``weight_range``): fp16 kernels
+  round the weights to fp16 before ``tl.dot`` with V, which is exact enough for softmax-like
+  weights ``exp(s − m) ∈ [0, 1]`` but turns a ReLU or linear weight above 65504 into ``inf``;
+* the runtime asks, for concrete sizes and scalar parameters, whether an integer sub-expression
+  can leave int32 (``int32_overflows``), since kernels compute masks and indices in 32 bits.
+
+Intervals are sound over-approximations; anything not understood is ``(-inf, inf)``. One fact
+beyond plain intervals: ``x − m`` where ``m`` is a max over the keys of ``x`` (possibly with other
+terms, ``max(max_j x, c)``) is ≤ 0, the step that makes softmax's weights bounded.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import nodes as n
+
+INF = math.inf
+ALL = (-INF, INF)
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def _mul(a, b):
+    products = [x * y for x in a for y in b if not (math.isinf(x) and y == 0 or math.isinf(y) and x == 0)]
+    return (min(products, default=0.0), max(products, default=0.0))
+
+
+def _is_max_over(m: n.Expr, x: n.Expr, stages: dict[str, n.Stage]) -> bool:
+    """``m >= x`` for every kept key: m is ``max_j x`` or a max of terms one of which is."""
+    if isinstance(m, n.Ref) and m.stage in stages:
+        return _is_max_over(stages[m.stage].expr, x, stages)
+    if isinstance(m, n.Reduce) and m.op == "max":
+        return m.body == x
+    if isinstance(m, n.Call) and m.fn == "max":
+        return any(_is_max_over(a, x, stages) for a in m.args)
+    return False
+
+
+class _Ranges:
+    def __init__(self, stages: dict[str, n.Stage], env: dict[str, tuple[float, float]]):
+        self.stages = stages
+        self.env = env  # Var / Param name → interval
+        self.seen: list[tuple[n.Expr, tuple[float, float]]] = []  # every int sub-expression
+
+    def __call__(self, e: n.Expr) -> tuple[float, float]:
+        r = self._range(e)
+        if e.type == n.INT:
+            self.seen.append((e, r))
+        return r
+
+    def _range(self, e: n.Expr) -> tuple[float, float]:
+        if isinstance(e, n.Const):
+            v = float(e.value)
+            return (v, v)
+        if isinstance(e, (n.Var, n.Param)):
+            return self.env.get(e.name, ALL)
+        if isinstance(e, n.Ref):
+            st = self.stages.get(e.stage)
+            return self(st.expr) if st is not None and not isinstance(st.expr, n.Contract) else ALL
+        if isinstance(e, n.Unary):
+            a = self(e.operand)
+            return (-a[1], -a[0]) if e.op == "-" else (0.0, 1.0)
+        if isinstance(e, n.Select):
+            self(e.cond)
+            a, b = self(e.then), self(e.other)
+            return (min(a[0], b[0]), max(a[1], b[1]))
+        if isinstance(e, n.Reduce):
+            a = self(e.body)
+            if e.op == "max":  # an empty reduction is -inf (max) / +inf (min)
+                return (-INF, a[1])
+            if e.op == "min":
+                return (a[0], INF)
+            return (-INF if a[0] < 0 else 0.0, INF if a[1] > 0 else 0.0)  # a sum of any number of terms
+        if isinstance(e, n.Binary):
+            return self._binary(e)
+        if isinstance(e, n.Call):
+            return self._call(e)
+        for k in n.children(e):
+            self(k)
+        return ALL
+
+    def _binary(self, e: n.Binary) -> tuple[float, float]:
+        if e.op == "-" and _is_max_over(e.right, e.left, self.stages):
+            self(e.left), self(e.right)
+            return (-INF, 0.0)
+        a, b = self(e.left), self(e.right)
+        if e.type == n.BOOL:
+            return (0.0, 1.0)
+        if e.op == "+":
+            return (a[0] + b[0], a[1] + b[1])
+        if e.op == "-":
+            return (a[0] - b[1], a[1] - b[0])
+        if e.op == "*":
+            return _mul(a, b)
+        if e.op == "/":
+            if b[0] > 0 or b[1] < 0:  # a divisor of one sign: 1/b lies in [1/b_hi, 1/b_lo]
+                return _mul(a, (1 / b[1], 1 / b[0]))
+            return ALL
+        if e.op == "//":  # |a // b| <= |a| (and x // 0 = 0); the sign follows a·b
+            m = max(abs(a[0]), abs(a[1]))
+            return (-m, m)
+        if e.op == "%":  # floor modulo: in [0, b) for b > 0, in (b, 0] for b < 0; x % 0 = x
+            lo, hi = min(b[0] + 1, 0.0), max(b[1] - 1, 0.0)
+            return (min(a[0], lo), max(a[1], hi)) if b[0] <= 0 <= b[1] else (lo, hi)
+        return ALL  # **
+
+    def _call(self, e: n.Call) -> tuple[float, float]:
+        args = [self(a) for a in e.args]
+        fn = e.fn
+        if fn in ("sigmoid",):
+            return (0.0, 1.0)
+        if fn == "tanh":
+            return (-1.0, 1.0)
+        if fn in ("exp", "exp2"):
+            base = math.e if fn == "exp" else 2.0
+            hi = args[0][1]
+            return (0.0, INF if hi > 700 else base ** hi)
+        if fn == "abs":
+            a = args[0]
+            return (0.0 if a[0] <= 0 <= a[1] else min(abs(a[0]), abs(a[1])), max(abs(a[0]), abs(a[1])))
+        if fn == "relu":
+            return (max(args[0][0], 0.0), max(args[0][1], 0.0))
+        if fn == "min":
+            return (min(a[0] for a in args), min(a[1] for a in args))
+        if fn == "max":
+            return (max(a[0] for a in args), max(a[1] for a in args))
+        if fn == "clamp":
+            x, lo, hi = args  # min(max(x, lo), hi), monotone in every argument
+            return (min(max(x[0], lo[0]), hi[0]), min(max(x[1], lo[1]), hi[1]))
+        if fn == "softplus":
+            return (0.0, INF if args[0][1] == INF else max(args[0][1], 0.0) + math.log(2.0))
+        if fn in ("sin", "cos"):
+            return (-1.0, 1.0)
+        return ALL
+
+
+def weight_range(c: n.Cascade, weight: n.Expr) -> tuple[float, float]:
+    """An interval holding every value ``weight`` (a contraction's weight) can take."""
+    return _Ranges({st.name: st for st in c.stages}, {})(weight)
+
+
+def int32_overflows(c: n.Cascade, env: dict[str, tuple[float, float]]) -> list[tuple[n.Expr, tuple[float, float]]]:
+    """Integer sub-expressions of ``c`` whose interval, for the sizes and parameter values in
+    ``env``, leaves int32 (tensor values are unknown and never counted against it)."""
+    r = _Ranges({st.name: st for st in c.stages}, env)
+    for st in c.stages:
+        r(st.expr)
+    for p in c.params:
+        if p.default is not None:
+            r(p.default)
+    return [(e, rng) for e, rng in r.seen
+            if not math.isinf(rng[0]) and not math.isinf(rng[1]) and (rng[0] < INT32[0] or rng[1] > INT32[1])]
