@@ -33,7 +33,7 @@ from ..ir import nodes as n
 from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text
 from .frontend import library_spec, spec_from_file, spec_from_text
-from .validate import bind_params, check_inputs, sizes_of
+from .validate import bind_params, check_inputs, check_int32, sizes_of
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _lock = threading.RLock()
@@ -232,7 +232,9 @@ class Attention:
             raise ValueError(f"head dims must be 1..256, got D={D}, Dv={Dv}")
         sizes = sizes_of(q, k, v, scale)
         scale = sizes["scale"]
-        tensors, scalars = self._kernel_args(bind_params(self.cascade, params, sizes, q.device))
+        bound = bind_params(self.cascade, params, sizes, q.device)
+        check_int32(self.cascade, B, sizes, bound)
+        tensors, scalars = self._kernel_args(bound)
         if return_lse and not self.cascade.has_lse:
             raise ValueError(f"{self.cascade.name} defines no lse[i]; call it with return_lse=False")
         interpret = q.device.type == "cpu"

@@ -7,6 +7,7 @@ argument, the value it got and what was expected.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -14,6 +15,7 @@ import torch
 from ..ir import nodes as n
 from ..ir.evaluate import eval_size_expr
 from ..ir.printer import expr_text
+from ..ir.ranges import int32_overflows
 
 
 def check_inputs(q, k, v, dtypes: tuple | None = None) -> tuple[int, int, int, int, int, int, int]:
@@ -129,3 +131,25 @@ def bind_params(c: n.Cascade, params: dict, sizes: dict, device=None) -> dict:
             raise TypeError(f"{c.name} needs tensor parameter `{p.name}`")
         values[p.name] = _tensor(p, params[p.name], sizes, scalars, device)
     return values
+
+
+@functools.lru_cache(maxsize=1024)
+def _overflows(c: n.Cascade, env: tuple) -> tuple:
+    return tuple(int32_overflows(c, dict(env)))
+
+
+def check_int32(c: n.Cascade, B: int, sizes: dict, values: dict) -> None:
+    """Kernels compute integer expressions in 32 bits: refuse a call for which one can leave
+    int32 (the reference, in int64, would then disagree with the kernel) rather than answer wrong."""
+    env = {"i": (0, sizes["n_q"] - 1), "j": (0, sizes["n_kv"] - 1), "b": (0, B - 1), "h": (0, sizes["n_heads"] - 1)}
+    env |= {k: (v, v) for k, v in sizes.items() if k != "scale"}
+    env |= {p.name: (int(values[p.name]),) * 2 for p in c.params if p.kind in (n.INT, n.BOOL)}
+    bad = _overflows(c, tuple(sorted(env.items())))
+    if bad:
+        e, (lo, hi) = max(bad, key=lambda x: max(-x[1][0], x[1][1]))
+        used = sorted(p.name for p in c.params if p.kind == n.INT and any(
+            isinstance(x, n.Param) and x.name == p.name for x in n.walk(e)))
+        given = ", ".join(f"{k}={values[k]}" for k in used)
+        raise ValueError(f"{c.name}: `{expr_text(e)}` can reach {int(lo) if lo < -(2**31) else int(hi)} "
+                         f"{'(' + given + ') ' if given else ''}for n_q={sizes['n_q']}, n_kv={sizes['n_kv']}, "
+                         f"beyond int32: kernels compute integer expressions in 32 bits")
