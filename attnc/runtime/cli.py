@@ -6,6 +6,8 @@
                                a standalone Triton kernel file with a launcher (torch + triton only)
     attnc check SPEC [NAME] [--dtype D] [shape options] [--param name=value]
                                run the kernel on random inputs against the float64 reference
+    attnc check SPEC [NAME] --examples N [--property NAME ...]
+                               property-test on N drawn problems (attnc.testing), shrunk failures
     attnc demo                 compile, run and check a library variant; show the generated kernel
 
 SPEC is a path to a spec file or the name of a library variant.
@@ -122,6 +124,15 @@ def cmd_check(args, out) -> int:
     shape = Shape(args.batch, args.heads, args.kv_heads or args.heads, args.nq, args.nkv or args.nq,
                   args.head_dim, args.head_dim_v)
     dtypes = list(DTYPES.values()) if args.dtype == "all" else [DTYPES[args.dtype]]
+    requested = list(dict.fromkeys(args.property or ["reference"]))
+    if args.property:
+        if not args.examples:
+            raise ValueError("--property needs --examples N (properties are tested on drawn problems)")
+        from ..testing import PROPERTIES
+
+        unknown = [x for x in requested if x not in (*PROPERTIES, "all")]
+        if unknown:
+            raise ValueError(f"--property: unknown property {unknown[0]!r}; choose from {', '.join(PROPERTIES)}, all")
     failed = 0
     print(f"checking {sf.path}: B={shape.batch} Hq={shape.heads} Hkv={shape.kv_heads} Nq={shape.n_q} "
           f"Nkv={shape.n_kv} D={shape.head_dim} Dv={shape.head_dim_v or shape.head_dim}, seed {args.seed}, "
@@ -131,10 +142,21 @@ def cmd_check(args, out) -> int:
         if args.examples:  # property-test with attnc.testing: drawn shapes and parameters, shrunk failures
             from .. import testing
 
+            names = testing.PROPERTIES if "all" in requested else requested
+            run = []
+            for prop in names:  # a property the definition does not promise is skipped, with the reason
+                reason = testing.why_not_applicable(attn, prop)
+                if reason is None:
+                    run.append(prop)
+                else:
+                    print(f"{target:24s} {prop}: SKIP ({reason})", file=out)
+            if not run:
+                continue
+            shown = "" if run == ["reference"] else f"  [{', '.join(run)}]"
             try:
-                testing.check(attn, examples=args.examples, seed=args.seed, dtypes=tuple(dtypes),
+                testing.check(attn, examples=args.examples, seed=args.seed, properties=run, dtypes=tuple(dtypes),
                               params=params or None)
-                print(f"{target:24s} {args.examples} drawn problems  PASS", file=out)
+                print(f"{target:24s} {args.examples} drawn problems  PASS{shown}", file=out)
             except AssertionError as err:
                 print(f"{target:24s} FAIL\n{err}", file=out)
                 failed += 1
@@ -199,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     ch.add_argument("--seed", type=int, default=0)
     ch.add_argument("--examples", type=int, default=0,
                     help="property-test on N drawn problems (attnc.testing) instead of one fixed shape")
+    ch.add_argument("--property", action="append", metavar="NAME",  # checked in cmd_check: attnc.testing needs hypothesis
+                    help="with --examples: a property to test (repeatable): reference (default), batch_split, "
+                         "head_permutation, masked_keys, empty_rows, or all (those that apply); see attnc.testing")
     ch.add_argument("--device", default="cpu")
     ch.add_argument("--param", action="append", metavar="NAME=VALUE", help="a scalar parameter (repeatable)")
     sub.add_parser("demo", help="compile, run and check a library variant")

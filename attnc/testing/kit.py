@@ -1,12 +1,13 @@
-"""The kit's core: drawn problems, the comparison with the reference and its report."""
+"""The kit's core: drawn problems, the reference's keep mask, the comparison with the reference
+and the failure report every property shares. ``check`` and the other properties are in
+``properties.py``."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from ..ir import nodes as n
@@ -14,9 +15,10 @@ from ..ir.evaluate import eval_size_expr
 from ..ir.printer import cascade_text
 from ..runtime.check import TOLERANCE, draw_tensor, tensor_shape
 from ..runtime.compiler import Attention
+from ..runtime.reference import reference
 from ..runtime.validate import sizes_of
 
-__all__ = ["Problem", "assert_matches_reference", "check", "problems"]
+__all__ = ["Problem", "assert_matches_reference", "keep_mask", "problems"]
 
 TILE_EDGES = (1, 15, 16, 17)  # the interpreter's 16-wide tiles: one short, exact, one over
 
@@ -76,13 +78,14 @@ def problems(attn: Attention, *, dtypes=(torch.float32, torch.float16, torch.bfl
     unknown = set(given_params) - {p.name for p in attn.cascade.params}
     if unknown:
         raise ValueError(f"{attn.name} has no parameter(s) {', '.join(sorted(unknown))}")
-    captured = {c.name for c in getattr(attn, "captured", ())}  # @attnc.jit binds these itself
 
     @st.composite
     def draw(draw_):
         B = draw_(st.integers(1, max_batch))
         Hq, Hkv = draw_(st.sampled_from(list(heads)))
-        lengths = st.one_of(st.sampled_from(TILE_EDGES), st.integers(1, max_len))
+        # integers first: hypothesis shrinks towards the first branch, so a failure reduces to its
+        # smallest length instead of stopping at a tile edge
+        lengths = st.one_of(st.integers(1, max_len), st.sampled_from(TILE_EDGES))
         Nq, Nkv = draw_(lengths), draw_(lengths)
         D = draw_(st.sampled_from(list(head_dims)))
         Dv = draw_(st.sampled_from(list(value_dims))) if value_dims else D
@@ -96,54 +99,154 @@ def problems(attn: Attention, *, dtypes=(torch.float32, torch.float16, torch.bfl
                 scalars[p.name] = draw_(choice) if isinstance(choice, st.SearchStrategy) else choice
             elif p.default is None or not defaults:
                 scalars[p.name] = draw_(_scalar_strategy(p, int_range, float_range))
-        q = torch.empty(B, Hq, Nq, D, device="meta")
-        k = torch.empty(B, Hkv, Nkv, D, device="meta")
-        v = torch.empty(B, Hkv, Nkv, Dv, device="meta")
-        sizes = sizes_of(q, k, v, None)
-        values = {p.name: scalars.get(p.name, eval_size_expr(p.default, sizes, {}) if p.default is not None else 0)
-                  for p in attn.cascade.params if p.kind != "tensor"}
-        tensor_specs = []
-        for p in attn.cascade.params:
-            if p.kind != "tensor" or p.name in captured:
-                continue
-            tensor_specs.append((p.name, tensor_shape(p, sizes, values), p.elem))
         seed = draw_(st.integers(0, 2**31 - 1))
-        return Problem(B, Hq, Hkv, Nq, Nkv, D, Dv, dtype, seed, None, scalars, tuple(tensor_specs))
+        return Problem(B, Hq, Hkv, Nq, Nkv, D, Dv, dtype, seed, None, scalars,
+                       _tensor_specs(attn, B, Hq, Hkv, Nq, Nkv, D, Dv, scalars))
 
     return draw()
 
 
-def _report(attn: Attention, problem: Problem, got: torch.Tensor, ref: torch.Tensor, rel: float, bound: float,
-            why: str) -> str:
-    diff = (got.double() - ref).abs()
-    diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
-    flat = int(diff.argmax())
-    b, h, i, f = torch.unravel_index(torch.tensor(flat), diff.shape)
-    lines = [
-        f"{attn.name}: {why}",
-        f"  relative error {rel:.3e} (Frobenius norm of the difference / of the reference), bound {bound:.0e}",
+def _tensor_specs(attn: Attention, B, Hq, Hkv, Nq, Nkv, D, Dv, scalars: dict) -> tuple:
+    """(name, shape, elem) of the tensor parameters a problem draws (not @attnc.jit's captured ones)."""
+    captured = {c.name for c in getattr(attn, "captured", ())}
+    q = torch.empty(B, Hq, Nq, D, device="meta")
+    k = torch.empty(B, Hkv, Nkv, D, device="meta")
+    v = torch.empty(B, Hkv, Nkv, Dv, device="meta")
+    sizes = sizes_of(q, k, v, None)
+    values = {p.name: scalars.get(p.name, eval_size_expr(p.default, sizes, {}) if p.default is not None else 0)
+              for p in attn.cascade.params if p.kind != "tensor"}
+    return tuple((p.name, tensor_shape(p, sizes, values), p.elem)
+                 for p in attn.cascade.params if p.kind == "tensor" and p.name not in captured)
+
+
+def resized(attn: Attention, problem: Problem, Nq: int, Nkv: int) -> Problem:
+    """``problem`` with other sequence lengths (tensor parameter shapes follow)."""
+    p = problem
+    return dataclasses.replace(p, Nq=Nq, Nkv=Nkv,
+                               tensor_specs=_tensor_specs(attn, p.B, p.Hq, p.Hkv, Nq, Nkv, p.D, p.Dv, p.scalars))
+
+
+def keep_mask(attn: Attention, problem: Problem) -> torch.Tensor | None:
+    """The reference's mask for ``problem``: bool [B, Hq, Nq, Nkv], True where query i keeps key j;
+    None when the definition has no mask (every key is kept).
+
+    A mask cannot read the score, so it depends on sizes and parameters only. It is evaluated by
+    the reference itself, on the definition with the norm replaced by ``out[i] = Σ_j{keep} v[j]``
+    and one-hot value rows: with v[j, f] = 1 where j = j0 + f, out[b, h, i, f] is exactly
+    keep[b, h, i, j0 + f] (Dv keys at a time, so shapes declared with D_V still bind).
+    """
+    c = attn.cascade
+    if not c.has_mask:
+        return None
+    counting = n.Cascade(c.name, c.params, tuple(c.stage(name) for name in ("qk", "s", "keep"))
+                         + (n.Stage("out", n.ROW, n.Contract(n.Const(1.0, n.FLOAT))),))
+    p = problem
+    params = with_captured(attn, p.inputs()[3])
+    q = torch.zeros(p.B, p.Hq, p.Nq, p.D, dtype=torch.float64)
+    k = torch.zeros(p.B, p.Hkv, p.Nkv, p.D, dtype=torch.float64)
+    keep = torch.zeros(p.B, p.Hq, p.Nq, p.Nkv, dtype=torch.bool)
+    for j0 in range(0, p.Nkv, p.Dv):
+        one_hot = (torch.arange(p.Nkv)[:, None] == j0 + torch.arange(p.Dv)[None, :]).double()
+        v = one_hot.expand(p.B, p.Hkv, p.Nkv, p.Dv)
+        out = reference(counting, q, k, v, scale=p.scale, **params)
+        width = min(p.Dv, p.Nkv - j0)
+        keep[..., j0:j0 + width] = out[..., :width] == 1.0
+    return keep
+
+
+def with_captured(attn: Attention, params: dict) -> dict:
+    """``params`` and the tensors an @attnc.jit variant captured (its calls pass them itself)."""
+    return {**{c.name: c.tensor for c in getattr(attn, "captured", ())}, **params}
+
+
+def key_ranges(kept: torch.Tensor, limit: int = 6) -> str:
+    """Indices where the bool vector ``kept`` is True, as ranges: ``0..12, 15, 20..22``."""
+    idx = kept.nonzero().flatten().tolist()
+    runs: list[list[int]] = []
+    for j in idx:
+        if runs and j == runs[-1][1] + 1:
+            runs[-1][1] = j
+        else:
+            runs.append([j, j])
+    text = [f"{a}" if a == b else f"{a}..{b}" for a, b in runs[:limit]]
+    if len(runs) > limit:
+        text.append(f"… ({len(runs) - limit} more ranges)")
+    return ", ".join(text)
+
+
+def _fmt(x: torch.Tensor) -> str:
+    return f"{float(x):.6g}"
+
+
+def report(attn: Attention, problem: Problem, prop: str, why: str, got: torch.Tensor, want: torch.Tensor, *,
+           labels: tuple[str, str] = ("kernel", "reference"), measure: str | None = None,
+           compared: torch.Tensor | None = None, got_lse: torch.Tensor | None = None,
+           want_lse: torch.Tensor | None = None, at: tuple | None = None, notes=()) -> str:
+    """The failure report of property ``prop``: the definition, the problem, the worst element
+    (b, h, q_idx, f) with both values, and the keys the reference's mask keeps in its row.
+
+    ``got``/``want`` are [B, Hq, Nq, Dv] in the problem's coordinates; ``compared`` (bool
+    [B, Hq, Nq]) limits the search for the worst element to the rows the property constrains;
+    ``at`` names the element to show instead of the worst one.
+    """
+    if at is None:
+        g, w = got.double(), want.double()
+        diff = (g - w).abs()
+        diff = torch.where(torch.isnan(g) & torch.isnan(w), torch.zeros_like(diff), diff)
+        diff = torch.where(torch.isnan(diff), torch.full_like(diff, float("inf")), diff)
+        if compared is not None:
+            diff = torch.where(compared[..., None], diff, torch.full_like(diff, -1.0))
+        at = tuple(int(x) for x in torch.unravel_index(torch.tensor(int(diff.argmax())), diff.shape))
+    b, h, i, f = at
+    lines = [f"{attn.name}: property `{prop}` fails: {why}"]
+    if measure:
+        lines.append(f"  {measure}")
+    lines += [
         f"  problem: {problem!r}",
-        f"  worst element: b={int(b)}, h={int(h)}, q_idx={int(i)}, f={int(f)}: kernel {float(got[b, h, i, f]):.6g}, "
-        f"reference {float(ref[b, h, i, f]):.6g}",
-        "  definition:",
-        *("    " + line for line in cascade_text(attn.cascade).rstrip("\n").split("\n")),
+        (f"  worst element: b={b}, h={h}, q_idx={i}, f={f}: {labels[0]} {_fmt(got[b, h, i, f])}, "
+         f"{labels[1]} {_fmt(want[b, h, i, f])}"),
+        f"    {_row_keys(attn, problem, b, h, i)}",
     ]
+    if got_lse is not None and want_lse is not None:
+        lines.append(f"    lse of that row: {labels[0]} {_fmt(got_lse[b, h, i])}, "
+                     f"{labels[1]} {_fmt(want_lse[b, h, i])}")
+    lines += ["  " + note for note in notes]
+    lines += ["  definition:", *("    " + ln for ln in cascade_text(attn.cascade).rstrip("\n").split("\n"))]
     return "\n".join(lines)
 
 
+def _row_keys(attn: Attention, problem: Problem, b: int, h: int, i: int) -> str:
+    """Which keys the reference's mask keeps for query row (b, h, i)."""
+    keep = keep_mask(attn, problem)
+    if keep is None:
+        return f"that row keeps all {problem.Nkv} keys (no mask)"
+    row = keep[b, h, i]
+    count = int(row.sum())
+    if count == 0:
+        return f"that row keeps none of the {problem.Nkv} keys (an empty row)"
+    return f"that row keeps {count} of {problem.Nkv} keys: {key_ranges(row)}"
+
+
+def run(attn: Attention, problem: Problem, q, k, v, params) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The kernel's (out, lse) for these inputs; lse is None when the definition has none."""
+    if attn.cascade.has_lse:
+        return attn(q, k, v, scale=problem.scale, return_lse=True, **params)
+    return attn(q, k, v, scale=problem.scale, **params), None
+
+
 def assert_matches_reference(attn: Attention, problem: Problem) -> None:
-    """Run the kernel and the float64 reference on ``problem``; AssertionError with a report if
-    the relative error exceeds the dtype's bound, the output has NaN, or a row the reference
-    leaves empty (lse −inf) is not exactly 0."""
+    """Property ``reference``: run the kernel and the float64 reference on ``problem``;
+    AssertionError with a report if the relative error exceeds the dtype's bound, the output has
+    NaN, or a row the reference leaves empty (lse −inf) is not exactly 0."""
     q, k, v, params = problem.inputs()
     lse_wanted = attn.cascade.has_lse
-    got = attn(q, k, v, scale=problem.scale, return_lse=lse_wanted, **params)
+    got, got_lse = run(attn, problem, q, k, v, params)
     ref = attn.reference(q, k, v, scale=problem.scale, return_lse=lse_wanted, **params)
-    (got, got_lse), (ref, ref_lse) = (got, ref) if lse_wanted else ((got, None), (ref, None))
+    ref, ref_lse = ref if lse_wanted else (ref, None)
     bound = TOLERANCE[problem.dtype]
     diff = (got.double() - ref).norm()
     rel = float(diff / ref.norm()) if ref.norm() > 0 else float(diff)
-    why = None
+    why, at = None, None
     if torch.isnan(got).any() and not torch.isnan(ref).any():
         why = "NaN in the kernel's output"
     elif not rel <= bound:
@@ -152,25 +255,11 @@ def assert_matches_reference(attn: Attention, problem: Problem) -> None:
         empty = torch.isneginf(ref_lse)
         if not torch.equal(torch.isneginf(got_lse), empty):
             why = "lse is -inf on different rows than the reference's"
+            at = (*(int(x) for x in (torch.isneginf(got_lse) != empty).nonzero()[0]), 0)
         elif empty.any() and (got[empty] != 0).any():
             why = "a row with no kept key is not exactly 0"
     if why is not None:
-        raise AssertionError(_report(attn, problem, got, ref, rel, bound, why))
-
-
-def check(attn: Attention, *, examples: int = 50, seed: int | None = None, **problem_options) -> None:
-    """Property-test ``attn`` against the reference on ``examples`` drawn problems; raises the
-    shrunk AssertionError report on failure. ``problem_options`` go to ``problems``."""
-    strategy = problems(attn, **problem_options)
-    settings_ = settings(max_examples=examples, deadline=None, database=None,
-                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-                         print_blob=False)
-
-    @settings_
-    @given(strategy)
-    def run(problem):
-        assert_matches_reference(attn, problem)
-
-    if seed is not None:
-        run = hypothesis_seed(seed)(run)
-    run()
+        measure = (f"relative error {rel:.3e} (Frobenius norm of the difference / of the reference), "
+                   f"bound {bound:.0e}")
+        raise AssertionError(report(attn, problem, "reference", why, got, ref, measure=measure,
+                                    got_lse=got_lse, want_lse=ref_lse, at=at))

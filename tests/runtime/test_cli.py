@@ -168,3 +168,42 @@ def test_check_examples_runs_the_property_kit(capsys):
     code, out, _ = run(capsys, "check", "sliding_window", "--examples", "4", "--dtype", "float32",
                        "--param", "window=3")
     assert code == 0 and "4 drawn problems  PASS" in out
+
+
+def test_check_examples_tests_the_properties_named(capsys):
+    code, out, _ = run(capsys, "check", "causal", "--examples", "2", "--dtype", "float32",
+                       "--property", "masked_keys", "--property", "empty_rows")
+    assert code == 0 and "causal                   2 drawn problems  PASS  [masked_keys, empty_rows]" in out
+
+
+def test_check_skips_a_property_the_definition_does_not_promise(capsys):
+    code, out, _ = run(capsys, "check", "alibi", "--examples", "1", "--dtype", "float32",
+                       "--property", "head_permutation", "--property", "batch_split")
+    assert code == 0
+    assert "alibi                    head_permutation: SKIP (it reads `h` other than as the index" in out
+    assert "1 drawn problems  PASS  [batch_split]" in out
+
+
+def test_check_property_errors_name_the_option(capsys):
+    code, _, err = run(capsys, "check", "causal", "--examples", "1", "--property", "batch")
+    assert code == 2 and "--property: unknown property 'batch'; choose from reference, batch_split" in err
+    code, _, err = run(capsys, "check", "causal", "--property", "masked_keys")
+    assert code == 2 and "--property needs --examples N" in err
+
+
+def test_check_property_failure_prints_the_report_and_exits_1(capsys, monkeypatch):
+    # A "kernel" (the reference, so that shrinking is fast) that leaves empty rows NaN.
+    import torch
+
+    import attnc.runtime.compiler as compiler
+
+    def nan_on_empty_rows(self, q, k, v, *, scale=None, return_lse=False, **params):
+        out, lse = self.reference(q, k, v, scale=scale, return_lse=True, **params)
+        out = torch.where(torch.isneginf(lse)[..., None], float("nan"), out).to(q.dtype)
+        return (out, lse.float()) if return_lse else out
+
+    monkeypatch.setattr(compiler.Attention, "__call__", nan_on_empty_rows)
+    code, out, _ = run(capsys, "check", "causal", "--examples", "20", "--dtype", "float32", "--property", "empty_rows")
+    assert code == 1 and "causal                   FAIL" in out
+    assert "causal: property `empty_rows` fails: a row with no kept key is not exactly 0" in out
+    assert "that row keeps none of the 1 keys (an empty row)" in out  # shrunk to one key

@@ -68,7 +68,9 @@ def test_an_injected_off_by_one_is_caught_with_a_shrunk_report(monkeypatch):
     with pytest.raises(AssertionError) as info:
         at.check(attn, examples=30, seed=0, dtypes=F32, max_batch=2, heads=((1, 1), (2, 1)), max_len=20)
     report = str(info.value)
-    assert "diag:" in report and "relative error" in report and "worst element" in report
+    assert "diag: property `reference` fails" in report and "relative error" in report and "worst element" in report
     assert "keep[i, j]" in report  # the definition is shown
     # shrunk: hypothesis reduces the failing problem to the smallest one (one query row)
     assert "Nq=1," in report and "B=1," in report, report
+    # the kv side of the worst row: the reference keeps the diagonal key the kernel dropped
+    assert "that row keeps 1 of 1 keys: 0\n" in report and "lse of that row: kernel -inf" in report
