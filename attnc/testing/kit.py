@@ -20,6 +20,7 @@ from ..runtime.validate import sizes_of
 
 __all__ = ["Problem", "assert_matches_reference", "keep_mask", "problems"]
 
+REL_FLOOR = 1e-3  # see assert_matches_reference
 TILE_EDGES = (1, 15, 16, 17)  # the interpreter's 16-wide tiles: one short, exact, one over
 
 
@@ -244,8 +245,13 @@ def assert_matches_reference(attn: Attention, problem: Problem) -> None:
     ref = attn.reference(q, k, v, scale=problem.scale, return_lse=lse_wanted, **params)
     ref, ref_lse = ref if lse_wanted else (ref, None)
     bound = TOLERANCE[problem.dtype]
-    diff = (got.double() - ref).norm()
-    rel = float(diff / ref.norm()) if ref.norm() > 0 else float(diff)
+    diff = float((got.double() - ref).norm())
+    # A reference that cancels to (nearly) zero makes the relative error meaningless (1e-16 vs an
+    # exact 0 is "100 %"): the denominator is at least REL_FLOOR times the output's natural size,
+    # the norm it would have if every element were the rms of v.
+    natural = float(v.double().pow(2).mean().sqrt()) * ref.numel() ** 0.5 if v.numel() else 0.0
+    denom = max(float(ref.norm()), REL_FLOOR * natural)
+    rel = diff / denom if denom > 0 else diff
     why, at = None, None
     if torch.isnan(got).any() and not torch.isnan(ref).any():
         why = "NaN in the kernel's output"
@@ -259,7 +265,7 @@ def assert_matches_reference(attn: Attention, problem: Problem) -> None:
         elif empty.any() and (got[empty] != 0).any():
             why = "a row with no kept key is not exactly 0"
     if why is not None:
-        measure = (f"relative error {rel:.3e} (Frobenius norm of the difference / of the reference), "
-                   f"bound {bound:.0e}")
+        measure = (f"relative error {rel:.3e} (Frobenius norm of the difference / of the reference, at least "
+                   f"{REL_FLOOR:.0e} of the output's natural size), bound {bound:.0e}")
         raise AssertionError(report(attn, problem, "reference", why, got, ref, measure=measure,
                                     got_lse=got_lse, want_lse=ref_lse, at=at))
