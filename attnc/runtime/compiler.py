@@ -217,7 +217,7 @@ class Attention:
         for p in self.cascade.params:
             value = bound[p.name]
             if p.kind != "tensor":
-                scalars.append(int(value) if p.kind == n.BOOL else value)
+                scalars.append(int(value) if p.kind in (n.BOOL, n.INT) else _fp32_scalar(value))
                 continue
             if value.dtype == torch.bool:
                 value = value.to(torch.int8)
@@ -263,6 +263,18 @@ class Attention:
                 BLOCK_D=block_d, BLOCK_DV=block_dv, **launch,
             )
         return (out, lse) if return_lse else out
+
+
+_FP32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _fp32_scalar(x: float) -> float:
+    """A float parameter as the kernel computes with it: rounded to float32, with values below
+    float32's smallest normal flushed to 0. (Triton's interpreter mishandles subnormal scalars in
+    bf16 kernels: `tanh(1e-50) * 0.0` zeroed a whole output; found by the spec generator.)"""
+    with np.errstate(over="ignore"):  # beyond float32: inf, as the kernel would compute it
+        x = float(np.float32(x))
+    return 0.0 if abs(x) < _FP32_TINY else x
 
 
 def compile(path_or_source: str | os.PathLike, name: str | None = None) -> Attention:

@@ -92,3 +92,14 @@ def test_a_reference_that_cancels_to_zero_is_not_a_mismatch():
                                  "__getattr__": lambda self, name: getattr(attn, name)})()
     with pytest.raises(AssertionError, match="disagrees with the reference"):
         assert_matches_reference(broken, problem)
+
+
+@pytest.mark.parametrize("c0", [6.654837035633454e-104, 1e-40, -1e-39, 0.0, 0.5])
+def test_a_subnormal_float_parameter_in_a_bf16_kernel(c0):
+    # Found by the nightly profile: Triton's interpreter zeroed a bf16 kernel's whole output when
+    # a float parameter below float32's smallest normal went through tanh. Kernels now receive
+    # float parameters rounded to float32 with subnormals flushed to 0.
+    text = ("norm g:\n    z[i] = sum(sigmoid(s[i, j]) for j) + 1.0\n    out[i] = sum(0.01 * v[j] for j) / z[i]\n\n"
+            "attention generated(c0: float):\n    score = score * 0.0 + tanh(c0) * 0.0\n    norm = g\n")
+    attn = attnc.compile(text)
+    assert_matches_reference(attn, Problem(1, 1, 1, 3, 5, 16, 16, torch.bfloat16, 0, None, {"c0": c0}))
