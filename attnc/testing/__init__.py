@@ -15,7 +15,8 @@
 ``problems(attn)`` draws everything a definition needs, related values together: B, Hq and Hkv
 with Hq % Hkv == 0, Nq and Nkv (1 and the tile edges 15, 16, 17 included), D and Dv, the dtype,
 and the definition's own parameters from their declared types — ints and floats in ranges you
-can narrow per parameter, tensors of the declared shape and element type.
+can narrow per parameter, tensors of the declared shape and element type. Scalar parameters with
+a default keep it unless named in ``params=`` or ``defaults=False`` is passed.
 
 Properties (``PROPERTIES``; ``check(attn, properties=(...))`` or one ``assert_*`` each):
 

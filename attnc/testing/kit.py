@@ -79,6 +79,10 @@ def problems(attn: Attention, *, dtypes=(torch.float32, torch.float16, torch.bfl
     unknown = set(given_params) - {p.name for p in attn.cascade.params}
     if unknown:
         raise ValueError(f"{attn.name} has no parameter(s) {', '.join(sorted(unknown))}")
+    tensors = sorted(p.name for p in attn.cascade.params if p.kind == "tensor" and p.name in given_params)
+    if tensors:
+        raise ValueError(f"`params` narrows scalar parameters only; {', '.join(tensors)} "
+                         f"{'is a tensor' if len(tensors) == 1 else 'are tensors'}, drawn from the declared type")
 
     @st.composite
     def draw(draw_):

@@ -74,3 +74,11 @@ def test_an_injected_off_by_one_is_caught_with_a_shrunk_report(monkeypatch):
     assert "Nq=1," in report and "B=1," in report, report
     # the kv side of the worst row: the reference keeps the diagonal key the kernel dropped
     assert "that row keeps 1 of 1 keys: 0\n" in report and "lse of that row: kernel -inf" in report
+
+
+def test_params_refuses_tensor_parameters_by_name():
+    attn = attnc.load("softmax_sink")
+    with pytest.raises(ValueError, match="`params` narrows scalar parameters only; sink is a tensor"):
+        at.problems(attn, params={"sink": torch.zeros(4)})
+    with pytest.raises(ValueError, match="has no parameter"):
+        at.problems(attn, params={"sinks": 1})
