@@ -134,9 +134,13 @@ def cmd_check(args, out) -> int:
         if unknown:
             raise ValueError(f"--property: unknown property {unknown[0]!r}; choose from {', '.join(PROPERTIES)}, all")
     failed = 0
-    print(f"checking {sf.path}: B={shape.batch} Hq={shape.heads} Hkv={shape.kv_heads} Nq={shape.n_q} "
-          f"Nkv={shape.n_kv} D={shape.head_dim} Dv={shape.head_dim_v or shape.head_dim}, seed {args.seed}, "
-          f"device {args.device}", file=out)
+    if args.examples:  # the kit draws shapes and dtypes itself and runs on the CPU interpreter
+        print(f"checking {sf.path}: {args.examples} drawn problems (shapes, dtypes, parameters without a default; "
+              f"--param fixes one), seed {args.seed}, device cpu", file=out)
+    else:
+        print(f"checking {sf.path}: B={shape.batch} Hq={shape.heads} Hkv={shape.kv_heads} Nq={shape.n_q} "
+              f"Nkv={shape.n_kv} D={shape.head_dim} Dv={shape.head_dim_v or shape.head_dim}, seed {args.seed}, "
+              f"device {args.device}", file=out)
     for target in _definitions(sf, args.name):
         attn = Attention(sf.cascade(target), sf.path)
         if args.examples:  # property-test with attnc.testing: drawn shapes and parameters, shrunk failures
