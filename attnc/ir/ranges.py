@@ -111,7 +111,7 @@ class _Ranges:
     def _call(self, e: n.Call) -> tuple[float, float]:
         args = [self(a) for a in e.args]
         fn = e.fn
-        if fn in ("sigmoid",):
+        if fn == "sigmoid":
             return (0.0, 1.0)
         if fn == "tanh":
             return (-1.0, 1.0)
