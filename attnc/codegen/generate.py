@@ -24,7 +24,7 @@ from ..ir.printer import cascade_text
 from ..ir.ranges import weight_range
 from .exprs import ExprPrinter
 
-CODEGEN_VERSION = "6"
+CODEGEN_VERSION = "7"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
@@ -306,5 +306,6 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         lower_bounded=any(con.b > 0 for con in b.bounds.constraints),
         out_var=b.names["out"],
         lse_var=b.names["lse"] if c.has_lse else None,
+        stats=[b.names[st.name] for st in c.stages if isinstance(st.expr, n.Reduce)],
     )
     return KernelSource(text, KERNEL_NAME, tuple(tensors), tuple(scalars), c.has_lse)

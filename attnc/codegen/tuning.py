@@ -58,3 +58,12 @@ def gpu_configs(capability: int, dtype: str, block_d: int, block_dv: int, num_pa
             return [LaunchConfig(64, 16, 8, stages), LaunchConfig(32, 32, 8, 2)]
         return [LaunchConfig(128, 16, 8, 2), LaunchConfig(64, 16, 4, 2)]
     return [LaunchConfig(64, 16, 4, 2)]
+
+
+def bwd_gpu_config(capability: int, dtype: str, block_d: int, block_dv: int) -> LaunchConfig:
+    """The backward kernels' tiles (one config, not tuned): small enough that neither kernel
+    spills, checked ahead of time like the forward's. BLOCK_M tiles the queries, BLOCK_N the keys."""
+    wide = max(block_d, block_dv)
+    if dtype == "float32" or wide > 128:
+        return LaunchConfig(16, 32, 4, 1) if wide <= 128 else LaunchConfig(16, 16, 4, 1)
+    return LaunchConfig(32, 32, 4, 1) if wide <= 64 else LaunchConfig(16, 32, 4, 1)

@@ -77,6 +77,7 @@ class _Symbolic:
         self.stages = {st.name: st for st in c.stages}
         self.j_syms: set[sp.Symbol] = set()
         self._leaf: dict = {}
+        self.funcs = _SYMPY_FUNCS
 
     def leaf(self, key, name: str, j_dep: bool) -> sp.Symbol:
         if key not in self._leaf:
@@ -147,7 +148,7 @@ class _Symbolic:
             return sp.Piecewise((f(e.then), f(e.cond)), (f(e.other), True))
         if isinstance(e, n.Call):
             args = [f(a) for a in e.args]
-            return _SYMPY_FUNCS[e.fn](*args)
+            return self.funcs[e.fn](*args)
         if isinstance(e, n.Reduce):
             return f(e.body)
         if isinstance(e, n.Contract):
@@ -265,12 +266,17 @@ def _short(x: sp.Expr, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _to_ir(x: sp.Expr, names: dict[sp.Symbol, n.Expr]) -> n.Expr:
-    """A rescale factor back into IR (float), over ``Running`` leaves and row-level leaves."""
+def _to_ir(x, names: dict) -> n.Expr:
+    """A sympy expression back into IR over ``names`` (symbol → IR leaf): float, or bool for
+    conditions. Raises ``ValueError`` for anything without an IR form."""
     F = n.FLOAT
     if x in names:
         return names[x]
+    if x is sp.true or x is sp.false:
+        return n.Const(bool(x), n.BOOL)
     if x.is_Number:
+        if not x.is_finite:
+            raise ValueError(f"no IR form for {x}")
         return n.Const(float(x), F)
     if x.is_Add:
         # Positive terms first, then subtract the negative ones: exp(m_old - m_new), not exp(-m_new + m_old).
@@ -288,23 +294,84 @@ def _to_ir(x: sp.Expr, names: dict[sp.Symbol, n.Expr]) -> n.Expr:
         coeff, rest = x.as_coeff_Mul()
         if coeff == -1:
             return n.Unary("-", _to_ir(rest, names), F)
-        factors = [_to_ir(t, names) for t in sorted(x.args, key=sp.default_sort_key)]
-        out = factors[0]
-        for t in factors[1:]:
-            out = n.Binary("*", out, t, F)
+        num, den = [], []
+        for t in sorted(x.args, key=sp.default_sort_key):
+            if t.is_Pow and t.exp.is_Number and t.exp < 0:
+                den.append(t.base ** -t.exp)  # x / y, not x * (1 / y)
+            else:
+                num.append(t)
+        out = _product([_to_ir(t, names) for t in num]) if num else n.Const(1.0, F)
+        if den:
+            out = n.Binary("/", out, _product([_to_ir(t, names) for t in den]), F)
         return out
     if x.is_Pow:
-        if x.exp == -1:
-            return n.Binary("/", n.Const(1.0, F), _to_ir(x.base, names), F)
-        return n.Binary("**", _to_ir(x.base, names), _to_ir(x.exp, names), F)
-    if isinstance(x, sp.exp):
-        return n.Call("exp", (_to_ir(x.args[0], names),), F)
-    if isinstance(x, sp.log):
-        return n.Call("log", (_to_ir(x.args[0], names),), F)
+        base, e = x.args
+        if base == 2:
+            return n.Call("exp2", (_to_ir(e, names),), F)
+        if e == -1:
+            return n.Binary("/", n.Const(1.0, F), _to_ir(base, names), F)
+        if e == sp.Rational(1, 2):
+            return n.Call("sqrt", (_to_ir(base, names),), F)
+        if e == sp.Rational(-1, 2):
+            return n.Call("rsqrt", (_to_ir(base, names),), F)
+        if e.is_Integer and 2 <= int(e) <= 4:
+            b = _to_ir(base, names)
+            return _product([b] * int(e))
+        if e.is_Integer and -4 <= int(e) <= -2:
+            b = _to_ir(base, names)
+            return n.Binary("/", n.Const(1.0, F), _product([b] * -int(e)), F)
+        return n.Binary("**", _to_ir(base, names), _to_ir(e, names), F)
     if isinstance(x, (sp.Max, sp.Min)):
         args = tuple(_to_ir(a, names) for a in sorted(x.args, key=sp.default_sort_key))
         return n.Call("max" if isinstance(x, sp.Max) else "min", args, F)
+    if isinstance(x, sp.Heaviside):  # the derivative of max/min/relu/clamp; ties split evenly, as in torch
+        a = _to_ir(x.args[0], names)
+        zero = n.Const(0.0, F)
+        return n.Select(n.Binary(">", a, zero, n.BOOL), n.Const(1.0, F),
+                        n.Select(n.Binary("<", a, zero, n.BOOL), zero, n.Const(0.5, F), F), F)
+    if isinstance(x, sp.sign):
+        a = _to_ir(x.args[0], names)
+        zero = n.Const(0.0, F)
+        return n.Select(n.Binary(">", a, zero, n.BOOL), n.Const(1.0, F),
+                        n.Select(n.Binary("<", a, zero, n.BOOL), n.Const(-1.0, F), zero, F), F)
+    if isinstance(x, sp.Piecewise):
+        *pieces, (last, cond) = x.args
+        if cond is not sp.true:
+            raise ValueError(f"no IR form for a Piecewise without a default: {x}")
+        out = _to_ir(last, names)
+        for value, c in reversed(pieces):
+            out = n.Select(_to_ir(c, names), _to_ir(value, names), out, F)
+        return out
+    if isinstance(x, sp.core.relational.Relational):
+        op = {sp.StrictLessThan: "<", sp.LessThan: "<=", sp.StrictGreaterThan: ">", sp.GreaterThan: ">=",
+              sp.Equality: "==", sp.Unequality: "!="}[type(x)]
+        return n.Binary(op, _to_ir(x.lhs, names), _to_ir(x.rhs, names), n.BOOL)
+    if isinstance(x, (sp.And, sp.Or)):
+        out = None
+        for a in x.args:
+            part = _to_ir(a, names)
+            out = part if out is None else n.Binary("and" if isinstance(x, sp.And) else "or", out, part, n.BOOL)
+        return out
+    if isinstance(x, sp.Not):
+        return n.Unary("not", _to_ir(x.args[0], names), n.BOOL)
+    if isinstance(x, (sp.floor, sp.ceiling)):
+        inner = n.Call("floor" if isinstance(x, sp.floor) else "ceil", (_to_ir(x.args[0], names),), n.INT)
+        return n.Call("float", (inner,), F)
+    fn = _IR_FUNCS.get(type(x).__name__)
+    if fn is not None:
+        return n.Call(fn, tuple(_to_ir(a, names) for a in x.args), F)
     raise ValueError(f"no IR form for {x}")
+
+
+_IR_FUNCS = {"exp": "exp", "log": "log", "tanh": "tanh", "sin": "sin", "cos": "cos", "Abs": "abs",
+             "Sigmoid": "sigmoid", "Softplus": "softplus"}
+
+
+def _product(parts: list[n.Expr]) -> n.Expr:
+    out = parts[0]
+    for t in parts[1:]:
+        out = n.Binary("*", out, t, n.FLOAT)
+    return out
 
 
 def _factor_ir(sym: _Symbolic, factor: sp.Expr) -> n.Expr | None:

@@ -263,13 +263,14 @@ def signature_for(fn, cascade: n.Cascade, dtype: str, extra_types: dict[str, str
     """Triton signature ({arg name: type}) of a generated kernel, constexprs marked ``constexpr``."""
     elem = _ELEM[_dtype_name(dtype)]
     known: dict[str, str] = {"Q": f"*{elem}", "K": f"*{elem}", "V": f"*{elem}", "Out": f"*{elem}",
-                             "Lse": "*fp32", "scale": "fp32"}
+                             "Lse": "*fp32", "Stats": "*fp32", "DL": "*fp32", "Coef": "*fp32", "scale": "fp32"}
     for p in cascade.params:
         ident = kernel_ident(p.name)
         if p.kind == "tensor":
             known[ident] = _TENSOR_ELEM[p.elem]
             for k in range(len(p.dims)):
-                known[f"{ident}_size{k}"] = known[f"{ident}_stride{k}"] = "i32"
+                known[f"{ident}_size{k}"] = known[f"{ident}_stride{k}"] = known[f"{ident}_gstride{k}"] = "i32"
+            known[f"{ident}_grad"] = "*fp32"
         else:
             known[ident] = _SCALAR[p.kind]
     known.update(extra_types or {})

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 import triton
 
+from ..codegen.backward import KV_KERNEL, ROWS_KERNEL, BackwardSource, generate_backward
 from ..codegen.generate import CODEGEN_VERSION, KernelSource, Specialization, generate, unspecialized
-from ..codegen.tuning import INTERPRETER_CONFIG, gpu_configs
+from ..codegen.tuning import INTERPRETER_CONFIG, bwd_gpu_config, gpu_configs
 from ..dsl.errors import SpecError
 from ..ir import nodes as n
 from ..ir.passes import plan_passes
@@ -50,9 +51,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ATTNC_CACHE_DIR") or Path.home() / ".cache" / "attnc")
 
 
-def cache_key(c: n.Cascade, spec: Specialization) -> str:
+def cache_key(c: n.Cascade, spec: Specialization, kind: str = "fwd") -> str:
     h = hashlib.sha256()
-    for part in (cascade_text(c), CODEGEN_VERSION, triton.__version__, spec.dtype, str(spec.interpret)):
+    for part in (cascade_text(c), CODEGEN_VERSION, triton.__version__, spec.dtype, str(spec.interpret), kind):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
@@ -172,6 +173,50 @@ def kernel_for(c: n.Cascade, spec: Specialization) -> _Kernel:
         return kernel
 
 
+class _BackwardKernels:
+    """The two backward kernels of one cascade and specialization (``codegen/backward.py``)."""
+
+    def __init__(self, source: BackwardSource, path: Path, module, interpret: bool, dtype: str):
+        self.source = source
+        self.path = path
+        self.interpret = interpret
+        self.dtype = dtype
+        self.fns = {}
+        if not interpret:
+            for helper in module.HELPERS:
+                setattr(module, helper, triton.jit(getattr(module, helper)))
+        for name in (ROWS_KERNEL, KV_KERNEL):
+            fn = getattr(module, name)
+            if interpret:
+                from triton.runtime.interpreter import InterpretedFunction
+
+                self.fns[name] = InterpretedFunction(fn)
+            else:
+                argnames = fn.__code__.co_varnames[: fn.__code__.co_argcount]
+                self.fns[name] = triton.jit(fn, do_not_specialize=unspecialized(argnames))
+
+    def config(self, capability: int, block_d: int, block_dv: int):
+        return INTERPRETER_CONFIG if self.interpret else bwd_gpu_config(capability, self.dtype, block_d, block_dv)
+
+
+def backward_kernels_for(c: n.Cascade, spec: Specialization) -> _BackwardKernels:
+    """The backward kernels of ``c`` for ``spec``, from memory, disk, or freshly generated."""
+    global _builds
+    key = cache_key(c, spec, "bwd")
+    with _lock:
+        if key in _memory:
+            return _memory[key]
+        source = generate_backward(c, spec)
+        path = cache_dir() / f"{key}.py"
+        if not path.exists() or path.read_text(encoding="utf-8") != source.text:
+            _write_atomic(path, source.text)
+        module = _load_module(path, key)
+        kernels = _BackwardKernels(source, path, module, spec.interpret, spec.dtype)
+        _memory[key] = kernels
+        _builds += 1
+        return kernels
+
+
 # ---------------------------------------------------------------------------- the callable
 
 
@@ -212,7 +257,8 @@ class Attention:
         return kernel_for(self.cascade, Specialization(_DTYPES[dtype], device == "cpu")).path
 
     def _kernel_args(self, bound: dict) -> tuple[list, list]:
-        """Bound parameters as kernel arguments: tensors with sizes and strides, then scalars."""
+        """Bound parameters as kernel arguments: tensors (bool as int8, int64 as int32; float
+        tensors as given, so gradients reach them) and scalars (float parameters as float32)."""
         tensors, scalars = [], []
         for p in self.cascade.params:
             value = bound[p.name]
@@ -223,7 +269,7 @@ class Attention:
                 value = value.to(torch.int8)
             elif value.dtype == torch.int64:
                 value = value.to(torch.int32)
-            tensors += [value, *value.shape, *value.stride()]
+            tensors.append(value)
         return tensors, scalars
 
     def __call__(self, q, k, v, *, scale: float | None = None, return_lse: bool = False, **params):
@@ -237,13 +283,34 @@ class Attention:
         tensors, scalars = self._kernel_args(bound)
         if return_lse and not self.cascade.has_lse:
             raise ValueError(f"{self.cascade.name} defines no lse[i]; call it with return_lse=False")
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *tensors))
+        if grad or torch.compiler.is_compiling():
+            from .autograd import attention_op  # differentiable, and opaque to torch.compile
+
+            out, lse = attention_op(self, q, k, v, tensors, scalars, float(scale))
+        else:
+            out, lse, _ = self.launch_forward(q, k, v, tensors, scalars, float(scale), save_stats=False)
+        return (out, lse) if return_lse else out
+
+    def _alloc(self, shape, dtype, device):
+        # POISON: NaN-filled, so an element a kernel fails to write cannot pass for a correct one
+        if self.POISON:
+            return torch.full(shape, float("nan"), dtype=dtype, device=device)
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    def launch_forward(self, q, k, v, tensors: list, scalars: list, scale: float, save_stats: bool):
+        """Run the forward kernel: ``out``, ``lse`` and, with ``save_stats``, the per-row
+        statistics the backward reads (``[B, Hq, Nq, reductions + 1]`` fp32), else None."""
+        B, Hq, Nq, D = q.shape
+        Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[-1]
         interpret = q.device.type == "cpu"
         kernel = kernel_for(self.cascade, Specialization(_DTYPES[q.dtype], interpret))
-        alloc = torch.full if self.POISON else (lambda shape, _v, **kw: torch.empty(shape, **kw))
-        out = alloc((B, Hq, Nq, Dv), float("nan"), dtype=q.dtype, device=q.device)
-        lse = alloc((B, Hq, Nq), float("nan"), dtype=torch.float32, device=q.device)
+        out = self._alloc((B, Hq, Nq, Dv), q.dtype, q.device)
+        lse = self._alloc((B, Hq, Nq), torch.float32, q.device)
+        n_stats = sum(isinstance(st.expr, n.Reduce) for st in self.cascade.stages) + 1
+        stats = self._alloc((B, Hq, Nq, n_stats), torch.float32, q.device) if save_stats else None
         if Nq == 0 or B == 0 or Hq == 0:
-            return (out, lse) if return_lse else out
+            return out, lse, stats
         block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
         capability = 0 if interpret else _capability(q.device)
         fn, config = kernel.launcher((capability, block_d, block_dv))
@@ -254,15 +321,65 @@ class Attention:
             grid = (triton.cdiv(Nq, config.block_m), B * Hq)
             launch = {**config.kwargs(), **({} if interpret else
                                             {"num_warps": config.num_warps, "num_stages": config.num_stages})}
+        targs = [x for t in tensors for x in (t, *t.shape, *t.stride())]
+        st = stats if save_stats else lse
+        st_strides = stats.stride() if save_stats else (0, 0, 0, 0)
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()  # masked-off lanes
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
             fn[grid](
-                q, k, v, out, lse, *tensors, *scalars,
+                q, k, v, out, lse, *targs, *scalars,
                 *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(),
-                Nq, Nkv, Hq, Hkv, D, Dv, float(scale),
-                BLOCK_D=block_d, BLOCK_DV=block_dv, **launch,
+                Nq, Nkv, Hq, Hkv, D, Dv, float(scale), st, *st_strides,
+                BLOCK_D=block_d, BLOCK_DV=block_dv, SAVE_STATS=save_stats, **launch,
             )
-        return (out, lse) if return_lse else out
+        return out, lse, stats
+
+    def launch_backward(self, dout, dlse, q, k, v, out, stats, tensors: list, scalars: list, scale: float,
+                        grad_mask: list[bool]):
+        """Run the backward kernels: ``dq, dk, dv`` and, per tensor parameter, its gradient
+        (in its dtype) where ``grad_mask`` asks for it, else None."""
+        B, Hq, Nq, D = q.shape
+        Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[-1]
+        interpret = q.device.type == "cpu"
+        kernels = backward_kernels_for(self.cascade, Specialization(_DTYPES[q.dtype], interpret))
+        src = kernels.source
+        dq = self._alloc(q.shape, q.dtype, q.device)
+        dk = self._alloc(k.shape, k.dtype, k.device)
+        dv = self._alloc(v.shape, v.dtype, v.device)
+        specs = [p for p in self.cascade.params if p.kind == "tensor"]
+        wanted = {p.name: bool(m) and p.elem == n.FLOAT for p, m in zip(specs, grad_mask)}
+        grads = {p.name: torch.zeros(tuple(t.shape), dtype=torch.float32, device=q.device)
+                 for p, t in zip(specs, tensors) if any(g.name == p.name for g in src.grad_params) and wanted[p.name]}
+        result = lambda: (dq, dk, dv, [grads[p.name].to(t.dtype) if p.name in grads else None  # noqa: E731
+                                       for p, t in zip(specs, tensors)])
+        if min(B, Hq, Nq, Nkv) == 0:
+            for t in (dq, dk, dv):
+                t.zero_()
+            return result()
+        coef = self._alloc((B, Hq, Nq, max(1, src.num_coefs)), torch.float32, q.device)
+        block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
+        config = kernels.config(0 if interpret else _capability(q.device), block_d, block_dv)
+        launch = {**config.kwargs(), "BLOCK_D": block_d, "BLOCK_DV": block_dv,
+                  **({} if interpret else {"num_warps": config.num_warps, "num_stages": config.num_stages})}
+        dummy = torch.zeros(1, dtype=torch.float32, device=q.device)
+        gargs, flags = [], {}
+        for p in src.grad_params:
+            g = grads.get(p.name)
+            gargs += [g if g is not None else dummy, *(g.stride() if g is not None else (0,) * len(p.dims))]
+            flags[f"GRAD_u_{p.name}"] = g is not None
+        targs = [x for t in tensors for x in (t, *t.shape, *t.stride())]
+        sizes = (Nq, Nkv, Hq, Hkv, D, Dv, float(scale))
+        quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()
+        with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
+            kernels.fns[ROWS_KERNEL][(triton.cdiv(Nq, config.block_m), B * Hq)](
+                q, k, v, out, dout, dlse, stats, coef, dq, *targs, *gargs, *scalars,
+                *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dlse.stride(),
+                *stats.stride(), *coef.stride(), *dq.stride(), *sizes, **launch, **flags)
+            kernels.fns[KV_KERNEL][(triton.cdiv(Nkv, config.block_n), B * Hkv)](
+                q, k, v, dout, stats, coef, dk, dv, *targs, *gargs, *scalars,
+                *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *stats.stride(), *coef.stride(),
+                *dk.stride(), *dv.stride(), *sizes, **launch, **flags)
+        return result()
 
 
 _FP32_TINY = float(np.finfo(np.float32).tiny)

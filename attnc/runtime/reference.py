@@ -13,6 +13,28 @@ Semantics pinned down here (and in docs/semantics.md):
 * A row with no kept key has ``out = 0`` and ``lse = −inf``, never NaN.
 * Tensor parameters are read with indices clamped into range; ``//`` and ``%`` are floor
   division and modulo (Python's), and an integer division by zero gives 0 (``x % 0`` gives x).
+
+It is differentiable with ``torch.autograd``, so it is also the oracle for gradients: when q, k,
+v (any dtype) or a float tensor parameter requires grad (and grad mode is on), ``out`` and
+``lse`` carry the graph back to them (GQA's repeated heads sum their gradients; q/k/v get them in
+their own dtype). Scalar parameters and ``scale`` are plain numbers, not differentiated. The
+gradient conventions:
+
+* Elementwise functions have torch's derivatives, also at kinks (``relu'(0) = 1`` as
+  ``torch.clamp_min``, ``abs'(0) = 0``); ``max``/``min`` — the reductions over j and the
+  functions, hence ``clamp`` — have ``torch.amax``/``amin``/``maximum``/``minimum`` semantics:
+  the gradient goes to the arguments equal to the result, split evenly among ties.
+* A tensor parameter read at a clamped index gives the gradient of that read to the element it
+  clamped to (``table[h, clamp(x)]`` is an ordinary gather).
+* Gradients of a row with no kept key are exactly 0 (its out and lse are constants), never NaN,
+  and a dropped pair (or the branch of ``x if c else y`` not taken) contributes exactly 0 to
+  every gradient, however large or non-finite its value (see ``_Eval.sanitize``; a dropped
+  key's ``v`` must still be finite, as for values). A kept pair whose own derivative is not
+  finite (``sqrt`` at 0, a score of ±inf) gives NaN or inf as autograd would: that is the
+  formula's derivative, not masking.
+
+Values with grad are bit-identical to those of the same call without (which evaluates exactly as
+before differentiation existed): the masking only replaces values that nothing reads.
 """
 
 from __future__ import annotations
@@ -37,8 +59,60 @@ class _Eval:
         self.values: dict[str, torch.Tensor] = {}
         self.keep: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
+        # Set by ``reference`` when it differentiates (see ``sanitize``): ``live`` is the pairs
+        # whose values are read, bool broadcastable to [B, Hq, Nq, Nkv] (None: every pair).
+        self.safe = False
+        self.live: torch.Tensor | None = None
+        self._live_row: torch.Tensor | None = None
 
     def expr(self, e: n.Expr) -> torch.Tensor:
+        x = self._expr(e)
+        if self.safe and not isinstance(e, n.Ref):  # a Ref's value was sanitized at its stage
+            x = self.sanitize(x, e.type == n.VEC)
+        return x
+
+    def sanitize(self, x: torch.Tensor, vec: bool = False) -> torch.Tensor:
+        """``x`` with 1 where nothing reads it: the "double where" that keeps NaN out of gradients.
+
+        Autograd multiplies a zero upstream gradient by the local derivative, and ``0 · inf`` is
+        NaN: ``where(keep, exp(s − m), 0)`` leaks NaN into ``ds`` at a dropped pair whose
+        ``exp(s − m)`` overflows, and an empty row's ``0/0`` into every input of the row, from
+        there through broadcast values (``m[i]``, ``sink[h]``) and ``k``/``v`` into other rows. So,
+        when differentiating, the value of every int or float node of the expression tree (and
+        ``qk``) becomes 1 where no result reads it: a per-pair node (one that varies with j) at the
+        pairs ``keep`` drops, any other node (per row, per ``[i, f]``, or varying with b and h
+        only, which it then expands to per row) in the rows with no kept key; inside a branch of
+        ``x if c else y``, also where the branch is not taken. Reductions filter by ``keep`` as
+        before. Every operation then sees at an unread pair only 1 and values that are the same
+        at the read pairs of its row (scalars, parameters, per-row values), so its derivative
+        there is finite unless it is not finite (for some pair value) at the read pairs too; and
+        ``where`` passes nothing computed at an unread position backwards. Read values are never
+        touched: results are the same bit for bit.
+
+        Not covered: a read position whose own derivative is not finite (``sqrt`` at 0, a kept
+        score of ±inf, ``x / 0``) gives NaN/inf as the formula's derivative does; and a dropped
+        key's ``v`` must be finite (docs/semantics.md) for values and gradients alike.
+        """
+        if self.live is None or x.dtype == torch.bool or x.dim() == 0:
+            return x
+        live = self.live
+        if vec or x.shape[-1] == 1:  # not per pair (with n_kv = 1 both masks are the same)
+            if self._live_row is None:
+                self._live_row = self.live.expand(self.pair_shape).any(-1, keepdim=True)
+            live = self._live_row
+        return torch.where(live, x, 1)
+
+    def within(self, cond: torch.Tensor, e: n.Expr) -> torch.Tensor:
+        """``e`` as a branch of a ``Select`` taken where ``cond``: read only there."""
+        saved = self.live, self._live_row
+        self.live = cond if self.live is None else torch.logical_and(self.live, cond)
+        self._live_row = None
+        try:
+            return self.expr(e)
+        finally:
+            self.live, self._live_row = saved
+
+    def _expr(self, e: n.Expr) -> torch.Tensor:
         if isinstance(e, n.Const):
             dtype = {n.INT: _I64, n.FLOAT: _F64, n.BOOL: torch.bool}[e.type]
             return torch.tensor(e.value, dtype=dtype)
@@ -52,7 +126,7 @@ class _Eval:
         if isinstance(e, n.Load):
             t = self.params[e.tensor]
             idx = []
-            for dim, ie in zip(t.shape, e.indices):
+            for dim, ie in zip(t.shape, e.indices, strict=True):
                 x = self.expr(ie)
                 idx.append(x.clamp(0, dim - 1))
             idx = torch.broadcast_tensors(*idx)
@@ -65,7 +139,10 @@ class _Eval:
         if isinstance(e, n.Binary):
             return self.binary(e.op, self.expr(e.left), self.expr(e.right))
         if isinstance(e, n.Select):
-            return torch.where(self.expr(e.cond), self.expr(e.then), self.expr(e.other))
+            cond = self.expr(e.cond)
+            if self.safe:
+                return torch.where(cond, self.within(cond, e.then), self.within(torch.logical_not(cond), e.other))
+            return torch.where(cond, self.expr(e.then), self.expr(e.other))
         if isinstance(e, n.Call):
             return self.call(e.fn, [self.expr(a) for a in e.args])
         if isinstance(e, n.Reduce):
@@ -160,7 +237,7 @@ class _Eval:
 def _as_tensor(spec: n.ParamSpec, value) -> torch.Tensor:
     if spec.kind == "tensor":
         dtype = {n.INT: _I64, n.FLOAT: _F64, n.BOOL: torch.bool}[spec.elem]
-        return value.detach().to(device="cpu", dtype=dtype)
+        return value.to(device="cpu", dtype=dtype)  # float tensors keep their autograd graph
     dtype = {n.INT: _I64, n.FLOAT: _F64, n.BOOL: torch.bool}[spec.kind]
     return torch.tensor(value, dtype=dtype)
 
@@ -178,13 +255,22 @@ def reference(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     bound = bind_params(cascade, params, sizes)
     values = {p.name: _as_tensor(p, bound[p.name]) for p in cascade.params}
 
+    # Differentiate (keep the graph and mask unread values, see _Eval.sanitize) when autograd
+    # would record anything: an input or a float tensor parameter requires grad.
+    leaves = [q, k, v] + [values[p.name] for p in cascade.params if p.kind == "tensor" and p.elem == n.FLOAT]
+    safe = torch.is_grad_enabled() and any(t.requires_grad for t in leaves)
+
     group = Hq // Hkv
-    q64 = q.detach().to("cpu", _F64)
-    k64 = k.detach().to("cpu", _F64).repeat_interleave(group, dim=1)
-    v64 = v.detach().to("cpu", _F64).repeat_interleave(group, dim=1)
+    q64 = q.to("cpu", _F64)  # not detached: GQA's repeated heads sum their gradients
+    k64 = k.to("cpu", _F64).repeat_interleave(group, dim=1)
+    v64 = v.to("cpu", _F64).repeat_interleave(group, dim=1)
     out = torch.zeros(B, Hq, Nq, Dv, dtype=_F64)
     lse = torch.full((B, Hq, Nq), -math.inf, dtype=_F64)
     if Nkv == 0 or Nq == 0:
+        if safe:  # constants, but in the graph (with zero gradients) like every other result
+            no = torch.zeros((), dtype=torch.bool)
+            zero = sum(torch.where(no, t.to("cpu", _F64).sum(), 0.0) for t in leaves if t.requires_grad)
+            out, lse = out + zero, lse + zero
         return (out, lse if cascade.has_lse else None) if return_lse else out
 
     index = {
@@ -194,15 +280,27 @@ def reference(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     ev = _Eval(cascade, sizes, values, index)
     ev.pair_shape = (B, Hq, Nq, Nkv)
     ev.v = v64
+    keep = cascade.stage("keep").expr if cascade.has_mask else None
+    if keep is not None and not n.refs(keep):  # a mask cannot read the score: it can go first
+        ev.keep = ev.expr(keep).expand(ev.pair_shape)
+    ev.safe = safe
+
+    def set_live():  # once the mask is known; every pair read: nothing to mask
+        ev.live = None if not safe or ev.keep is None or bool(ev.keep.all()) else ev.keep
+        ev._live_row = None
+
+    set_live()
     for st in cascade.stages:
         if isinstance(st.expr, n.Dot):
-            ev.values[st.name] = q64 @ k64.transpose(-1, -2)
+            ev.values[st.name] = ev.sanitize(q64 @ k64.transpose(-1, -2))
             continue
-        value = ev.expr(st.expr)
         if st.name == "keep":
-            value = value.expand(ev.pair_shape)
-            ev.keep = value
-        ev.values[st.name] = value
+            if ev.keep is None:
+                ev.keep = ev.expr(st.expr).expand(ev.pair_shape)
+                set_live()
+            ev.values[st.name] = ev.keep
+            continue
+        ev.values[st.name] = ev.expr(st.expr)
     has_key = torch.ones(B, Hq, Nq, dtype=torch.bool) if ev.keep is None else ev.keep.any(-1)
     out = torch.where(has_key[..., None], ev.values["out"].expand(B, Hq, Nq, Dv), 0.0)
     if not return_lse:

@@ -1,0 +1,100 @@
+"""autograd and torch.compile: the kernels as two torch custom ops.
+
+``attnc::forward`` runs the forward kernel and also returns the per-row statistics it saved;
+``attnc::backward`` runs the two generated backward kernels. ``torch.library.register_autograd``
+joins them, so ``attn(q, k, v, **params)`` is differentiable in q, k, v and in every float
+tensor parameter, and ``torch.compile`` sees one opaque op per call — no graph break, no
+recompile when sizes or parameter values change. Which cascade to run travels as a string key
+into a process-wide registry, because a custom op's schema cannot hold a cascade.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from ..ir import nodes as n
+from ..ir.printer import cascade_text
+
+_REGISTRY: dict[str, object] = {}  # key → Attention
+
+
+def _key(attn) -> str:
+    key = hashlib.sha256(cascade_text(attn.cascade).encode()).hexdigest()[:24]
+    _REGISTRY.setdefault(key, attn)
+    return key
+
+
+def _scalar_args(attn, scalars: list[float]) -> list:
+    kinds = [p.kind for p in attn.cascade.params if p.kind != "tensor"]
+    return [int(x) if kind in (n.INT, n.BOOL) else float(x) for kind, x in zip(kinds, scalars)]
+
+
+@torch.library.custom_op("attnc::forward", mutates_args=())
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: list[torch.Tensor],
+             scalars: list[float], key: str, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    attn = _REGISTRY[key]
+    out, lse, stats = attn.launch_forward(q, k, v, tensors, _scalar_args(attn, scalars), scale, save_stats=True)
+    return out, lse, stats
+
+
+@_forward.register_fake
+def _(q, k, v, tensors, scalars, key, scale):
+    attn = _REGISTRY[key]
+    B, Hq, Nq, _ = q.shape
+    n_stats = sum(isinstance(st.expr, n.Reduce) for st in attn.cascade.stages) + 1
+    return (q.new_empty((B, Hq, Nq, v.shape[-1])), q.new_empty((B, Hq, Nq), dtype=torch.float32),
+            q.new_empty((B, Hq, Nq, n_stats), dtype=torch.float32))
+
+
+@torch.library.custom_op("attnc::backward", mutates_args=())
+def _backward(dout: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              out: torch.Tensor, stats: torch.Tensor, tensors: list[torch.Tensor], scalars: list[float], key: str,
+              scale: float, grad_mask: list[bool]) -> list[torch.Tensor]:
+    attn = _REGISTRY[key]
+    dq, dk, dv, grads = attn.launch_backward(dout, dlse, q, k, v, out, stats, tensors, _scalar_args(attn, scalars),
+                                             scale, grad_mask)
+    # a custom op returns tensors only: a parameter without a gradient gets an empty one
+    return [dq, dk, dv] + [g if g is not None else q.new_empty(0) for g in grads]
+
+
+@_backward.register_fake
+def _(dout, dlse, q, k, v, out, stats, tensors, scalars, key, scale, grad_mask):
+    attn = _REGISTRY[key]
+    specs = [p for p in attn.cascade.params if p.kind == "tensor"]
+    grads = [torch.empty_like(t) if m and p.elem == n.FLOAT else q.new_empty(0)
+             for p, t, m in zip(specs, tensors, grad_mask)]
+    return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)] + grads
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, tensors, scalars, key, scale = inputs
+    out, _lse, stats = output
+    ctx.save_for_backward(q, k, v, out, stats, *tensors)
+    ctx.key, ctx.scalars, ctx.scale = key, scalars, scale
+    ctx.grad_mask = [bool(t.requires_grad) for t in tensors]
+
+
+def _backward_rule(ctx, dout, dlse, _dstats):
+    q, k, v, out, stats, *tensors = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    if dlse is None:
+        dlse = torch.zeros(out.shape[:-1], dtype=torch.float32, device=out.device)
+    res = torch.ops.attnc.backward(dout, dlse.to(torch.float32), q, k, v, out, stats, tensors, ctx.scalars, ctx.key,
+                                   ctx.scale, ctx.grad_mask)
+    dq, dk, dv, *grads = res
+    grads = [g if m else None for g, m in zip(grads, ctx.grad_mask)]
+    # torch's structure check reads a non-empty list[float] as one leaf, an empty one as a list
+    return dq, dk, dv, grads, (None if ctx.scalars else []), None, None
+
+
+torch.library.register_autograd("attnc::forward", _backward_rule, setup_context=_setup_context)
+
+
+def attention_op(attn, q, k, v, tensors: list, scalars: list, scale: float):
+    """``(out, lse)`` through the custom op: differentiable, and traceable by torch.compile."""
+    out, lse, _stats = torch.ops.attnc.forward(q, k, v, list(tensors), [float(x) for x in scalars], _key(attn),
+                                               float(scale))
+    return out, lse
