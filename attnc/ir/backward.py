@@ -246,7 +246,7 @@ class _Derivation:
         for a in self.cons:
             C[a.name] = self.new(f"bwd.C.{a.name}")
             self.rowdef[C[a.name]] = coef[a.name]
-            self.what[C[a.name]] = f"the factor of {a.name} in out"
+            self.what[C[a.name]] = f"the factor of the sum {a.name} in out"
         if len(self.cons) == 1:
             a = self.cons[0].name
             ident = sp.cancel(self.dout / coef[a]) if coef[a] != 0 else None
@@ -284,7 +284,8 @@ class _Derivation:
                 if not self.is_zero(row, residual):
                     raise BackwardError(
                         f"the result depends on `{st.name}` = {st.expr.op}_j(...) beyond a shift it is invariant "
-                        f"to, and attnc derives no gradient through a {st.expr.op} over the keys", st.span)
+                        f"to, and attnc derives no gradient through a {st.expr.op} over the keys (the forward runs: call "
+                        f"it under torch.no_grad(), or with inputs that do not require grad)", st.span)
                 self.identities.append(f"∂out/∂{st.name} = 0: the result is invariant to {st.name}")
                 continue
             if residual != 0:
@@ -420,7 +421,7 @@ class _Derivation:
         names.update(self.irnames)
         temps = tuple((str(t), ir(e)) for t, e in repl)
         ds, dv_weight = reduced[0], reduced[1]
-        load_grads = [(load, row, p) for (load, row, _), p in zip(load_grads, reduced[2:])]
+        load_grads = [(load, row, p) for (load, row, _), p in zip(load_grads, reduced[2:], strict=True)]
         return BackwardPlan(
             stats=tuple(st.name for st in self.reds), temps=temps,
             rows=rows, jsums=jsums, num_row_passes=max((j.level for j in jsums), default=0), coefs=coefs,
@@ -431,3 +432,35 @@ class _Derivation:
 def _short(x, limit: int = 60) -> str:
     text = str(x)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def backward_text(c: n.Cascade, plan: BackwardPlan) -> str:
+    """Human-readable backward plan, as ``attnc explain`` prints it."""
+    ranks = {**{st.name: st.ranks for st in c.stages}, **plan.ranks()}
+    show = lambda e: expr_text(e, ranks).replace("bwd.", "")  # noqa: E731
+    stats = ", ".join((*plan.stats, "has_key"))
+    lines = [f"saves per row: {stats} ({len(plan.stats) + 1} fp32; the score matrix is never stored)",
+             f"{plan.num_row_passes} backward pass{'es' if plan.num_row_passes != 1 else ''} over the keys "
+             f"for per-row sums{' (none needed: identities below)' if not plan.num_row_passes else ''}"]
+    for level in range(0, plan.num_row_passes + 1):
+        for r in plan.rows:
+            if r.level == level:
+                lines.append(f"  {r.name[4:]}[i] = {show(r.expr)}    ({r.what})")
+        for t in plan.jsums:
+            if t.level == level + 1:
+                lines.append(f"  pass {t.level}: {t.name[4:]}[i] = sum_j{{keep}}({show(t.body)})    ({t.what})")
+    if plan.identities:
+        lines.append("identities used:")
+        lines += [f"  {x.replace('bwd.', '')}" for x in plan.identities]
+    lines.append("per pair, in the dQ and dK/dV kernels (dov = dO·v, W weighs dO into dV):")
+    for name, e in plan.temps:
+        lines.append(f"  {name[4:]} = {show(e)}")
+    lines += [f"  ds = {show(plan.ds)}", f"  dqk = {show(plan.dqk)}", f"  W = {show(plan.dv_weight)}"]
+    for g in plan.load_grads:
+        where = " + ".join(w for w, x in (("per row", g.row), ("per pair", g.pair)) if x is not None)
+        lines.append(f"  ∂/∂{expr_text(g.load)} ({where}, fp32 atomics):")
+        if g.row is not None:
+            lines.append(f"    per row: {show(g.row)}")
+        if g.pair is not None:
+            lines.append(f"    per pair: {show(g.pair)}")
+    return "\n".join(lines)

@@ -28,7 +28,7 @@ def _key(attn) -> str:
 
 def _scalar_args(attn, scalars: list[float]) -> list:
     kinds = [p.kind for p in attn.cascade.params if p.kind != "tensor"]
-    return [int(x) if kind in (n.INT, n.BOOL) else float(x) for kind, x in zip(kinds, scalars)]
+    return [int(x) if kind in (n.INT, n.BOOL) else float(x) for kind, x in zip(kinds, scalars, strict=True)]
 
 
 @torch.library.custom_op("attnc::forward", mutates_args=())
@@ -64,7 +64,7 @@ def _(dout, dlse, q, k, v, out, stats, tensors, scalars, key, scale, grad_mask):
     attn = _REGISTRY[key]
     specs = [p for p in attn.cascade.params if p.kind == "tensor"]
     grads = [torch.empty_like(t) if m and p.elem == n.FLOAT else q.new_empty(0)
-             for p, t, m in zip(specs, tensors, grad_mask)]
+             for p, t, m in zip(specs, tensors, grad_mask, strict=True)]
     return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)] + grads
 
 
@@ -85,7 +85,7 @@ def _backward_rule(ctx, dout, dlse, _dstats):
     res = torch.ops.attnc.backward(dout, dlse.to(torch.float32), q, k, v, out, stats, tensors, ctx.scalars, ctx.key,
                                    ctx.scale, ctx.grad_mask)
     dq, dk, dv, *grads = res
-    grads = [g if m else None for g, m in zip(grads, ctx.grad_mask)]
+    grads = [g if m else None for g, m in zip(grads, ctx.grad_mask, strict=True)]
     # torch's structure check reads a non-empty list[float] as one leaf, an empty one as a list
     return dq, dk, dv, grads, (None if ctx.scalars else []), None, None
 

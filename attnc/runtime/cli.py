@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..dsl.errors import SpecError
 from ..dsl.printer import print_def, print_params
+from ..ir.backward import BackwardError, backward_text, derive_backward
 from ..ir.passes import plan_passes, plan_text
 from ..ir.printer import cascade_text
 from ..library import LIBRARY_DIR, names
@@ -72,6 +73,12 @@ def cmd_explain(spec: str, name: str | None, out) -> int:
         print("  " + cascade_text(cascade).rstrip("\n").replace("\n", "\n  "), file=out)
         print("plan:", file=out)
         print("  " + plan_text(cascade, plan).replace("\n", "\n  "), file=out)
+        print("backward:", file=out)
+        try:
+            text = backward_text(cascade, derive_backward(cascade))
+        except BackwardError as err:
+            text = f"not derivable: {err.message}"
+        print("  " + text.replace("\n", "\n  "), file=out)
         print(file=out)
     return 0
 

@@ -31,6 +31,7 @@ from ..codegen.generate import CODEGEN_VERSION, KernelSource, Specialization, ge
 from ..codegen.tuning import INTERPRETER_CONFIG, bwd_gpu_config, gpu_configs
 from ..dsl.errors import SpecError
 from ..ir import nodes as n
+from ..ir.backward import derive_backward
 from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text
 from .frontend import library_spec, spec_from_file, spec_from_text
@@ -287,6 +288,9 @@ class Attention:
         if grad or torch.compiler.is_compiling():
             from .autograd import attention_op  # differentiable, and opaque to torch.compile
 
+            if grad:  # a variant without a derivable backward fails here, not in .backward()
+                derive_backward(self.cascade)
+
             out, lse = attention_op(self, q, k, v, tensors, scalars, float(scale))
         else:
             out, lse, _ = self.launch_forward(q, k, v, tensors, scalars, float(scale), save_stats=False)
@@ -347,11 +351,11 @@ class Attention:
         dk = self._alloc(k.shape, k.dtype, k.device)
         dv = self._alloc(v.shape, v.dtype, v.device)
         specs = [p for p in self.cascade.params if p.kind == "tensor"]
-        wanted = {p.name: bool(m) and p.elem == n.FLOAT for p, m in zip(specs, grad_mask)}
+        wanted = {p.name: bool(m) and p.elem == n.FLOAT for p, m in zip(specs, grad_mask, strict=True)}
         grads = {p.name: torch.zeros(tuple(t.shape), dtype=torch.float32, device=q.device)
-                 for p, t in zip(specs, tensors) if any(g.name == p.name for g in src.grad_params) and wanted[p.name]}
+                 for p, t in zip(specs, tensors, strict=True) if any(g.name == p.name for g in src.grad_params) and wanted[p.name]}
         result = lambda: (dq, dk, dv, [grads[p.name].to(t.dtype) if p.name in grads else None  # noqa: E731
-                                       for p, t in zip(specs, tensors)])
+                                       for p, t in zip(specs, tensors, strict=True)])
         if min(B, Hq, Nq, Nkv) == 0:
             for t in (dq, dk, dv):
                 t.zero_()
