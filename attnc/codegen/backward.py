@@ -211,7 +211,7 @@ class _BwdBuilder(_Builder):
             lines.append(f"    gval = {self.kept(self.full(g.pair, n.PAIR), 'keep')}")
             ptr = f"{t}_grad + {self.offset(g.load, 'pair', 'gstride')}"
             if ranks >= {"i", "j"}:
-                lines.append(f"    tl.atomic_add({ptr}, gval, mask=keep)")
+                lines.append(f"    tl.atomic_add({ptr}, gval, mask=keep != 0)")  # != 0: an int1 mask whatever keep was built from
             elif "i" in ranks:
                 lines.append(f"    tl.atomic_add({ptr}, tl.sum(gval, 1)[:, None], mask=row_ok[:, None])")
             elif "j" in ranks:

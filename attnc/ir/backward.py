@@ -324,6 +324,9 @@ class _Derivation:
                 d = sp.diff(full_weight[a], x)
                 row, residual = self.split(d, full_weight[a], C[a] * self.dov, C[a] * D[a], row, residual,
                                            None, contract=True)
+            if self.is_zero(row, residual):  # e.g. a sink read only inside softmax's shift m: exactly 0
+                self.identities.append(f"∂out/∂{expr_text(load)} = 0")
+                continue
             load_grads.append((load, row, residual.xreplace({S: s_leaf}) if S != s_leaf else residual))
         return self.finish(ds, dqk, dv_weight, load_grads)
 

@@ -354,8 +354,11 @@ class Attention:
         wanted = {p.name: bool(m) and p.elem == n.FLOAT for p, m in zip(specs, grad_mask, strict=True)}
         grads = {p.name: torch.zeros(tuple(t.shape), dtype=torch.float32, device=q.device)
                  for p, t in zip(specs, tensors, strict=True) if any(g.name == p.name for g in src.grad_params) and wanted[p.name]}
-        result = lambda: (dq, dk, dv, [grads[p.name].to(t.dtype) if p.name in grads else None  # noqa: E731
-                                       for p, t in zip(specs, tensors, strict=True)])
+        def result():  # a wanted gradient the plan proves 0 (no read depends on it) is zeros
+            return dq, dk, dv, [grads[p.name].to(t.dtype) if p.name in grads else
+                                torch.zeros_like(t) if wanted[p.name] else None
+                                for p, t in zip(specs, tensors, strict=True)]
+
         if min(B, Hq, Nq, Nkv) == 0:
             for t in (dq, dk, dv):
                 t.zero_()
