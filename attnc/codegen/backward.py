@@ -104,6 +104,18 @@ class _BwdBuilder(_Builder):
         lines += [f"{self.names[name]} = {self.full(e, n.PAIR)}" for name, e in self.bp.temps if name in used]
         return lines
 
+    def reads_dov(self, exprs: list[n.Expr]) -> bool:
+        """Whether ``exprs`` read dO·v, directly or through a shared temporary."""
+        temps = dict(self.bp.temps)
+        seen: set[str] = set()
+        todo = [r for e in exprs for r in n.refs(e)]
+        while todo:
+            r = todo.pop()
+            if r not in seen:
+                seen.add(r)
+                todo.extend(n.refs(temps[r]) if r in temps else ())
+        return bw.DOV in seen
+
     def keep_line(self, masked: bool, rows: bool) -> str | None:
         if masked:
             parts = (["row_ok[:, None]"] if rows else []) + ["col_ok[None, :]"]
@@ -165,7 +177,7 @@ class _BwdBuilder(_Builder):
                 step.update(
                     summary=", ".join(f"{self.names[j.name]} ({j.what})" for j in nxt),
                     init=[f"{self.names[j.name]} = tl.zeros([BLOCK_M], dtype=tl.float32)" for j in nxt],
-                    loads_v=any(bw.DOV in n.refs(j.body) for j in nxt),
+                    loads_v=self.reads_dov([j.body for j in nxt]),
                     body=self.jsum_tile(nxt, True), full_body=self.jsum_tile(nxt, False))
             out.append(step)
         return out
@@ -237,7 +249,7 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
     passes = bplan.num_row_passes
     summary = (f"{passes} pass{'es' if passes != 1 else ''} over the keys for per-row sums, then dQ; "
                f"dK/dV over the query tiles")
-    dq_loop = {"loads_v": bw.DOV in n.refs(bplan.ds) | n.refs(bplan.dqk),
+    dq_loop = {"loads_v": b.reads_dov([bplan.ds, bplan.dqk]),
                "body": b.dq_tile(True), "full_body": b.dq_tile(False)}
     text = _env().get_template("backward.py.jinja").render(
         version=CODEGEN_VERSION,
