@@ -378,8 +378,28 @@ class _Derivation:
         except Exception:
             return False
 
+    def smaller(self, x: sp.Expr, names: dict) -> sp.Expr:
+        """``x`` with the row values it reads inlined and simplified, when that is shorter and
+        still has an IR form (a per-row bias's gradient under softmax is just dL)."""
+        if x == 0 or x.free_symbols & set(self.jsumdef):
+            return x
+        try:
+            full = self.inline(x)
+            cand = _simplify(full)
+            # no new exponentials: simplify may trade exp(sink − max(r, sink)) for exp(sink) / …,
+            # which overflows in fp32 where the original, shifted form cannot
+            new_exps = {e.args[0] for e in cand.atoms(sp.exp)} - {e.args[0] for e in full.atoms(sp.exp)}
+            if not new_exps and sp.count_ops(cand) < sp.count_ops(x):
+                _to_ir(cand, names)
+                return cand
+        except Exception:  # no shorter form with an IR spelling: keep x
+            pass
+        return x
+
     def finish(self, ds, dqk, dv_weight, load_grads) -> BackwardPlan:
         names = {**self.sym.names(), **self.irnames}
+        self.rowdef = {s: self.smaller(e, names) for s, e in self.rowdef.items()}
+        load_grads = [(load, self.smaller(row, names), pair) for load, row, pair in load_grads]
 
         def ir(x):
             # exp(a)·exp(−b) → exp(a − b): sympy splits exponentials, which overflow apart in fp32.

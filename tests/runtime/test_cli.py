@@ -207,3 +207,29 @@ def test_check_property_failure_prints_the_report_and_exits_1(capsys, monkeypatc
     assert code == 1 and "causal                   FAIL" in out
     assert "causal: property `empty_rows` fails: a row with no kept key is not exactly 0" in out
     assert "that row keeps none of the 1 keys (an empty row)" in out  # shrunk to one key
+
+
+def test_explain_shows_the_backward_plan(capsys):
+    code, out, _ = run(capsys, "explain", "softmax")
+    assert code == 0
+    back = out[out.index("backward:"):]
+    assert "saves per row: m, z, has_key" in back
+    assert "0 backward passes over the keys" in back  # FlashAttention's D = dO·O, derived
+    assert "G.z[i] = (dl[i] - dout[i]) / z[i]" in back and "∂out/∂m = 0" in back
+    assert "ds = " in back and "dqk = ds[i, j] * scale" in back
+
+
+def test_explain_clipped_softmax_backward_needs_a_pass(capsys):
+    code, out, _ = run(capsys, "explain", "clipped_softmax")
+    assert code == 0
+    back = out[out.index("backward:"):]
+    assert "1 backward pass over the keys" in back and "pass 1: T1[i] = sum_j{keep}(" in back
+
+
+def test_explain_says_when_no_backward_exists(capsys, tmp_path):
+    spec = tmp_path / "minmax.attn"
+    spec.write_text("norm minmax:\n    mx[i] = max(s[i, j] for j)\n    mn[i] = min(s[i, j] for j)\n"
+                    "    out[i] = sum((s[i, j] - mn[i]) / (mx[i] - mn[i] + 1.0) * v[j] for j)\n")
+    code, out, _ = run(capsys, "explain", str(spec))
+    assert code == 0  # the forward plan is still explained
+    assert "backward:\n  not derivable: the result depends on `mn` = min_j(...)" in out
