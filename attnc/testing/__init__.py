@@ -37,6 +37,9 @@ Properties (``PROPERTIES``; ``check(attn, properties=(...))`` or one ``assert_*`
 * ``empty_rows`` (``assert_empty_rows``): a row whose mask keeps no key has out exactly 0 and
   lse −inf, never NaN. A problem without an empty row is tried with more queries than keys,
   where the library's bottom-right aligned masks leave the first rows empty.
+* ``gradients`` (``assert_gradients``): dq, dk, dv and float tensor-parameter gradients of the
+  backward kernels match torch.autograd through the float64 reference (1e-4 fp32, 5e-3 fp16,
+  2e-2 bf16); applies when the compiler derives a backward.
 
 ``batch_split``, ``head_permutation`` and ``masked_keys`` compare two kernel runs and demand
 exactly equal values, NaN matching NaN (the kit runs kernels on CPU tensors, through Triton's
@@ -44,7 +47,8 @@ interpreter, where a (batch, head) is computed the same way whatever else is in 
 ``empty_rows`` demands exact 0 and −inf. The properties do not apply to every
 definition: ``batch_split`` needs ``b`` read only as the index of axes declared ``B``,
 ``head_permutation`` needs ``h`` read only as the index of axes declared ``H`` (so not
-``alibi``, whose slope is arithmetic in ``h``), ``masked_keys`` and ``empty_rows`` need a mask.
+``alibi``, whose slope is arithmetic in ``h``), ``masked_keys`` and ``empty_rows`` need a mask,
+``gradients`` a derivable backward.
 ``why_not_applicable(attn, name)`` says why; ``assert_*`` and ``check`` raise ``NotApplicable``
 (a ValueError) for a property named that does not apply, and ``properties="all"`` skips them.
 

@@ -21,16 +21,20 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import seed as hypothesis_seed
 
 from ..ir import nodes as n
+from ..ir.backward import BackwardError, derive_backward
 from ..ir.printer import expr_text, stage_lhs
 from ..runtime.compiler import Attention
-from .kit import Problem, assert_matches_reference, keep_mask, key_ranges, problems, report, resized, run
+from .kit import REL_FLOOR, Problem, assert_matches_reference, keep_mask, key_ranges, problems, report, resized, run
 
 __all__ = [
-    "PROPERTIES", "NotApplicable", "assert_batch_split", "assert_empty_rows", "assert_head_permutation",
-    "assert_masked_keys", "check", "why_not_applicable",
+    "PROPERTIES", "NotApplicable", "assert_batch_split", "assert_empty_rows", "assert_gradients",
+    "assert_head_permutation", "assert_masked_keys", "check", "why_not_applicable",
 ]
 
-PROPERTIES = ("reference", "batch_split", "head_permutation", "masked_keys", "empty_rows")
+PROPERTIES = ("reference", "batch_split", "head_permutation", "masked_keys", "empty_rows", "gradients")
+
+# Bounds on the relative error of each gradient (issue 5's), per input dtype.
+GRAD_TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
 class NotApplicable(ValueError):
@@ -106,12 +110,20 @@ def why_not_applicable(attn: Attention, prop: str) -> str | None:
       permutation respects. A definition with ``h`` in arithmetic (``alibi``'s slopes) or
       indexing an axis declared otherwise (``_``, as @attnc.jit's captured tensors are) is out.
     * ``masked_keys`` and ``empty_rows`` apply to definitions with a mask.
+    * ``gradients`` applies when the compiler derives a backward (not when the result moves with
+      a max/min over the keys, see ``docs/backward.md``).
     """
     if prop not in PROPERTIES:
         raise ValueError(f"unknown property {prop!r}; the properties are {', '.join(PROPERTIES)}")
     c = attn.cascade
     if prop in ("masked_keys", "empty_rows"):
         return None if c.has_mask else "it has no mask, so every key is kept and no row is empty"
+    if prop == "gradients":
+        try:
+            derive_backward(c)
+        except BackwardError as err:
+            return f"it has no backward: {err.message}"
+        return None
     if prop == "batch_split":
         _, other, stray = _index_reads(c, "b", "B")
         if stray:
@@ -356,12 +368,58 @@ def assert_empty_rows(attn: Attention, problem: Problem) -> None:
                                     notes=notes))
 
 
+def assert_gradients(attn: Attention, problem: Problem) -> None:
+    """Property ``gradients``: dq, dk, dv and the gradients of float tensor parameters, from the
+    kernels, against torch.autograd through the float64 reference on the same inputs, for a random
+    upstream gradient of out (and of lse when the definition has one). Each gradient's relative
+    error (Frobenius norm of the difference / of the reference's, the denominator at least
+    REL_FLOOR of dv's norm scaled to its size: a gradient that cancels to ~0, like dq with one
+    key, is not measured against its rounding noise) must stay within the dtype's bound."""
+    _require(attn, "gradients")
+    q, k, v, params = problem.inputs()
+    floats = {name: t for name, t in params.items() if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    leaves = [x.requires_grad_(True) for x in (q, k, v)] + [t.requires_grad_(True) for t in floats.values()]
+    got, got_lse = run(attn, problem, q, k, v, params)
+    g = torch.Generator().manual_seed(problem.seed + 1)
+    d_out = torch.randn(got.shape, generator=g, dtype=torch.float64)
+    d_lse = torch.randn(got.shape[:-1], generator=g, dtype=torch.float64)
+    loss = (got.double() * d_out).sum() + ((got_lse.double().nan_to_num(0, 0, 0) * d_lse).sum()
+                                           if got_lse is not None else 0)
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    ref_leaves = [x.detach().double().requires_grad_(True) for x in leaves]
+    r_q, r_k, r_v, *r_params = ref_leaves
+    ref_params = {**params, **dict(zip(floats, r_params, strict=True))}
+    ref = attn.reference(r_q, r_k, r_v, scale=problem.scale, return_lse=got_lse is not None, **ref_params)
+    ref, ref_lse = ref if got_lse is not None else (ref, None)
+    ref_loss = (ref * d_out).sum() + ((ref_lse.nan_to_num(0, 0, 0) * d_lse).sum() if ref_lse is not None else 0)
+    want = torch.autograd.grad(ref_loss, ref_leaves, allow_unused=True)
+    names = ["dq", "dk", "dv", *(f"d{name}" for name in floats)]
+    bound = GRAD_TOLERANCE[problem.dtype]
+    dv_scale = float(want[2].norm()) / max(want[2].numel(), 1) ** 0.5 if want[2] is not None else 0.0
+    for name, got_g, want_g in zip(names, grads, want, strict=True):
+        want_g = torch.zeros_like(ref_leaves[names.index(name)]) if want_g is None else want_g
+        got_g = torch.zeros_like(want_g) if got_g is None else got_g.double()
+        denom = max(float(want_g.norm()), REL_FLOOR * dv_scale * want_g.numel() ** 0.5)
+        rel = float((got_g - want_g).norm()) / denom if denom > 0 else float((got_g - want_g).norm())
+        why = (f"NaN in the kernel's {name}" if torch.isnan(got_g).any() and not torch.isnan(want_g).any()
+               else None if rel <= bound else f"the kernel's {name} disagrees with the reference's")
+        if why:
+            flat = int((got_g - want_g).abs().nan_to_num(float("inf")).flatten().argmax())
+            at = tuple(int(x) for x in torch.unravel_index(torch.tensor(flat), want_g.shape))
+            raise AssertionError(
+                f"property `gradients` failed for {attn.name}: {why}\n  problem: {problem!r}\n"
+                f"  relative error {rel:.3e} (norm of the difference / of the reference's {name}), "
+                f"bound {bound:.0e}\n  worst element {name}{list(at)}: kernel {float(got_g.flatten()[flat]):.6g}, "
+                f"reference {float(want_g.flatten()[flat]):.6g}")
+
+
 CHECKS = {
     "reference": assert_matches_reference,
     "batch_split": assert_batch_split,
     "head_permutation": assert_head_permutation,
     "masked_keys": assert_masked_keys,
     "empty_rows": assert_empty_rows,
+    "gradients": assert_gradients,
 }
 
 

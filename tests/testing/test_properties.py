@@ -274,3 +274,28 @@ def test_key_ranges_are_short():
     assert key_ranges(kept) == "0..12, 15, 20..22"
     assert key_ranges(torch.arange(40) % 2 == 0, limit=3) == "0, 2, 4, … (17 more ranges)"
     assert key_ranges(torch.zeros(3, dtype=torch.bool)) == ""
+
+
+# ---------------------------------------------------------------------------- gradients
+
+
+def test_gradients_property_holds_and_catches_a_wrong_gradient(monkeypatch):
+    attn = attnc.load("softmax_sink")
+    at.check(attn, examples=2, seed=0, properties=["gradients"], **SMALL)  # kernels are right
+    real = attnc.Attention.launch_backward
+
+    def scaled_sink_grad(self, *args, **kwargs):  # a parameter gradient 1 % off
+        dq, dk, dv, grads = real(self, *args, **kwargs)
+        return dq, dk, dv, [None if g is None else g * 1.01 for g in grads]
+
+    monkeypatch.setattr(attnc.Attention, "launch_backward", scaled_sink_grad)
+    with pytest.raises(AssertionError, match=r"property `gradients` failed for softmax_sink: the kernel's dsink"):
+        at.check(attn, examples=3, seed=0, properties=["gradients"], **SMALL)
+
+
+def test_gradients_property_refuses_a_definition_without_backward():
+    minmax = attnc.compile("norm minmax:\n    mx[i] = max(s[i, j] for j)\n    mn[i] = min(s[i, j] for j)\n"
+                           "    out[i] = sum((s[i, j] - mn[i]) / (mx[i] - mn[i] + 1.0) * v[j] for j)\n")
+    assert at.why_not_applicable(minmax, "gradients").startswith("it has no backward: the result depends on `mn`")
+    with pytest.raises(at.NotApplicable):
+        at.check(minmax, examples=1, properties=["gradients"], **SMALL)
