@@ -20,22 +20,18 @@ from ..ir.printer import cascade_text
 _REGISTRY: dict[str, object] = {}  # key → Attention
 
 
-def _key(attn) -> str:
+def register(attn) -> str:
+    """The registry key of ``attn``'s cascade (called when an ``Attention`` is made)."""
     key = hashlib.sha256(cascade_text(attn.cascade).encode()).hexdigest()[:24]
     _REGISTRY.setdefault(key, attn)
     return key
-
-
-def _scalar_args(attn, scalars: list[float]) -> list:
-    kinds = [p.kind for p in attn.cascade.params if p.kind != "tensor"]
-    return [int(x) if kind in (n.INT, n.BOOL) else float(x) for kind, x in zip(kinds, scalars, strict=True)]
 
 
 @torch.library.custom_op("attnc::forward", mutates_args=())
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: list[torch.Tensor],
              scalars: list[float], key: str, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     attn = _REGISTRY[key]
-    out, lse, stats = attn.launch_forward(q, k, v, tensors, _scalar_args(attn, scalars), scale, save_stats=True)
+    out, lse, stats = attn.launch_forward(q, k, v, tensors, scalars, scale, save_stats=True)
     return out, lse, stats
 
 
@@ -53,8 +49,7 @@ def _backward(dout: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.
               out: torch.Tensor, stats: torch.Tensor, tensors: list[torch.Tensor], scalars: list[float], key: str,
               scale: float, grad_mask: list[bool]) -> list[torch.Tensor]:
     attn = _REGISTRY[key]
-    dq, dk, dv, grads = attn.launch_backward(dout, dlse, q, k, v, out, stats, tensors, _scalar_args(attn, scalars),
-                                             scale, grad_mask)
+    dq, dk, dv, grads = attn.launch_backward(dout, dlse, q, k, v, out, stats, tensors, scalars, scale, grad_mask)
     # a custom op returns tensors only: a parameter without a gradient gets an empty one
     return [dq, dk, dv] + [g if g is not None else q.new_empty(0) for g in grads]
 
@@ -95,6 +90,6 @@ torch.library.register_autograd("attnc::forward", _backward_rule, setup_context=
 
 def attention_op(attn, q, k, v, tensors: list, scalars: list, scale: float):
     """``(out, lse)`` through the custom op: differentiable, and traceable by torch.compile."""
-    out, lse, _stats = torch.ops.attnc.forward(q, k, v, list(tensors), [float(x) for x in scalars], _key(attn),
+    out, lse, _stats = torch.ops.attnc.forward(q, k, v, list(tensors), [float(x) for x in scalars], attn.op_key,
                                                float(scale))
     return out, lse

@@ -234,8 +234,12 @@ class Attention:
     POISON = False
 
     def __init__(self, cascade: n.Cascade, origin: str):
+        from .autograd import register
+
         self.cascade = cascade
         self.origin = origin
+        # the custom ops' handle on this cascade, made here: torch.compile must not trace it
+        self.op_key = register(self)
 
     def __repr__(self) -> str:
         params = ", ".join(p.name for p in self.cascade.params)
@@ -264,7 +268,7 @@ class Attention:
         for p in self.cascade.params:
             value = bound[p.name]
             if p.kind != "tensor":
-                scalars.append(int(value) if p.kind in (n.BOOL, n.INT) else _fp32_scalar(value))
+                scalars.append(int(value) if p.kind in (n.BOOL, n.INT) else float(value))
                 continue
             if value.dtype == torch.bool:
                 value = value.to(torch.int8)
@@ -280,21 +284,26 @@ class Attention:
         sizes = sizes_of(q, k, v, scale)
         scale = sizes["scale"]
         bound = bind_params(self.cascade, params, sizes, q.device)
-        check_int32(self.cascade, B, sizes, bound)
         tensors, scalars = self._kernel_args(bound)
         if return_lse and not self.cascade.has_lse:
             raise ValueError(f"{self.cascade.name} defines no lse[i]; call it with return_lse=False")
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *tensors))
-        if grad or torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        if grad or compiling:
             from .autograd import attention_op  # differentiable, and opaque to torch.compile
 
-            if grad:  # a variant without a derivable backward fails here, not in .backward()
+            if grad and not compiling:  # a variant without a derivable backward fails here, not in .backward()
                 derive_backward(self.cascade)
 
             out, lse = attention_op(self, q, k, v, tensors, scalars, float(scale))
         else:
             out, lse, _ = self.launch_forward(q, k, v, tensors, scalars, float(scale), save_stats=False)
         return (out, lse) if return_lse else out
+
+    def _kernel_scalars(self, scalars: list) -> list:
+        """Scalar parameters as the kernels take them: ints as ints, floats rounded to float32."""
+        kinds = [p.kind for p in self.cascade.params if p.kind != "tensor"]
+        return [int(x) if kind in (n.BOOL, n.INT) else _fp32_scalar(x) for kind, x in zip(kinds, scalars, strict=True)]
 
     def _alloc(self, shape, dtype, device):
         # POISON: NaN-filled, so an element a kernel fails to write cannot pass for a correct one
@@ -307,6 +316,10 @@ class Attention:
         statistics the backward reads (``[B, Hq, Nq, reductions + 1]`` fp32), else None."""
         B, Hq, Nq, D = q.shape
         Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[-1]
+        # Checks that need concrete values run here, where torch.compile does not trace.
+        values = dict(zip([p.name for p in self.cascade.params if p.kind != "tensor"], scalars, strict=True))
+        check_int32(self.cascade, B, sizes_of(q, k, v, scale), values)
+        scalars = self._kernel_scalars(scalars)
         interpret = q.device.type == "cpu"
         kernel = kernel_for(self.cascade, Specialization(_DTYPES[q.dtype], interpret))
         out = self._alloc((B, Hq, Nq, Dv), q.dtype, q.device)
@@ -344,6 +357,7 @@ class Attention:
         (in its dtype) where ``grad_mask`` asks for it, else None."""
         B, Hq, Nq, D = q.shape
         Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[-1]
+        scalars = self._kernel_scalars(scalars)
         interpret = q.device.type == "cpu"
         kernels = backward_kernels_for(self.cascade, Specialization(_DTYPES[q.dtype], interpret))
         src = kernels.source
