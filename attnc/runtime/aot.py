@@ -7,6 +7,13 @@ bundles, and the bundled ``cuobjdump --dump-resource-usage`` reports what the cu
 thread. Nothing here touches a driver, so it runs on a CPU-only machine; it catches code that
 only Triton's interpreter accepts and launch configurations that spill registers.
 
+``aot_compile_backward(cascade, "float16", 128, 128, 90)`` does the same for the two backward
+kernels (``attnc_bwd_rows``, ``attnc_bwd_kv``; ``codegen/backward.py``), by default with the one
+config the runtime launches them with (``codegen.tuning.bwd_gpu_config``); it returns one
+``AotResult`` per kernel. ``library_jobs`` / ``library_backward_jobs`` and ``run_jobs`` sweep the
+library on a process pool; ``python -m attnc.runtime.aot [--backward] [variant ...]`` prints one
+line per build.
+
 Spills are read from two places, because they do not show up in one: ``LOCAL`` in the cuobjdump
 report is local memory the kernel *declares*; registers that ptxas spills land in the *stack
 frame* (``STACK``), and ptxas's own ``-v`` log counts them as "bytes spill stores/loads".
@@ -18,8 +25,11 @@ pointer of the type the runtime passes (int → int32, bool → int8, float → 
 ``u_x_sizeK`` / ``u_x_strideK``; scalar parameters are i32 (int, bool) or fp32 (float);
 ``scale`` is fp32; every other runtime argument is an i32 size or stride; ``tl.constexpr``
 parameters take their values from the launch config, the padded head dims, their defaults in
-the kernel, or ``constexprs=``. Pointers carry the 16-byte alignment hint the runtime gives
-torch tensors; integers are not specialized (the runtime marks them ``do_not_specialize``).
+the kernel (the backward's ``GRAD_<param>`` flags: True), or ``constexprs=``. The backward's
+DO, DQ, DK, DV are pointers of the input dtype, DL / Stats / Coef and the ``<param>_grad``
+buffers fp32 pointers, ``<param>_gstrideK`` i32. Pointers carry the 16-byte alignment hint the
+runtime gives torch tensors; integers are not specialized (the runtime marks them
+``do_not_specialize``).
 """
 
 from __future__ import annotations
@@ -39,8 +49,9 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..codegen.generate import Specialization, generate
-from ..codegen.tuning import LaunchConfig, gpu_configs
+from ..codegen.backward import KV_KERNEL, ROWS_KERNEL, generate_backward
+from ..codegen.generate import KERNEL_NAME, Specialization, generate
+from ..codegen.tuning import LaunchConfig, bwd_gpu_config, gpu_configs
 from ..ir import nodes as n
 from ..ir.names import kernel_ident
 from ..ir.passes import plan_passes
@@ -83,6 +94,7 @@ class AotResult:
     cubin_bytes: int
     signature: dict = field(default_factory=dict, compare=False, repr=False)
     ptxas_log: str = field(default="", compare=False, repr=False)
+    function: str = KERNEL_NAME  # the kernel: attnc_fwd, or the backward's attnc_bwd_rows / attnc_bwd_kv
 
     @property
     def spilled_bytes(self) -> int:
@@ -105,7 +117,8 @@ class AotResult:
     def describe(self) -> str:
         c = self.config
         spills = "?" if self.spill_stores is None else f"{self.spill_stores}/{self.spill_loads}"
-        return (f"{self.kernel} sm_{self.capability} {self.dtype} D={self.head_dim} Dv={self.head_dim_v} "
+        name = self.kernel if self.function == KERNEL_NAME else f"{self.kernel}/{self.function}"
+        return (f"{name} sm_{self.capability} {self.dtype} D={self.head_dim} Dv={self.head_dim_v} "
                 f"BLOCK_M={c.block_m} BLOCK_N={c.block_n} warps={c.num_warps} stages={c.num_stages}: "
                 f"REG={self.registers} LOCAL={self.local_bytes} STACK={self.stack_bytes} "
                 f"spill st/ld={spills} smem={self.shared_bytes}+{self.static_shared_bytes} "
@@ -220,6 +233,35 @@ def _aot_dir() -> Path:
     return Path(base) / "aot"
 
 
+def _import_source(text: str, names: tuple[str, ...]) -> tuple[dict, Path]:
+    """Write ``text`` to ``$ATTNC_CACHE_DIR/aot/<hash>.py`` (Triton reads kernels back through
+    ``inspect``), import it under its own module name, jit its helpers and then the functions
+    ``names``: ({name: jitted function}, path). Memoized on the text."""
+    import triton
+
+    key = hashlib.sha256(text.encode()).hexdigest()[:32]
+    with _lock:
+        hit = _kernels.get(key)
+        if hit is not None and all(name in hit[0] for name in names):
+            return hit
+        path = _aot_dir() / f"{key}.py"
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        name = f"attnc_aot_{key}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        for helper in getattr(module, "HELPERS", ()):  # helpers must be jitted before the kernel is
+            setattr(module, helper, triton.jit(getattr(module, helper)))
+        _kernels[key] = ({fn: triton.jit(getattr(module, fn)) for fn in names}, path)
+        return _kernels[key]
+
+
 def load_kernel(cascade: n.Cascade, dtype: str, source_transform=None):
     """The jitted Triton function of ``cascade``'s compiled (non-interpreter) kernel, and its source.
 
@@ -230,33 +272,27 @@ def load_kernel(cascade: n.Cascade, dtype: str, source_transform=None):
     """
     import dataclasses
 
-    import triton
-
     source = generate(cascade, Specialization(_dtype_name(dtype), interpret=False))
     if source_transform is not None:
         source = dataclasses.replace(source, text=source_transform(source.text))
-    key = hashlib.sha256(source.text.encode()).hexdigest()[:32]
-    with _lock:
-        hit = _kernels.get(key)
-        if hit is not None:
-            return hit
-        path = _aot_dir() / f"{key}.py"
-        if not path.exists() or path.read_text(encoding="utf-8") != source.text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(source.text)
-            os.replace(tmp, path)
-        name = f"attnc_aot_{key}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        for helper in getattr(module, "HELPERS", ()):  # helpers must be jitted before the kernel is
-            setattr(module, helper, triton.jit(getattr(module, helper)))
-        fn = triton.jit(getattr(module, source.kernel_name))
-        _kernels[key] = (fn, source, path)
-        return _kernels[key]
+    fns, path = _import_source(source.text, (source.kernel_name,))
+    return fns[source.kernel_name], source, path
+
+
+BACKWARD_KERNELS = (ROWS_KERNEL, KV_KERNEL)
+
+
+def load_backward_kernels(cascade: n.Cascade, dtype: str, source_transform=None):
+    """``cascade``'s two compiled backward kernels (``codegen/backward.py``): ({name: jitted
+    function} for ``attnc_bwd_rows`` and ``attnc_bwd_kv``, the ``BackwardSource``, the path of the
+    module), as ``load_kernel`` does for the forward."""
+    import dataclasses
+
+    source = generate_backward(cascade, Specialization(_dtype_name(dtype), interpret=False))
+    if source_transform is not None:
+        source = dataclasses.replace(source, text=source_transform(source.text))
+    fns, path = _import_source(source.text, BACKWARD_KERNELS)
+    return fns, source, path
 
 
 def signature_for(fn, cascade: n.Cascade, dtype: str, extra_types: dict[str, str] | None = None) -> dict[str, str]:
@@ -347,38 +383,28 @@ def _cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def aot_compile(cascade: n.Cascade, dtype: str, head_dim: int, head_dim_v: int, capability: int,
-                config: LaunchConfig, *, constexprs: dict | None = None,
-                extra_types: dict[str, str] | None = None, source_transform=None) -> AotResult:
-    """Compile ``cascade``'s CUDA kernel for ``sm_<capability>`` and report its resource usage.
-
-    ``constexprs`` / ``extra_types`` supply values / signature types for kernel arguments this
-    module does not know (see the module docstring); ``source_transform`` is passed to
-    ``load_kernel``.
-    """
+def _build(fn, function: str, cascade: n.Cascade, dtype: str, head_dim: int, head_dim_v: int, capability: int,
+           config: LaunchConfig, constexprs: dict | None, extra_types: dict[str, str] | None,
+           compile_options: dict | None = None) -> AotResult:
+    """Compile one jitted kernel ``fn`` (named ``function`` in the cubin) and read its resources."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    problem = toolchain_problem(capability)
-    if problem:
-        raise RuntimeError(problem)
-    dtype = _dtype_name(dtype)
-    fn, source, _ = load_kernel(cascade, dtype, source_transform)
     sig = signature_for(fn, cascade, dtype, extra_types)
     consts = _constexpr_values(fn, config, head_dim, head_dim_v, constexprs)
     index = {name: i for i, name in enumerate(fn.arg_names)}
     attrs = {(index[a],): [["tt.divisibility", 16]] for a, t in sig.items() if t.startswith("*")}
     src = ASTSource(fn, sig, {(index[k],): v for k, v in consts.items()}, attrs)
     target = GPUTarget("cuda", capability, 32)
-    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages, **(compile_options or {})}
     with _lock, _fresh_compile() as log, warnings.catch_warnings():
         # Triton 3.9 warns once that its FP-fusion default will change; the runtime gets the same default.
         warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION is unset")
         t0, c0 = time.perf_counter(), _cpu_seconds()
         compiled = triton.compile(src, target=target, options=options)
         seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
-    usage = resource_usage(compiled.asm["cubin"], source.kernel_name)
+    usage = resource_usage(compiled.asm["cubin"], function)
     ptxas = parse_ptxas_log(log.getvalue())
     ptx = compiled.asm["ptx"]
     return AotResult(
@@ -388,8 +414,62 @@ def aot_compile(cascade: n.Cascade, dtype: str, head_dim: int, head_dim_v: int, 
         spill_loads=ptxas.get("spill_loads"), shared_bytes=int(getattr(compiled.metadata, "shared", 0) or 0),
         static_shared_bytes=usage.get("SHARED", 0), compile_seconds=seconds, compile_cpu_seconds=cpu,
         ptx_bytes=len(ptx.encode() if isinstance(ptx, str) else ptx), cubin_bytes=len(compiled.asm["cubin"]),
-        signature=sig, ptxas_log=log.getvalue(),
+        signature=sig, ptxas_log=log.getvalue(), function=function,
     )
+
+
+def aot_compile(cascade: n.Cascade, dtype: str, head_dim: int, head_dim_v: int, capability: int,
+                config: LaunchConfig, *, constexprs: dict | None = None,
+                extra_types: dict[str, str] | None = None, source_transform=None,
+                compile_options: dict | None = None) -> AotResult:
+    """Compile ``cascade``'s CUDA kernel for ``sm_<capability>`` and report its resource usage.
+
+    ``constexprs`` / ``extra_types`` supply values / signature types for kernel arguments this
+    module does not know (see the module docstring); ``source_transform`` is passed to
+    ``load_kernel``; ``compile_options`` adds Triton compile options the runtime does not pass
+    (``{"maxnreg": 255}``), to measure what they would do.
+    """
+    problem = toolchain_problem(capability)
+    if problem:
+        raise RuntimeError(problem)
+    dtype = _dtype_name(dtype)
+    fn, source, _ = load_kernel(cascade, dtype, source_transform)
+    return _build(fn, source.kernel_name, cascade, dtype, head_dim, head_dim_v, capability, config,
+                  constexprs, extra_types, compile_options)
+
+
+def backward_config(capability: int, dtype: str, head_dim: int, head_dim_v: int) -> LaunchConfig:
+    """The launch config the runtime gives the backward kernels (``codegen.tuning.bwd_gpu_config``)."""
+    import triton
+
+    return bwd_gpu_config(capability, _dtype_name(dtype), max(16, triton.next_power_of_2(head_dim)),
+                          max(16, triton.next_power_of_2(head_dim_v)))
+
+
+def aot_compile_backward(cascade: n.Cascade, dtype: str, head_dim: int, head_dim_v: int, capability: int,
+                         config: LaunchConfig | None = None, *, kernels: tuple[str, ...] = BACKWARD_KERNELS,
+                         constexprs: dict | None = None, extra_types: dict[str, str] | None = None,
+                         source_transform=None, compile_options: dict | None = None) -> dict[str, AotResult]:
+    """Compile ``cascade``'s backward kernels for ``sm_<capability>``: {kernel name: AotResult}
+    for ``attnc_bwd_rows`` and ``attnc_bwd_kv`` (or those ``kernels`` names).
+
+    ``config`` defaults to the one the runtime launches both with (``bwd_gpu_config``). The
+    ``GRAD_<param>`` constexprs keep their default (True: every gradient computed, the most
+    registers); ``constexprs`` overrides them or any other. DO, DQ, DK, DV are pointers of the
+    input dtype, DL / Stats / Coef and the ``<param>_grad`` buffers fp32, ``<param>_gstrideK`` i32.
+    ``source_transform`` and ``compile_options`` as for ``aot_compile``.
+    """
+    problem = toolchain_problem(capability)
+    if problem:
+        raise RuntimeError(problem)
+    dtype = _dtype_name(dtype)
+    unknown = set(kernels) - set(BACKWARD_KERNELS)
+    if unknown:
+        raise ValueError(f"backward kernels are {', '.join(BACKWARD_KERNELS)}, got {', '.join(sorted(unknown))}")
+    config = config or backward_config(capability, dtype, head_dim, head_dim_v)
+    fns, _, _ = load_backward_kernels(cascade, dtype, source_transform)
+    return {name: _build(fns[name], name, cascade, dtype, head_dim, head_dim_v, capability, config,
+                         constexprs, extra_types, compile_options) for name in kernels}
 
 
 # ---------------------------------------------------------------------------- sweeps
@@ -405,7 +485,8 @@ def configs_for(cascade: n.Cascade, capability: int, dtype: str, head_dim: int, 
 
 @dataclass(frozen=True)
 class AotJob:
-    """One build of a library variant (picklable, for process pools)."""
+    """One build of a library variant (picklable, for process pools): its forward kernel, or one
+    of its two backward kernels (``function``)."""
 
     variant: str
     capability: int
@@ -413,11 +494,17 @@ class AotJob:
     head_dim: int
     head_dim_v: int
     config: LaunchConfig
+    function: str = KERNEL_NAME
+
+    @property
+    def backward(self) -> bool:
+        return self.function != KERNEL_NAME
 
     @property
     def label(self) -> str:
         c = self.config
-        return (f"{self.variant}-sm{self.capability}-{self.dtype}-D{self.head_dim}-"
+        kind = f"-{self.function.removeprefix('attnc_')}" if self.backward else ""
+        return (f"{self.variant}{kind}-sm{self.capability}-{self.dtype}-D{self.head_dim}-"
                 f"{c.block_m}x{c.block_n}w{c.num_warps}s{c.num_stages}")
 
 
@@ -438,13 +525,30 @@ def library_jobs(variants, capabilities=(80, 90), dtypes=("float16", "float32"),
     return jobs
 
 
+def library_backward_jobs(variants, capabilities=(80, 90), dtypes=("float16", "bfloat16", "float32"),
+                          head_dims=(64, 128), kernels: tuple[str, ...] = BACKWARD_KERNELS) -> list[AotJob]:
+    """Every (variant, arch, dtype, D = Dv, backward kernel) build, with the one config the runtime
+    launches the backward with (``bwd_gpu_config``). One job per kernel, so a pool spreads them."""
+    jobs = []
+    for name in variants:
+        for cap in capabilities:
+            for dtype in dtypes:
+                for d in head_dims:
+                    config = backward_config(cap, dtype, d, d)
+                    jobs += [AotJob(name, cap, _dtype_name(dtype), d, d, config, fn) for fn in kernels]
+    return jobs
+
+
 def run_job(job: AotJob) -> AotResult | str:
     """Build one job; a failure comes back as its message (so a pool never loses the others)."""
     from .frontend import library_cascade
 
     try:
-        return aot_compile(library_cascade(job.variant), job.dtype, job.head_dim, job.head_dim_v,
-                           job.capability, job.config)
+        cascade = library_cascade(job.variant)
+        if job.backward:
+            return aot_compile_backward(cascade, job.dtype, job.head_dim, job.head_dim_v, job.capability,
+                                        job.config, kernels=(job.function,))[job.function]
+        return aot_compile(cascade, job.dtype, job.head_dim, job.head_dim_v, job.capability, job.config)
     except Exception as err:  # noqa: BLE001 - reported to the caller with the job
         return f"{type(err).__name__}: {err}"
 
@@ -462,3 +566,60 @@ def run_jobs(jobs: list[AotJob], workers: int | None = None) -> dict[AotJob, Aot
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
         results = list(pool.map(run_job, jobs, chunksize=1))
     return dict(zip(jobs, results))
+
+
+# ---------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m attnc.runtime.aot [--backward] [variant ...]``: build library kernels for
+    sm_80/sm_90 on this machine (no GPU needed) and print one line per build; the exit status is
+    1 when any build fails or spills."""
+    import argparse
+    import importlib
+
+    # run as `python -m`, this file is __main__: the pool must pickle jobs and results by the
+    # module's own name, so work through that module
+    aot = importlib.import_module(__spec__.name if __spec__ else "attnc.runtime.aot")
+
+    ap = argparse.ArgumentParser(prog="python -m attnc.runtime.aot", description=main.__doc__)
+    ap.add_argument("variants", nargs="*", help="library variants (default: all)")
+    ap.add_argument("--backward", action="store_true",
+                    help="the backward kernels (attnc_bwd_rows, attnc_bwd_kv) with bwd_gpu_config, not the forward")
+    ap.add_argument("--caps", default="80,90")
+    ap.add_argument("--dtypes", default=None, help="default: float16,float32 (forward), float16,bfloat16,float32 (backward)")
+    ap.add_argument("--dims", default="64,128", help="head dims (D = Dv)")
+    ap.add_argument("--all-configs", action="store_true", help="forward: every gpu_configs candidate, not the first")
+    ap.add_argument("--workers", type=int, default=0, help="processes (default: ATTNC_AOT_WORKERS or one per CPU)")
+    args = ap.parse_args(argv)
+    problem = toolchain_problem(80) or toolchain_problem(90)
+    if problem:
+        print(f"ahead-of-time builds are not available here: {problem}", file=sys.stderr)
+        return 2
+    import attnc
+
+    variants = args.variants or attnc.library.names()
+    caps = tuple(int(c) for c in args.caps.split(","))
+    dims = tuple(int(d) for d in args.dims.split(","))
+    if args.backward:
+        dtypes = tuple((args.dtypes or "float16,bfloat16,float32").split(","))
+        jobs = aot.library_backward_jobs(variants, caps, dtypes, dims)
+    else:
+        dtypes = tuple((args.dtypes or "float16,float32").split(","))
+        jobs = aot.library_jobs(variants, caps, dtypes, dims, all_configs=args.all_configs)
+    t0 = time.perf_counter()
+    results = aot.run_jobs(jobs, args.workers or None)
+    bad = 0
+    for job, r in results.items():
+        if isinstance(r, aot.AotResult):
+            bad += r.spilled or not r.fits_shared
+            print(("SPILL " if r.spilled else "") + ("NO-FIT " if not r.fits_shared else "") + r.describe())
+        else:
+            bad += 1
+            print(f"FAILED {job.label}: {r}")
+    print(f"{len(jobs)} builds, {bad} failed or spilled, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
