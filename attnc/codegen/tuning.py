@@ -61,15 +61,40 @@ def gpu_configs(capability: int, dtype: str, block_d: int, block_dv: int, num_pa
 
 
 def bwd_gpu_config(capability: int, dtype: str, block_d: int, block_dv: int) -> LaunchConfig:
-    """The backward kernels' tiles (one config, not tuned). BLOCK_M tiles the queries, BLOCK_N the
-    keys. Chosen from ahead-of-time sweeps over the library (sm_80/sm_90, ptxas spill reports):
-    for fp16/bf16, 64×32 tiles with 8 warps (D ≤ 64) and 32×32 with 8 warps (D = 128) spill for
-    no variant but one fp16 D = 128 case; for fp32 (IEEE dots without tensor cores) no config
-    tried is spill-free for every variant — 32×16 with 8 warps spills least (see
-    tests/codegen/test_aot.py, which reports the spilling builds)."""
-    wide = max(block_d, block_dv)
+    """The backward kernels' tiles (one config for both kernels, not tuned). BLOCK_M tiles the
+    queries, BLOCK_N the keys; ``attnc_bwd_rows`` and ``attnc_bwd_kv`` are launched with the same.
+
+    Chosen by ahead-of-time builds of both kernels of the 20 library variants × sm_80/sm_90 ×
+    D = Dv 64/128 (``attnc.runtime.aot.aot_compile_backward``; ``tests/codegen/test_aot.py``
+    checks a sample, ``ATTNC_AOT_BWD=full`` all 480): for fp16 and bf16 no build spills (no LOCAL,
+    no stack frame, no ptxas spill stores) at these tiles, which are the largest found that way.
+    Nearby configs spilled 8–170 bytes in 1–13 variants: at D = 64, 32×32 on 4 warps and 64×32 on
+    8 (sm_80), 16×16 / 16×32 / 32×16 on 4 warps and 16×32 / 32×64 / 64×64 on 8 (sm_90); at
+    D = 128, 16×16 on 4 or 8 warps, 32×32 and 64×32 on 8 (sm_90), 16×32 on 8 (sm_90, bf16).
+
+    Why it is this irregular: the rows kernel keeps q and dO live across its key loops, and
+    ptxas, given no register limit, caps a kernel that needs a little more than an occupancy step
+    (128 / 168 registers on 4 warps, 64 / 80 / 128 on 8) at that step and spills the rest — so a
+    *smaller* tile can spill where a larger one does not, the answer differs by arch and dtype
+    (bf16's gradient dots differ from fp16's), and a codegen change can move a kernel across a
+    step (commit e41f934, which simplified per-row backward values, turned two clean cases into
+    8–20 byte spills). Re-run the sweep after changing the backward codegen.
+
+    fp32 has no spill-free config: at every one tried (16–64 × 16–64 tiles, 4 and 8 warps) some
+    builds spill. 16×16 on 8 warps spills least (≤ 64 bytes; 54 of the 160 fp32 builds spill, the
+    most in the dK/dV kernel at D = 128, which ptxas caps at 80 registers; the fp32 rows
+    kernel at D = 128 genuinely needs more than 255 registers on sm_80 for natten2d and on sm_90
+    for most variants: its IEEE dots run without tensor cores and hold fp32 operands), and at
+    D = 64 on sm_80 16×32 on 8 warps spills only 8 bytes in three row kernels. Removing those
+    needs codegen (fewer live fp32 operands in the rows kernel). The 4-warp 16×32 tiles used
+    before spilled 1–2 KB in every fp32 D = 128 rows kernel. Head dims above 128 are not checked;
+    they take 16×16 tiles on 8 warps.
+    """
+    wide, hopper = max(block_d, block_dv), capability >= 90
+    if wide > 128:
+        return LaunchConfig(16, 16, 8, 1)
     if dtype == "float32":
-        return LaunchConfig(32, 16, 8, 1) if wide <= 64 else LaunchConfig(16, 16, 8, 1)
+        return LaunchConfig(16, 32, 8, 1) if wide <= 64 and not hopper else LaunchConfig(16, 16, 8, 1)
     if wide <= 64:
-        return LaunchConfig(64, 32, 8, 1)
-    return LaunchConfig(32, 32, 8, 1) if wide <= 128 else LaunchConfig(16, 16, 8, 1)
+        return LaunchConfig(64, 32, 8, 1) if hopper else LaunchConfig(16, 32, 4, 1)
+    return LaunchConfig(32, 16, 8, 1) if hopper else LaunchConfig(32, 32, 8, 1)

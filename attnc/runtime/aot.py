@@ -587,7 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backward", action="store_true",
                     help="the backward kernels (attnc_bwd_rows, attnc_bwd_kv) with bwd_gpu_config, not the forward")
     ap.add_argument("--caps", default="80,90")
-    ap.add_argument("--dtypes", default=None, help="default: float16,float32 (forward), float16,bfloat16,float32 (backward)")
+    ap.add_argument("--dtypes", default=None,
+                    help="default: float16,float32 (forward), float16,bfloat16,float32 (backward)")
     ap.add_argument("--dims", default="64,128", help="head dims (D = Dv)")
     ap.add_argument("--all-configs", action="store_true", help="forward: every gpu_configs candidate, not the first")
     ap.add_argument("--workers", type=int, default=0, help="processes (default: ATTNC_AOT_WORKERS or one per CPU)")

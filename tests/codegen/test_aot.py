@@ -24,8 +24,10 @@ How much is built (``ATTNC_AOT``; a build takes about 10 s of CPU):
 The backward kernels (``attnc_bwd_rows`` and ``attnc_bwd_kv``, ``codegen/backward.py``) are built
 the same way with the one config the runtime launches them with (``codegen.tuning.bwd_gpu_config``),
 fp16, bf16 and fp32, D = Dv = 64 and 128, ``GRAD_*`` flags at their default (every gradient on).
-The whole backward matrix is 480 builds, about 2½ s of CPU each (some 20 minutes of CPU, ~10
-minutes on CI's two cores), too much for every run; ``ATTNC_AOT_BWD`` picks how much:
+fp16/bf16 builds must not spill; fp32 builds spilling at most ``FP32_SPILL_TOLERANCE`` bytes are
+reported as xfail (no fp32 config is spill-free, see ``bwd_gpu_config``). The whole backward
+matrix is 480 builds, about 1.1 s of CPU each (530 s of CPU, 4¾ minutes on two otherwise idle
+cores), more than every run should add; ``ATTNC_AOT_BWD`` picks how much:
 
 * ``sample`` (default, also with ``ATTNC_AOT=ci``): both kernels of every variant in two of the
   twelve (arch, dtype, D) cases, one per arch, the dtype and head dim rotating with the variant —
@@ -74,6 +76,9 @@ else:
 
 
 BWD_DTYPES = ("float16", "bfloat16", "float32")
+# fp32 backward builds still spill a little at bwd_gpu_config (at most 64 bytes over the full
+# matrix when it was chosen; the config before it spilled 1-2 KB): up to this much is an xfail.
+FP32_SPILL_TOLERANCE = 128
 BWD_MODE = os.environ.get("ATTNC_AOT_BWD", "") or ("full" if MODE == "full" else "sample")
 if BWD_MODE not in ("sample", "full", "off"):
     raise ValueError(f"ATTNC_AOT_BWD must be sample, full or off, got {BWD_MODE!r}")
@@ -136,11 +141,14 @@ def test_library_backward_kernel_builds_without_spills(built, job):
     result = built[job]
     if isinstance(result, AotResult):
         assert result.function == job.function
-        if result.spilled and not result.local_bytes and result.fits_shared:
-            # Known open point of issue 5 (docs/backward.md): some backward builds still spill
-            # (every fp32 config tried, one fp16 D=128 case). Reported, not hidden; a build that
-            # fails, declares LOCAL memory or exceeds shared memory still fails below.
-            pytest.xfail(f"spills: {result.describe()}")
+        if (job.dtype == "float32" and result.spilled and result.spilled_bytes <= FP32_SPILL_TOLERANCE
+                and not result.local_bytes and result.fits_shared):
+            # Known open point of issue 5 (docs/backward.md): no fp32 config is spill-free (IEEE
+            # dots without tensor cores keep fp32 operands live in the rows kernel; see
+            # bwd_gpu_config). Reported as xfail, not hidden; fp16/bf16 must not spill at all, and
+            # an fp32 build that fails, declares LOCAL memory, spills more than the tolerance or
+            # exceeds shared memory still fails below.
+            pytest.xfail(f"fp32 spills (known): {result.describe()}")
     _check(job, result, "smaller BLOCK_M/BLOCK_N or more warps in bwd_gpu_config, attnc/codegen/tuning.py")
 
 
