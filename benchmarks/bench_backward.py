@@ -24,14 +24,12 @@ from __future__ import annotations
 import argparse
 import math
 import shlex
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forward import (  # noqa: E402 - the forward benchmark's shapes, parameters and helpers
-    DEFAULT_OUT, MODEL_DIM, TOKENS, flex_mods, fmt_ms, header, kept_pairs, log, variant_inputs, write_section,
+    DEFAULT_OUT, flex_mods, fmt_ms, header, kept_pairs, log, timing, variant_inputs, write_section,
 )
 
 DEFAULT_VARIANTS = ("softmax", "causal", "sliding_window", "document", "alibi", "softcap", "relative_bias",
@@ -40,28 +38,12 @@ DEFAULT_VARIANTS = ("softmax", "causal", "sliding_window", "document", "alibi", 
 
 def bench_train(args) -> list[str]:
     import torch
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask
 
     import attnc
 
     dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-    if args.dry_run_cpu:
-        device, flex = torch.device("cpu"), flex_attention
-        tokens, model_dim = args.dry_run_cpu, 64
-
-        def bench(fn):
-            times = []
-            for _ in range(2):
-                t = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t) * 1e3)
-            return statistics.median(times)
-    else:
-        from triton.testing import do_bench
-
-        device, flex = torch.device("cuda"), torch.compile(flex_attention, dynamic=False)
-        tokens, model_dim = TOKENS, MODEL_DIM
-        bench = lambda fn: do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")  # noqa: E731
+    device, flex, tokens, model_dim, bench = timing(args, repeats=2)
     rows = []
     for dname in args.dtypes:
         dtype = dtypes[dname]

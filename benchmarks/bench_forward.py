@@ -246,10 +246,31 @@ def kept_pairs(mask_mod, B: int, N: int, device) -> int:
     return total
 
 
+def timing(args, repeats: int = 3):
+    """(device, flex_attention, tokens, model dim, bench(fn) → ms) for a run: on CUDA compiled flex
+    and ``do_bench``'s median; with ``--dry-run-cpu`` (this code path without a GPU) eager flex,
+    the interpreter and the wall clock's median of ``repeats`` calls."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if args.dry_run_cpu:
+        def bench(fn):
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t) * 1e3)
+            return statistics.median(times)
+        return torch.device("cpu"), flex_attention, args.dry_run_cpu, 64, bench
+    from triton.testing import do_bench
+
+    bench = lambda fn: do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")  # noqa: E731
+    return torch.device("cuda"), torch.compile(flex_attention, dynamic=False), TOKENS, MODEL_DIM, bench
+
+
 def bench_cuda(args) -> list[str]:
     import torch
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    from triton.testing import do_bench
+    from torch.nn.attention.flex_attention import create_block_mask
 
     import attnc
 
@@ -257,21 +278,7 @@ def bench_cuda(args) -> list[str]:
         if hasattr(torch._dynamo.config, knob):
             setattr(torch._dynamo.config, knob, max(getattr(torch._dynamo.config, knob), 4096))
     dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-    if args.dry_run_cpu:  # exercises this code path without a GPU: eager flex, interpreter, wall clock
-        device, flex = torch.device("cpu"), flex_attention
-        tokens, model_dim = args.dry_run_cpu, 64
-
-        def bench(fn):
-            times = []
-            for _ in range(3):
-                t = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t) * 1e3)
-            return statistics.median(times)
-    else:
-        device, flex = torch.device("cuda"), torch.compile(flex_attention, dynamic=False)
-        tokens, model_dim = TOKENS, MODEL_DIM
-        bench = lambda fn: do_bench(fn, warmup=args.warmup, rep=args.rep, return_mode="median")  # noqa: E731
+    device, flex, tokens, model_dim, bench = timing(args)
     rows, ratios = [], {}
     for dname in args.dtypes:
         dtype = dtypes[dname]

@@ -79,16 +79,21 @@ class _BwdBuilder(_Builder):
             return f"tl.dot(({a}).to(tl.bfloat16), {b})"
         return f"tl.dot({a}, ({b}).to(tl.float32))"
 
-    def pair_stages(self, exprs: list[n.Expr]) -> list[str]:
-        """Lines computing the pair stages and shared temporaries ``exprs`` read."""
+    def reads(self, exprs: list[n.Expr]) -> set[str]:
+        """The names ``exprs`` read, directly or through the shared temporaries they read."""
         temps = dict(self.bp.temps)
-        used: set[str] = set()
+        seen: set[str] = set()
         todo = [r for e in exprs for r in n.refs(e)]
         while todo:
             r = todo.pop()
-            if r not in used:
-                used.add(r)
+            if r not in seen:
+                seen.add(r)
                 todo.extend(n.refs(temps[r]) if r in temps else ())
+        return seen
+
+    def pair_stages(self, exprs: list[n.Expr]) -> list[str]:
+        """Lines computing the pair stages and shared temporaries ``exprs`` read."""
+        used = self.reads(exprs)
         need: set[str] = set()
         todo = ["s"] + [r for r in used if r in self.stages]
         while todo:
@@ -106,15 +111,7 @@ class _BwdBuilder(_Builder):
 
     def reads_dov(self, exprs: list[n.Expr]) -> bool:
         """Whether ``exprs`` read dO·v, directly or through a shared temporary."""
-        temps = dict(self.bp.temps)
-        seen: set[str] = set()
-        todo = [r for e in exprs for r in n.refs(e)]
-        while todo:
-            r = todo.pop()
-            if r not in seen:
-                seen.add(r)
-                todo.extend(n.refs(temps[r]) if r in temps else ())
-        return bw.DOV in seen
+        return bw.DOV in self.reads(exprs)
 
     def keep_line(self, masked: bool, rows: bool) -> str | None:
         if masked:

@@ -118,21 +118,45 @@ def _load_module(path: Path, key: str):
     return module
 
 
+def _kernel_fns(module, names, interpret: bool) -> dict:
+    """The kernels ``names`` of a generated module: interpreted, or jitted with sizes, strides and
+    runtime parameters unspecialized (the module's helpers are jitted first)."""
+    if interpret:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return {name: InterpretedFunction(getattr(module, name)) for name in names}
+    for helper in module.HELPERS:  # helpers must be jitted before the kernels are
+        setattr(module, helper, triton.jit(getattr(module, helper)))
+    fns = {}
+    for name in names:
+        fn = getattr(module, name)
+        argnames = fn.__code__.co_varnames[: fn.__code__.co_argcount]
+        fns[name] = triton.jit(fn, do_not_specialize=unspecialized(argnames))
+    return fns
+
+
+def _cached(key: str, make_source, build):
+    """From memory, else ``build(source, path, module)`` on the source ``make_source()`` gives,
+    written atomically to the disk cache (rewritten only when it differs) and imported."""
+    global _builds
+    with _lock:
+        if key in _memory:
+            return _memory[key]
+        source = make_source()
+        path = cache_dir() / f"{key}.py"
+        if not path.exists() or path.read_text(encoding="utf-8") != source.text:
+            _write_atomic(path, source.text)
+        _memory[key] = build(source, path, _load_module(path, key))
+        _builds += 1
+        return _memory[key]
+
+
 class _Kernel:
     def __init__(self, source: KernelSource, path: Path, module, interpret: bool):
         self.source = source
         self.path = path
         self.interpret = interpret
-        fn = getattr(module, source.kernel_name)
-        if interpret:
-            from triton.runtime.interpreter import InterpretedFunction
-
-            self.fn = InterpretedFunction(fn)
-        else:
-            for helper in module.HELPERS:  # helpers must be jitted before the kernel is
-                setattr(module, helper, triton.jit(getattr(module, helper)))
-            argnames = fn.__code__.co_varnames[: fn.__code__.co_argcount]
-            self.fn = triton.jit(fn, do_not_specialize=unspecialized(argnames))
+        self.fn = _kernel_fns(module, (source.kernel_name,), interpret)[source.kernel_name]
         self._tuned: dict[tuple, object] = {}
 
     def launcher(self, config_key: tuple):
@@ -157,21 +181,12 @@ class _Kernel:
 
 def kernel_for(c: n.Cascade, spec: Specialization) -> _Kernel:
     """The kernel of ``c`` for ``spec``, from memory, disk, or freshly generated."""
-    global _builds
-    key = cache_key(c, spec)
-    with _lock:
-        if key in _memory:
-            return _memory[key]
-        source = generate(c, spec)
-        path = cache_dir() / f"{key}.py"
-        if not path.exists() or path.read_text(encoding="utf-8") != source.text:
-            _write_atomic(path, source.text)
-        module = _load_module(path, key)
+    def build(source, path, module):
         kernel = _Kernel(source, path, module, spec.interpret)
         kernel.dtype, kernel.num_passes = spec.dtype, plan_passes(c).num_passes
-        _memory[key] = kernel
-        _builds += 1
         return kernel
+
+    return _cached(cache_key(c, spec), lambda: generate(c, spec), build)
 
 
 class _BackwardKernels:
@@ -182,19 +197,7 @@ class _BackwardKernels:
         self.path = path
         self.interpret = interpret
         self.dtype = dtype
-        self.fns = {}
-        if not interpret:
-            for helper in module.HELPERS:
-                setattr(module, helper, triton.jit(getattr(module, helper)))
-        for name in (ROWS_KERNEL, KV_KERNEL):
-            fn = getattr(module, name)
-            if interpret:
-                from triton.runtime.interpreter import InterpretedFunction
-
-                self.fns[name] = InterpretedFunction(fn)
-            else:
-                argnames = fn.__code__.co_varnames[: fn.__code__.co_argcount]
-                self.fns[name] = triton.jit(fn, do_not_specialize=unspecialized(argnames))
+        self.fns = _kernel_fns(module, (ROWS_KERNEL, KV_KERNEL), interpret)
 
     def config(self, capability: int, block_d: int, block_dv: int):
         return INTERPRETER_CONFIG if self.interpret else bwd_gpu_config(capability, self.dtype, block_d, block_dv)
@@ -202,20 +205,8 @@ class _BackwardKernels:
 
 def backward_kernels_for(c: n.Cascade, spec: Specialization) -> _BackwardKernels:
     """The backward kernels of ``c`` for ``spec``, from memory, disk, or freshly generated."""
-    global _builds
-    key = cache_key(c, spec, "bwd")
-    with _lock:
-        if key in _memory:
-            return _memory[key]
-        source = generate_backward(c, spec)
-        path = cache_dir() / f"{key}.py"
-        if not path.exists() or path.read_text(encoding="utf-8") != source.text:
-            _write_atomic(path, source.text)
-        module = _load_module(path, key)
-        kernels = _BackwardKernels(source, path, module, spec.interpret, spec.dtype)
-        _memory[key] = kernels
-        _builds += 1
-        return kernels
+    return _cached(cache_key(c, spec, "bwd"), lambda: generate_backward(c, spec),
+                   lambda source, path, module: _BackwardKernels(source, path, module, spec.interpret, spec.dtype))
 
 
 # ---------------------------------------------------------------------------- the callable
