@@ -28,7 +28,7 @@ import triton
 
 from ..codegen.backward import KV_KERNEL, ROWS_KERNEL, BackwardSource, generate_backward
 from ..codegen.generate import CODEGEN_VERSION, KernelSource, Specialization, generate, unspecialized
-from ..codegen.tuning import INTERPRETER_CONFIG, bwd_gpu_config, gpu_configs
+from ..codegen.tuning import INTERPRETER_CONFIG, LaunchConfig, bwd_gpu_config, gpu_configs
 from ..dsl.errors import SpecError
 from ..ir import nodes as n
 from ..ir.backward import derive_backward
@@ -151,6 +151,26 @@ def _cached(key: str, make_source, build):
         return _memory[key]
 
 
+_interpreter_config = INTERPRETER_CONFIG
+
+
+@contextlib.contextmanager
+def interpreter_tiles(block_m: int, block_n: int):
+    """Interpreted (CPU) kernels launch with ``block_m × block_n`` tiles inside this block instead
+    of ``INTERPRETER_CONFIG``'s: tile-visit counts at GPU tile sizes (``attnc.testing.tiles``).
+    Not thread-safe; the kernels themselves are unchanged (tile sizes are launch constexprs)."""
+    global _interpreter_config
+    for name, size in (("block_m", block_m), ("block_n", block_n)):
+        if not isinstance(size, int) or size < 16 or size & (size - 1):
+            raise ValueError(f"{name} must be a power of two >= 16 (tl.dot's smallest tile), got {size!r}")
+    saved = _interpreter_config
+    _interpreter_config = LaunchConfig(block_m, block_n, 1, 1)
+    try:
+        yield
+    finally:
+        _interpreter_config = saved
+
+
 class _Kernel:
     def __init__(self, source: KernelSource, path: Path, module, interpret: bool):
         self.source = source
@@ -163,7 +183,7 @@ class _Kernel:
         """The kernel to launch for (capability, BLOCK_D, BLOCK_DV): interpreted, or autotuned
         over ``gpu_configs`` (``ATTNC_AUTOTUNE=0`` takes the first config without timing)."""
         if self.interpret:
-            return self.fn, INTERPRETER_CONFIG
+            return self.fn, _interpreter_config
         if config_key not in self._tuned:
             capability, block_d, block_dv = config_key
             configs = gpu_configs(capability, self.dtype, block_d, block_dv, self.num_passes)
@@ -200,7 +220,7 @@ class _BackwardKernels:
         self.fns = _kernel_fns(module, (ROWS_KERNEL, KV_KERNEL), interpret)
 
     def config(self, capability: int, block_d: int, block_dv: int):
-        return INTERPRETER_CONFIG if self.interpret else bwd_gpu_config(capability, self.dtype, block_d, block_dv)
+        return _interpreter_config if self.interpret else bwd_gpu_config(capability, self.dtype, block_d, block_dv)
 
 
 def backward_kernels_for(c: n.Cascade, spec: Specialization) -> _BackwardKernels:

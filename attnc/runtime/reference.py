@@ -242,6 +242,43 @@ def _as_tensor(spec: n.ParamSpec, value) -> torch.Tensor:
     return torch.tensor(value, dtype=dtype)
 
 
+def _evaluator(cascade: n.Cascade, sizes: dict, values: dict, pair_shape: tuple[int, int, int, int]) -> _Eval:
+    B, Hq, Nq, Nkv = pair_shape
+    index = {
+        "b": torch.arange(B).view(B, 1, 1, 1), "h": torch.arange(Hq).view(1, Hq, 1, 1),
+        "i": torch.arange(Nq).view(1, 1, Nq, 1), "j": torch.arange(Nkv).view(1, 1, 1, Nkv),
+    }
+    ev = _Eval(cascade, sizes, values, index)
+    ev.pair_shape = pair_shape
+    return ev
+
+
+def reference_keep(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                   scale: float | None = None, **params) -> torch.Tensor:
+    """The mask ``keep[b, h, i, j]`` (bool, CPU, materialized: an oracle for tests and tile
+    counts, never a kernel path). All True when the cascade has no mask; a mask that reads the
+    score is evaluated after the stages it reads."""
+    B, Hq, Hkv, Nq, Nkv, D, Dv = check_inputs(q, k, v)
+    sizes = sizes_of(q, k, v, scale)
+    bound = bind_params(cascade, params, sizes)
+    values = {p.name: _as_tensor(p, bound[p.name]) for p in cascade.params}
+    if not cascade.has_mask or Nq == 0 or Nkv == 0:
+        return torch.ones(B, Hq, Nq, Nkv, dtype=torch.bool)
+    with torch.no_grad():
+        ev = _evaluator(cascade, sizes, values, (B, Hq, Nq, Nkv))
+        ev.safe, ev.live = False, None
+        group = Hq // Hkv
+        for st in cascade.stages:
+            if isinstance(st.expr, n.Dot):
+                k64 = k.to("cpu", _F64).repeat_interleave(group, dim=1)
+                ev.values[st.name] = q.to("cpu", _F64) @ k64.transpose(-1, -2)
+            elif st.name == "keep":
+                return ev.expr(st.expr).expand(ev.pair_shape).clone()
+            else:
+                ev.values[st.name] = ev.expr(st.expr)
+    raise AssertionError("a masked cascade has a keep stage")
+
+
 def reference(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
               scale: float | None = None, return_lse: bool = False, **params):
     """Evaluate ``cascade`` on q [B, Hq, Nq, D], k [B, Hkv, Nkv, D], v [B, Hkv, Nkv, Dv].
@@ -273,12 +310,7 @@ def reference(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
             out, lse = out + zero, lse + zero
         return (out, lse if cascade.has_lse else None) if return_lse else out
 
-    index = {
-        "b": torch.arange(B).view(B, 1, 1, 1), "h": torch.arange(Hq).view(1, Hq, 1, 1),
-        "i": torch.arange(Nq).view(1, 1, Nq, 1), "j": torch.arange(Nkv).view(1, 1, 1, Nkv),
-    }
-    ev = _Eval(cascade, sizes, values, index)
-    ev.pair_shape = (B, Hq, Nq, Nkv)
+    ev = _evaluator(cascade, sizes, values, (B, Hq, Nq, Nkv))
     ev.v = v64
     keep = cascade.stage("keep").expr if cascade.has_mask else None
     if keep is not None and not n.refs(keep):  # a mask cannot read the score: it can go first

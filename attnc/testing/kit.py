@@ -15,7 +15,7 @@ from ..ir.evaluate import eval_size_expr
 from ..ir.printer import cascade_text
 from ..runtime.check import TOLERANCE, draw_tensor, tensor_shape
 from ..runtime.compiler import Attention
-from ..runtime.reference import reference
+from ..runtime.reference import reference_keep
 from ..runtime.validate import sizes_of
 
 __all__ = ["Problem", "assert_matches_reference", "keep_mask", "problems"]
@@ -133,30 +133,12 @@ def resized(attn: Attention, problem: Problem, Nq: int, Nkv: int) -> Problem:
 
 def keep_mask(attn: Attention, problem: Problem) -> torch.Tensor | None:
     """The reference's mask for ``problem``: bool [B, Hq, Nq, Nkv], True where query i keeps key j;
-    None when the definition has no mask (every key is kept).
-
-    A mask cannot read the score, so it depends on sizes and parameters only. It is evaluated by
-    the reference itself, on the definition with the norm replaced by ``out[i] = Σ_j{keep} v[j]``
-    and one-hot value rows: with v[j, f] = 1 where j = j0 + f, out[b, h, i, f] is exactly
-    keep[b, h, i, j0 + f] (Dv keys at a time, so shapes declared with D_V still bind).
-    """
-    c = attn.cascade
-    if not c.has_mask:
+    None when the definition has no mask (every key is kept). A mask cannot read the score, so it
+    depends on sizes and parameters only (``attnc.runtime.reference.reference_keep``)."""
+    if not attn.cascade.has_mask:
         return None
-    counting = n.Cascade(c.name, c.params, tuple(c.stage(name) for name in ("qk", "s", "keep"))
-                         + (n.Stage("out", n.ROW, n.Contract(n.Const(1.0, n.FLOAT))),))
-    p = problem
-    params = with_captured(attn, p.inputs()[3])
-    q = torch.zeros(p.B, p.Hq, p.Nq, p.D, dtype=torch.float64)
-    k = torch.zeros(p.B, p.Hkv, p.Nkv, p.D, dtype=torch.float64)
-    keep = torch.zeros(p.B, p.Hq, p.Nq, p.Nkv, dtype=torch.bool)
-    for j0 in range(0, p.Nkv, p.Dv):
-        one_hot = (torch.arange(p.Nkv)[:, None] == j0 + torch.arange(p.Dv)[None, :]).double()
-        v = one_hot.expand(p.B, p.Hkv, p.Nkv, p.Dv)
-        out = reference(counting, q, k, v, scale=p.scale, **params)
-        width = min(p.Dv, p.Nkv - j0)
-        keep[..., j0:j0 + width] = out[..., :width] == 1.0
-    return keep
+    q, k, v, params = problem.inputs()
+    return reference_keep(attn.cascade, q, k, v, scale=problem.scale, **with_captured(attn, params))
 
 
 def with_captured(attn: Attention, params: dict) -> dict:
