@@ -24,7 +24,7 @@ from ..ir.printer import cascade_text
 from ..ir.ranges import weight_range
 from .exprs import ExprPrinter
 
-CODEGEN_VERSION = "7"
+CODEGEN_VERSION = "8"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
@@ -225,36 +225,44 @@ class _Builder:
     def key_range(self) -> list[str]:
         """Scalar lines computing the key tiles of this query tile (see ``ir/bounds.py``):
         boundary tiles ``[lo_t, mid_lo)`` and ``[mid_hi, end)``, full tiles ``[mid_lo, mid_hi)``."""
-        # Bounds are computed in int64 and clamped into [0, n_kv] before any tile is touched:
-        # rearranging `i - j < window` into `j > i - window` must not wrap for extreme windows.
-        lines = ["i_first = (pid_m * BLOCK_M).to(tl.int64)",
-                 "i_last = (tl.minimum(pid_m * BLOCK_M + BLOCK_M, n_q) - 1).to(tl.int64)",
-                 "lo = 0", "hi = n_kv", "full_lo = 0", "full_hi = n_kv"]
+        # Each row's key interval [lo_r, hi_r) first, then the tile's: the union's hull over the
+        # rows whose interval is not empty (a hull of the corners would visit a tile when every
+        # row is empty, e.g. a window of 0), and for full tiles the intersection over the rows.
+        # In int64, clamped into [0, n_kv] before any tile is touched: rearranging
+        # `i - j < window` into `j > i - window` must not wrap for extreme windows.
+        if not self.bounds.constraints:
+            lines = ["lo = 0", "hi = n_kv", "full_lo = 0", "full_hi = n_kv"]
+        else:
+            lines = ["rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)",
+                     "rows_ok = rows < n_q",
+                     "lo_r = tl.zeros([BLOCK_M], dtype=tl.int64)",
+                     "hi_r = tl.zeros([BLOCK_M], dtype=tl.int64) + n_kv"]
         for con in self.bounds.constraints:
             c = self.printer.wide(con.c)
-            loose = "i_last" if con.a > 0 else "i_first"  # the row where the bound is widest
-            tight = "i_first" if con.a > 0 else "i_last"  # the row where it is narrowest
 
-            def lin(row: str, sign: int = 1, con=con, c=c) -> str:  # sign · (a·row + c)
+            def lin(sign: int = 1, con=con, c=c) -> str:  # sign · (a·row + c)
                 a = con.a * sign
-                ai = "" if a == 0 else f"{row}" if a == 1 else f"-{row}" if a == -1 else f"{a} * {row}"
+                ai = "" if a == 0 else "rows" if a == 1 else "-rows" if a == -1 else f"{a} * rows"
                 cc = f"({c})" if sign == 1 else f"(-({c}))"
                 return f"({ai} + {cc})" if ai else cc
 
             if con.b > 0:  # j >= ceil(-(a·i + c) / b)
-                lines.append(f"lo = tl.maximum(lo, {_ceil_div(lin(loose, -1), con.b)})")
-                lines.append(f"full_lo = tl.maximum(full_lo, {_ceil_div(lin(tight, -1), con.b)})")
+                lines.append(f"lo_r = tl.maximum(lo_r, {_ceil_div(lin(-1), con.b)})")
             elif con.b < 0:  # j <= floor((a·i + c) / -b)
-                lines.append(f"hi = tl.minimum(hi, {_floor_div(lin(loose), -con.b)} + 1)")
-                lines.append(f"full_hi = tl.minimum(full_hi, {_floor_div(lin(tight), -con.b)} + 1)")
+                lines.append(f"hi_r = tl.minimum(hi_r, {_floor_div(lin(), -con.b)} + 1)")
             else:  # a condition on the query alone
-                lines.append(f"hi = tl.where({lin(loose)} >= 0, hi, 0)")
-                lines.append(f"full_hi = tl.where({lin(tight)} >= 0, full_hi, 0)")
+                lines.append(f"hi_r = tl.where({lin()} >= 0, hi_r, 0)")
+        if self.bounds.constraints:
+            lines += [
+                "lo_r = tl.minimum(tl.maximum(lo_r, 0), n_kv)",
+                "hi_r = tl.maximum(tl.minimum(hi_r, n_kv), 0)",
+                "some = rows_ok & (lo_r < hi_r)",
+                "lo = tl.min(tl.where(some, lo_r, n_kv), 0).to(tl.int32)",
+                "hi = tl.max(tl.where(some, hi_r, 0), 0).to(tl.int32)",
+                "full_lo = tl.max(tl.where(rows_ok, lo_r, 0), 0).to(tl.int32)",
+                "full_hi = tl.min(tl.where(rows_ok, hi_r, n_kv), 0).to(tl.int32)",
+            ]
         lines += [
-            "lo = tl.minimum(tl.maximum(lo, 0), n_kv).to(tl.int32)",
-            "hi = tl.maximum(tl.minimum(hi, n_kv), 0).to(tl.int32)",
-            "full_lo = tl.minimum(tl.maximum(full_lo, 0), n_kv).to(tl.int32)",
-            "full_hi = tl.maximum(tl.minimum(full_hi, n_kv), 0).to(tl.int32)",
             "lo_t = (lo // BLOCK_N) * BLOCK_N",
             "end = tl.where(hi > lo, ((hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, lo_t)",
             "full_lo = tl.maximum(full_lo, lo)",

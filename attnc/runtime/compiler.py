@@ -157,12 +157,13 @@ _interpreter_config = INTERPRETER_CONFIG
 @contextlib.contextmanager
 def interpreter_tiles(block_m: int, block_n: int):
     """Interpreted (CPU) kernels launch with ``block_m × block_n`` tiles inside this block instead
-    of ``INTERPRETER_CONFIG``'s: tile-visit counts at GPU tile sizes (``attnc.testing.tiles``).
+    of ``INTERPRETER_CONFIG``'s: tile-visit counts at GPU tile sizes (``attnc.testing.tiles``),
+    or tiles smaller than a GPU's 16 in tests.
     Not thread-safe; the kernels themselves are unchanged (tile sizes are launch constexprs)."""
     global _interpreter_config
     for name, size in (("block_m", block_m), ("block_n", block_n)):
-        if not isinstance(size, int) or size < 16 or size & (size - 1):
-            raise ValueError(f"{name} must be a power of two >= 16 (tl.dot's smallest tile), got {size!r}")
+        if not isinstance(size, int) or size < 1 or size & (size - 1):
+            raise ValueError(f"{name} must be a power of two, got {size!r}")
     saved = _interpreter_config
     _interpreter_config = LaunchConfig(block_m, block_n, 1, 1)
     try:

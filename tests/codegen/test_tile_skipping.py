@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from triton.runtime import interpreter
 
 import attnc
-from attnc.codegen.tuning import LaunchConfig
+from attnc.runtime.compiler import interpreter_tiles
 
 BM, BN = 16, 8
 D = 32
@@ -28,7 +28,8 @@ D = 32
 def _cache(monkeypatch, tmp_path):
     monkeypatch.setattr(attnc.Attention, "POISON", True)
     monkeypatch.setenv("ATTNC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr("attnc.runtime.compiler.INTERPRETER_CONFIG", LaunchConfig(BM, BN, 1, 1))
+    with interpreter_tiles(BM, BN):
+        yield
 
 
 class Counter:

@@ -1,0 +1,82 @@
+"""Tile visits of the generated forward kernel, counted by instrumenting the interpreter
+(``attnc.testing.tiles``): sparsity must never skip a tile that holds a kept pair, and for masks
+whose bounds are exact (conjunctions of affine comparisons) the kernel visits exactly the needed
+tiles, each once per pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import attnc
+from attnc.runtime.compiler import interpreter_tiles
+from attnc.testing.tiles import count_tiles
+from tests.library.strategies import Shape, kernel_params, natten_kernel_problems
+
+MASKED = ["causal", "sliding_window", "chunked", "prefix_lm", "sink_window", "dilated_window", "document"]
+# Masks that are conjunctions of affine comparisons of i and j: their bounds are exact.
+EXACT = ["causal", "sliding_window"]
+TILES = st.sampled_from([(16, 16), (16, 32), (32, 16), (32, 32)])
+
+
+def _lengths(draw, name: str) -> tuple[int, int]:
+    n_kv = draw(st.integers(1, 96))
+    n_q = n_kv if name == "document" else draw(st.integers(1, 96))  # document needs n_q <= n_kv
+    return n_q, n_kv
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), name=st.sampled_from(MASKED), tiles=TILES)
+def test_no_needed_tile_is_skipped(data, name, tiles):
+    n_q, n_kv = _lengths(data.draw, name)
+    params = data.draw(kernel_params(name, Shape(1, 1, 1, n_q, n_kv, 16, 32)))
+    c = count_tiles(attnc.load(name), n_q, n_kv, *tiles, **params)
+    assert c.missed == 0, (c.needed & (c.visits == 0)).nonzero()
+    assert c.visited >= c.needed_count
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problem=natten_kernel_problems(), tiles=TILES)
+def test_no_needed_tile_is_skipped_natten2d(problem, tiles):
+    shape, params = problem
+    c = count_tiles(attnc.load("natten2d"), shape.Nq, shape.Nkv, *tiles, **params)
+    assert c.missed == 0
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), name=st.sampled_from(EXACT), tiles=TILES)
+def test_exact_bounds_visit_exactly_the_needed_tiles(data, name, tiles):
+    n_q, n_kv = _lengths(data.draw, name)
+    params = data.draw(kernel_params(name, Shape(1, 1, 1, n_q, n_kv, 16, 32)))
+    c = count_tiles(attnc.load(name), n_q, n_kv, *tiles, **params)
+    np.testing.assert_array_equal(c.visits, c.needed.astype(np.int64) * c.passes)
+    assert c.ratio == 1.0 or c.needed_count == 0
+
+
+def test_unmasked_kernel_visits_every_tile_once_per_pass():
+    for name, passes in (("softmax", 1), ("clipped_softmax", 2)):
+        c = count_tiles(attnc.load(name), 40, 70, 16, 32)
+        assert c.passes == passes
+        np.testing.assert_array_equal(c.visits, np.full((3, 3), passes))
+        assert c.needed.all() and c.ratio == 1.0
+
+
+def test_counts_follow_the_tile_size():
+    # causal with n_q = n_kv = 64: 16-wide tiles need 4·5/2 = 10 tiles, 32-wide ones 3
+    assert count_tiles(attnc.load("causal"), 64, 64, 16, 16).visited == 10
+    assert count_tiles(attnc.load("causal"), 64, 64, 32, 32).visited == 3
+
+
+def test_interpreter_tiles_keep_results_and_reject_bad_sizes():
+    attn = attnc.load("sliding_window")
+    q, k, v = (torch.randn(1, 2, 50, 16) for _ in range(3))
+    base = attn(q, k, v, window=9)
+    with interpreter_tiles(32, 16):
+        other = attn(q, k, v, window=9)
+    torch.testing.assert_close(other, base, rtol=1e-5, atol=1e-5)
+    for bad in (24, 0, -16):
+        with pytest.raises(ValueError, match="power of two"), interpreter_tiles(bad, 16):
+            pass
