@@ -252,7 +252,14 @@ class _Builder:
                 lines.append(f"hi_r = tl.minimum(hi_r, {_floor_div(lin(), -con.b)} + 1)")
             else:  # a condition on the query alone
                 lines.append(f"hi_r = tl.where({lin()} >= 0, hi_r, 0)")
-        if self.bounds.constraints:
+        if not self.bounds.constraints:  # int32 tensors, as the loops below have always seen
+            lines += [
+                "lo = tl.minimum(tl.maximum(lo, 0), n_kv).to(tl.int32)",
+                "hi = tl.maximum(tl.minimum(hi, n_kv), 0).to(tl.int32)",
+                "full_lo = tl.minimum(tl.maximum(full_lo, 0), n_kv).to(tl.int32)",
+                "full_hi = tl.maximum(tl.minimum(full_hi, n_kv), 0).to(tl.int32)",
+            ]
+        else:
             lines += [
                 "lo_r = tl.minimum(tl.maximum(lo_r, 0), n_kv)",
                 "hi_r = tl.maximum(tl.minimum(hi_r, n_kv), 0)",
