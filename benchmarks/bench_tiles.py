@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                              f"largest buffer {flex['largest_mib']:.1f} MiB, {flex['total_mib']:.0f} MiB allocated")
             else:
                 flex_cell = flex
-            kind = "static" if name in STATIC else "runtime"
+            kind = "static (1.00)" if name in STATIC else "runtime (≤ 1.05)"
             bf.log(f"{name} {t}: visited {c.visited:.0f} needed {c.needed_count} ratio {c.ratio:.3f} "
                    f"missed {c.missed} ({seconds:.1f} s); flex {flex_cell}")
             worst[name] = max(worst.get(name, 0.0), c.ratio)
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "The last column is FlexAttention's `create_block_mask` for the same mask_mod and block "
         "size on this CPU, in a fresh process: wall time of a second call and of the first (which also traces the mask_mod); the largest buffer and the total the third call allocates (torch profiler); attnc builds no block mask.",
         "",
-        "| mask | bounds | tile | visited | needed | ratio | missed | flex create_block_mask |",
+        "| mask | class (target) | tile | visited | needed | ratio | missed | flex create_block_mask |",
         "|---|---|---:|---:|---:|---:|---:|---|",
         *rows,
     ]
