@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forward import (  # noqa: E402 - the forward benchmark's shapes, parameters and helpers
-    DEFAULT_OUT, flex_mods, fmt_ms, header, kept_pairs, log, timing, variant_inputs, write_section,
+    DEFAULT_OUT, cases, flex_mods, fmt_ms, header, kept_pairs, log, timing, variant_inputs, write_section,
 )
 
 DEFAULT_VARIANTS = ("softmax", "causal", "sliding_window", "document", "alibi", "softcap", "relative_bias",
@@ -40,67 +40,53 @@ def bench_train(args) -> list[str]:
     import torch
     from torch.nn.attention.flex_attention import create_block_mask
 
-    import attnc
-
-    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
     device, flex, tokens, model_dim, bench = timing(args, repeats=2)
     rows = []
-    for dname in args.dtypes:
-        dtype = dtypes[dname]
-        for D in args.dims:
-            H = max(1, model_dim // D)
-            for name in args.variants:
-                attn = attnc.load(name)
-                for N in args.seqlens:
-                    B = max(1, tokens // N)
-                    log(f"[train] {name} {dname} D={D} N={N} B={B} H={H}")
-                    g = torch.Generator(device="cpu").manual_seed(N + D)
-                    q, k, v, do = (torch.randn(B, H, N, D, generator=g).to(device=device, dtype=dtype)
-                                   for _ in range(4))
-                    for t in (q, k, v):
-                        t.requires_grad_(True)
-                    params = variant_inputs(name, B, H, N, device)
-                    for key, value in params.items():
-                        if isinstance(value, torch.Tensor) and value.is_floating_point():
-                            value.requires_grad_(True)
-                    mods = flex_mods(name, params, H, N)
-                    mask_mod = None if mods == "inexpressible" else mods[1]
-                    flops = 3.5 * 4 * H * D * kept_pairs(mask_mod, B, N, device)
-                    row = {"variant": name, "dtype": dname, "D": D, "N": N}
+    for dname, D, N, B, H, name, attn, (q, k, v, do) in cases(args, device, tokens, model_dim, 4, "train"):
+        for t in (q, k, v):
+            t.requires_grad_(True)
+        params = variant_inputs(name, B, H, N, device)
+        for key, value in params.items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                value.requires_grad_(True)
+        mods = flex_mods(name, params, H, N)
+        mask_mod = None if mods == "inexpressible" else mods[1]
+        flops = 3.5 * 4 * H * D * kept_pairs(mask_mod, B, N, device)
+        row = {"variant": name, "dtype": dname, "D": D, "N": N}
 
-                    def step_attnc():
-                        attn(q, k, v, **params).backward(do)
+        def step_attnc():
+            attn(q, k, v, **params).backward(do)
 
-                    try:
-                        step_attnc()  # the first call builds (and on CUDA autotunes) the kernels
-                        t = bench(step_attnc) * 1e-3
-                        row["attnc_s"], row["attnc_tf"] = t, flops / t / 1e12
-                    except Exception as err:  # noqa: BLE001 - a failing variant is a row, not a crash
-                        row["attnc_err"] = f"{type(err).__name__}: {err}"[:120]
-                        log(f"  attnc failed: {row['attnc_err']}")
-                    if mods != "inexpressible":
-                        score_mod, mm = mods
-                        try:
-                            block_mask = (create_block_mask(mm, B if name == "document" else None, None, N, N,
-                                                            device=device) if mm else None)
+        try:
+            step_attnc()  # the first call builds (and on CUDA autotunes) the kernels
+            t = bench(step_attnc) * 1e-3
+            row["attnc_s"], row["attnc_tf"] = t, flops / t / 1e12
+        except Exception as err:  # noqa: BLE001 - a failing variant is a row, not a crash
+            row["attnc_err"] = f"{type(err).__name__}: {err}"[:120]
+            log(f"  attnc failed: {row['attnc_err']}")
+        if mods != "inexpressible":
+            score_mod, mm = mods
+            try:
+                block_mask = (create_block_mask(mm, B if name == "document" else None, None, N, N,
+                                                device=device) if mm else None)
 
-                            def step_flex():
-                                flex(q, k, v, score_mod=score_mod, block_mask=block_mask).backward(do)
+                def step_flex():
+                    flex(q, k, v, score_mod=score_mod, block_mask=block_mask).backward(do)
 
-                            step_flex()
-                            t = bench(step_flex) * 1e-3
-                            row["flex_tf"] = flops / t / 1e12
-                        except Exception as err:  # noqa: BLE001
-                            log(f"  flex failed: {type(err).__name__}: {err}")
-                    if name in ("softmax", "full", "causal"):
-                        sdpa = torch.nn.functional.scaled_dot_product_attention
-                        causal = name == "causal"
-                        t = bench(lambda: sdpa(q, k, v, is_causal=causal).backward(do)) * 1e-3
-                        row["sdpa_tf"] = flops / t / 1e12
-                    rows.append(row)
-                    q = k = v = do = None
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
+                step_flex()
+                t = bench(step_flex) * 1e-3
+                row["flex_tf"] = flops / t / 1e12
+            except Exception as err:  # noqa: BLE001
+                log(f"  flex failed: {type(err).__name__}: {err}")
+        if name in ("softmax", "full", "causal"):
+            sdpa = torch.nn.functional.scaled_dot_product_attention
+            causal = name == "causal"
+            t = bench(lambda: sdpa(q, k, v, is_causal=causal).backward(do)) * 1e-3
+            row["sdpa_tf"] = flops / t / 1e12
+        rows.append(row)
+        q = k = v = do = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def cell(x, spec="{:.3g}"):
         return "—" if x is None else spec.format(x)

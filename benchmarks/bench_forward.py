@@ -246,6 +246,28 @@ def kept_pairs(mask_mod, B: int, N: int, device) -> int:
     return total
 
 
+def cases(args, device, tokens: int, model_dim: int, tensors: int, tag: str):
+    """The benchmark's cases in table order: (dtype name, D, N, B, H, variant, its Attention,
+    ``tensors`` random [B, H, N, D] tensors on ``device``), with B·N = tokens and H·D = model_dim."""
+    import torch
+
+    import attnc
+
+    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+    for dname in args.dtypes:
+        for D in args.dims:
+            H = max(1, model_dim // D)
+            for name in args.variants:
+                attn = attnc.load(name)
+                for N in args.seqlens:
+                    B = max(1, tokens // N)
+                    log(f"[{tag}] {name} {dname} D={D} N={N} B={B} H={H}")
+                    g = torch.Generator(device="cpu").manual_seed(N + D)
+                    yield dname, D, N, B, H, name, attn, tuple(
+                        torch.randn(B, H, N, D, generator=g).to(device=device, dtype=dtypes[dname])
+                        for _ in range(tensors))
+
+
 def timing(args, repeats: int = 3):
     """(device, flex_attention, tokens, model dim, bench(fn) → ms) for a run: on CUDA compiled flex
     and ``do_bench``'s median; with ``--dry-run-cpu`` (this code path without a GPU) eager flex,
@@ -272,63 +294,49 @@ def bench_cuda(args) -> list[str]:
     import torch
     from torch.nn.attention.flex_attention import create_block_mask
 
-    import attnc
-
     for knob in ("cache_size_limit", "recompile_limit"):  # one flex compile per variant and shape
         if hasattr(torch._dynamo.config, knob):
             setattr(torch._dynamo.config, knob, max(getattr(torch._dynamo.config, knob), 4096))
-    dtypes = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
     device, flex, tokens, model_dim, bench = timing(args)
     rows, ratios = [], {}
-    for dname in args.dtypes:
-        dtype = dtypes[dname]
-        for D in args.dims:
-            H = max(1, model_dim // D)
-            for name in args.variants:
-                attn = attnc.load(name)
-                for N in args.seqlens:
-                    B = max(1, tokens // N)
-                    label = f"{name} {dname} D={D} N={N} B={B} H={H}"
-                    log(f"[gpu] {label}")
-                    g = torch.Generator(device="cpu").manual_seed(N + D)
-                    q, k, v = (torch.randn(B, H, N, D, generator=g).to(device=device, dtype=dtype) for _ in range(3))
-                    params = variant_inputs(name, B, H, N, device)
-                    mods = flex_mods(name, params, H, N)
-                    # (every library variant with a mask has a softmax norm, so flex expresses its mask)
-                    mask_mod = None if mods == "inexpressible" else mods[1]
-                    flops = 4 * H * D * kept_pairs(mask_mod, B, N, device)
-                    row = {"variant": name, "dtype": dname, "D": D, "N": N, "B": B, "H": H}
-                    try:
-                        out = attn(q, k, v, **params)  # the first CUDA call autotunes
-                        if device.type == "cuda":
-                            torch.cuda.synchronize()
-                        t = bench(lambda: attn(q, k, v, **params)) * 1e-3
-                        row["attnc_s"], row["attnc_tf"] = t, flops / t / 1e12
-                    except Exception as err:  # noqa: BLE001 - a failing variant is a row, not a crash
-                        out = None
-                        row["attnc_err"] = f"{type(err).__name__}: {err}"[:120]
-                        log(f"  attnc failed: {row['attnc_err']}")
-                    if mods != "inexpressible":
-                        score_mod, mm = mods
-                        try:
-                            block_mask = (create_block_mask(mm, B if name == "document" else None, None, N, N,
-                                                            device=device) if mm else None)
-                            ref = flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
-                            t = bench(lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask)) * 1e-3
-                            row["flex_tf"] = flops / t / 1e12
-                            if out is not None:
-                                row["max_err"] = float((out.float() - ref.float()).abs().max())
-                        except Exception as err:  # noqa: BLE001
-                            log(f"  flex failed: {type(err).__name__}: {err}")
-                    if name in ("softmax", "full", "causal"):
-                        causal = name == "causal"
-                        sdpa = torch.nn.functional.scaled_dot_product_attention
-                        t = bench(lambda: sdpa(q, k, v, is_causal=causal)) * 1e-3
-                        row["sdpa_tf"] = flops / t / 1e12
-                    rows.append(row)
-                    q = k = v = out = None  # free before the next shape is allocated
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
+    for dname, D, N, B, H, name, attn, (q, k, v) in cases(args, device, tokens, model_dim, 3, "gpu"):
+        params = variant_inputs(name, B, H, N, device)
+        mods = flex_mods(name, params, H, N)
+        # (every library variant with a mask has a softmax norm, so flex expresses its mask)
+        mask_mod = None if mods == "inexpressible" else mods[1]
+        flops = 4 * H * D * kept_pairs(mask_mod, B, N, device)
+        row = {"variant": name, "dtype": dname, "D": D, "N": N, "B": B, "H": H}
+        try:
+            out = attn(q, k, v, **params)  # the first CUDA call autotunes
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = bench(lambda: attn(q, k, v, **params)) * 1e-3
+            row["attnc_s"], row["attnc_tf"] = t, flops / t / 1e12
+        except Exception as err:  # noqa: BLE001 - a failing variant is a row, not a crash
+            out = None
+            row["attnc_err"] = f"{type(err).__name__}: {err}"[:120]
+            log(f"  attnc failed: {row['attnc_err']}")
+        if mods != "inexpressible":
+            score_mod, mm = mods
+            try:
+                block_mask = (create_block_mask(mm, B if name == "document" else None, None, N, N,
+                                                device=device) if mm else None)
+                ref = flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
+                t = bench(lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask)) * 1e-3
+                row["flex_tf"] = flops / t / 1e12
+                if out is not None:
+                    row["max_err"] = float((out.float() - ref.float()).abs().max())
+            except Exception as err:  # noqa: BLE001
+                log(f"  flex failed: {type(err).__name__}: {err}")
+        if name in ("softmax", "full", "causal"):
+            causal = name == "causal"
+            sdpa = torch.nn.functional.scaled_dot_product_attention
+            t = bench(lambda: sdpa(q, k, v, is_causal=causal)) * 1e-3
+            row["sdpa_tf"] = flops / t / 1e12
+        rows.append(row)
+        q = k = v = out = None  # free before the next shape is allocated
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def cell(x, spec="{:.3g}"):
         return "—" if x is None else spec.format(x)

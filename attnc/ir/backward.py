@@ -202,7 +202,11 @@ def derive_backward(c: n.Cascade) -> BackwardPlan:
 
 @lru_cache(maxsize=256)
 def _derive_cached(c: n.Cascade) -> BackwardPlan:
-    return _Derivation(c).run()
+    try:
+        return _Derivation(c).run()
+    except ValueError as err:  # a derivative with no IR spelling (passes._to_ir)
+        out = c.stage("out")
+        raise BackwardError(f"cannot write the gradient of `{out.name}` as kernel code: {err}", out.span) from err
 
 
 class _Derivation:

@@ -113,6 +113,25 @@ def test_a_result_that_moves_with_a_max_is_refused_with_its_span():
     assert "torch.no_grad()" in err.value.message
 
 
+def test_a_gradient_with_no_kernel_spelling_is_a_backward_error_with_a_span(monkeypatch):
+    from attnc.ir import backward as bw
+
+    c = attnc.load("softcap").cascade
+
+    def no_ir(self, *args):  # what passes._to_ir raises for a sympy form it cannot spell
+        raise ValueError("no IR form for zeta(s)")
+
+    monkeypatch.setattr(bw._Derivation, "finish", no_ir)
+    bw._derive_cached.cache_clear()
+    try:
+        with pytest.raises(BackwardError) as err:
+            derive_backward(c)
+        assert "as kernel code: no IR form" in err.value.message
+        assert err.value.span == c.stage("out").span
+    finally:
+        bw._derive_cached.cache_clear()
+
+
 @pytest.mark.parametrize("name", attnc.library.names())
 def test_every_library_variant_has_a_backward_plan(name):
     c, plan = plan_of(name)

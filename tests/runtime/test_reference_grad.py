@@ -155,15 +155,20 @@ def materialized(q, k, v, score_fn, *, nkv_heads, mask=None, sink=None):
     return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
 
 
+def same_values_and_grads(got, want, inputs):
+    """Outputs equal, and so are their gradients with respect to ``inputs``."""
+    for a, b in zip(got, want, strict=True):
+        close(a, b)
+    for a, b in zip(grads(got, inputs), grads(want, inputs), strict=True):
+        close(a, b)
+
+
 def test_softcap_matches_materialized():
     q, k, v = qkv(1, 4, 2, 4, 6, 4, seed=11, spread=2.0)
     cap = 1.25
     got = run(lib("softcap"), q, k, v, cap=cap)
     want = materialized(q, k, v, lambda s: cap * torch.tanh(s / cap), nkv_heads=2)
-    for a, b in zip(got, want, strict=True):
-        close(a, b)
-    for a, b in zip(grads(got, (q, k, v)), grads(want, (q, k, v)), strict=True):
-        close(a, b)
+    same_values_and_grads(got, want, (q, k, v))
 
 
 def test_alibi_matches_materialized():
@@ -173,10 +178,7 @@ def test_alibi_matches_materialized():
     dist = (torch.arange(nkv)[None, :] - (torch.arange(nq)[:, None] + nkv - nq)).to(F64)
     got = run(lib("alibi"), q, k, v)
     want = materialized(q, k, v, lambda s: s + slope * dist, nkv_heads=2)
-    for a, b in zip(got, want, strict=True):
-        close(a, b)
-    for a, b in zip(grads(got, (q, k, v)), grads(want, (q, k, v)), strict=True):
-        close(a, b)
+    same_values_and_grads(got, want, (q, k, v))
 
 
 def test_softmax_sink_and_relative_bias_parameter_gradients():

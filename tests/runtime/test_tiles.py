@@ -22,18 +22,18 @@ EXACT = ["causal", "sliding_window"]
 TILES = st.sampled_from([(16, 16), (16, 32), (32, 16), (32, 32)])
 
 
-def _lengths(draw, name: str) -> tuple[int, int]:
+def _count(draw, name: str, tiles):
+    """The tile count of library mask ``name`` on drawn lengths and parameters."""
     n_kv = draw(st.integers(1, 96))
     n_q = n_kv if name == "document" else draw(st.integers(1, 96))  # document needs n_q <= n_kv
-    return n_q, n_kv
+    params = draw(kernel_params(name, Shape(1, 1, 1, n_q, n_kv, 16, 32)))
+    return count_tiles(attnc.load(name), n_q, n_kv, *tiles, **params)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), name=st.sampled_from(MASKED), tiles=TILES)
 def test_no_needed_tile_is_skipped(data, name, tiles):
-    n_q, n_kv = _lengths(data.draw, name)
-    params = data.draw(kernel_params(name, Shape(1, 1, 1, n_q, n_kv, 16, 32)))
-    c = count_tiles(attnc.load(name), n_q, n_kv, *tiles, **params)
+    c = _count(data.draw, name, tiles)
     assert c.missed == 0, (c.needed & (c.visits == 0)).nonzero()
     assert c.visited >= c.needed_count
 
@@ -49,9 +49,7 @@ def test_no_needed_tile_is_skipped_natten2d(problem, tiles):
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), name=st.sampled_from(EXACT), tiles=TILES)
 def test_exact_bounds_visit_exactly_the_needed_tiles(data, name, tiles):
-    n_q, n_kv = _lengths(data.draw, name)
-    params = data.draw(kernel_params(name, Shape(1, 1, 1, n_q, n_kv, 16, 32)))
-    c = count_tiles(attnc.load(name), n_q, n_kv, *tiles, **params)
+    c = _count(data.draw, name, tiles)
     np.testing.assert_array_equal(c.visits, c.needed.astype(np.int64) * c.passes)
     assert c.ratio == 1.0 or c.needed_count == 0
 
