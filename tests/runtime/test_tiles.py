@@ -71,10 +71,11 @@ def test_counts_follow_the_tile_size():
 def test_interpreter_tiles_keep_results_and_reject_bad_sizes():
     attn = attnc.load("sliding_window")
     q, k, v = (torch.randn(1, 2, 50, 16) for _ in range(3))
-    base = attn(q, k, v, window=9)
-    with interpreter_tiles(32, 16):
-        other = attn(q, k, v, window=9)
-    torch.testing.assert_close(other, base, rtol=1e-5, atol=1e-5)
+    want = attn.reference(q, k, v, window=9).float()
+    for tiles in ((32, 16), (16, 64), (1, 2)):  # ragged edges at every size, 1-row tiles included
+        with interpreter_tiles(*tiles):
+            got = attn(q, k, v, window=9)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     for bad in (24, 0, -16):
         with pytest.raises(ValueError, match="power of two"), interpreter_tiles(bad, 16):
             pass
