@@ -40,6 +40,7 @@ class BackwardSource:
     grad_params: tuple[n.ParamSpec, ...]  # float tensors that receive gradients, in argument order
     num_stats: int  # columns of the forward's Stats (the reductions, then has_key)
     num_coefs: int  # columns of Coef
+    runtime_tiles: bool  # takes the runtime tile classification (``runtime/sparsity.py``)
 
 
 def bwd_ident(name: str) -> str:
@@ -119,7 +120,7 @@ class _BwdBuilder(_Builder):
             if self.mask is not None:
                 parts.append(self.full(self.mask, n.PAIR))
             return f"keep = {' & '.join(parts)}"
-        residual = self.bounds.residual
+        residual = self.bounds.full_residual
         if not residual:
             return None
         expr = residual[0]
@@ -246,6 +247,7 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
     passes = bplan.num_row_passes
     summary = (f"{passes} pass{'es' if passes != 1 else ''} over the keys for per-row sums, then dQ; "
                f"dK/dV over the query tiles")
+    kv_lines, kv_visit = b.kv_range()
     dq_loop = {"loads_v": b.reads_dov([bplan.ds, bplan.dqk]),
                "body": b.dq_tile(True), "full_body": b.dq_tile(False)}
     text = _env().get_template("backward.py.jinja").render(
@@ -265,7 +267,10 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         uses_dl=bplan.uses_dl,
         stat_loads=b.stat_loads(),
         key_range=b.key_range(),
-        lower_bounded=any(con.b > 0 for con in b.bounds.constraints),
+        segments=b.segments(),
+        runtime_tiles=b.bounds.runtime,
+        kv_range=kv_lines,
+        kv_visit=kv_visit,
         row_passes=b.row_passes(),
         coef_stores=[f"tl.store(cf_ptrs + {k} * stride_cc, {b.names[name]}, mask=row_ok)"
                      for k, name in enumerate(bplan.coefs)],
@@ -275,4 +280,4 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         kv_body=b.kv_body(),
     )
     return BackwardSource(text, tuple(tensors), tuple(scalars), tuple(grads), len(bplan.stats) + 1,
-                          len(bplan.coefs))
+                          len(bplan.coefs), b.bounds.runtime)

@@ -46,6 +46,15 @@ class ExprPrinter:
             self._wide = False
 
     _wide = False
+    rows = "offs_m"  # the query positions; key ranges use their own int64 vector
+
+    def key_range_expr(self, e: n.Expr) -> str:
+        """``e`` (free of j) per row of the key-range computation, in int64 (see ``wide``)."""
+        self.rows = "rows"
+        try:
+            return self.wide(e)
+        finally:
+            self.rows = "offs_m"
 
     # -- leaves
     def p(self, e: n.Expr, ctx: str) -> str:
@@ -59,7 +68,7 @@ class ExprPrinter:
             return _const(e)
         if isinstance(e, n.Var):
             if e.name == "i":
-                return "offs_m" if ctx == "row" else "offs_m[:, None]"
+                return self.rows if ctx == "row" else f"{self.rows}[:, None]"
             if e.name == "j":
                 return "offs_n[None, :]"
             return {"b": "off_b", "h": "off_h", "n_q": "n_q", "n_kv": "n_kv", "head_dim": "head_dim",

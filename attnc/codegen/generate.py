@@ -24,7 +24,7 @@ from ..ir.printer import cascade_text
 from ..ir.ranges import weight_range
 from .exprs import ExprPrinter
 
-CODEGEN_VERSION = "8"
+CODEGEN_VERSION = "9"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
@@ -61,6 +61,7 @@ class KernelSource:
     tensor_params: tuple[n.ParamSpec, ...]  # in argument order
     scalar_params: tuple[n.ParamSpec, ...]
     has_lse: bool
+    runtime_tiles: bool  # takes the runtime tile classification (``runtime/sparsity.py``)
 
 
 def _env() -> jinja2.Environment:
@@ -161,7 +162,7 @@ class _Builder:
             mask = self.stages["keep"].expr if "keep" in self.stages else None
             keep = "col_ok[None, :]" + (f" & {self.full(mask, n.PAIR)}" if mask is not None else "")
         else:
-            residual = self.bounds.residual
+            residual = self.bounds.full_residual
             keep = self.full(functools.reduce(lambda a, b: n.Binary("and", a, b, n.BOOL), residual), n.PAIR) if residual else None
         self.keep = keep
         for st in self.c.stages[1:]:
@@ -223,61 +224,120 @@ class _Builder:
         return lines
 
     def key_range(self) -> list[str]:
-        """Scalar lines computing the key tiles of this query tile (see ``ir/bounds.py``):
-        boundary tiles ``[lo_t, mid_lo)`` and ``[mid_hi, end)``, full tiles ``[mid_lo, mid_hi)``."""
-        # Each row's key interval [lo_r, hi_r) first, then the tile's: the union's hull over the
-        # rows whose interval is not empty (a hull of the corners would visit a tile when every
-        # row is empty, e.g. a window of 0), and for full tiles the intersection over the rows.
-        # In int64, clamped into [0, n_kv] before any tile is touched: rearranging
-        # `i - j < window` into `j > i - window` must not wrap for extreme windows.
-        if not self.bounds.constraints:
-            lines = ["lo = 0", "hi = n_kv", "full_lo = 0", "full_hi = n_kv"]
-        else:
-            lines = ["rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)",
-                     "rows_ok = rows < n_q",
-                     "lo_r = tl.zeros([BLOCK_M], dtype=tl.int64)",
-                     "hi_r = tl.zeros([BLOCK_M], dtype=tl.int64) + n_kv"]
-        for con in self.bounds.constraints:
-            c = self.printer.wide(con.c)
-
-            def lin(sign: int = 1, con=con, c=c) -> str:  # sign · (a·row + c)
-                a = con.a * sign
-                ai = "" if a == 0 else "rows" if a == 1 else "-rows" if a == -1 else f"{a} * rows"
-                cc = f"({c})" if sign == 1 else f"(-({c}))"
-                return f"({ai} + {cc})" if ai else cc
-
-            if con.b > 0:  # j >= ceil(-(a·i + c) / b)
-                lines.append(f"lo_r = tl.maximum(lo_r, {_ceil_div(lin(-1), con.b)})")
-            elif con.b < 0:  # j <= floor((a·i + c) / -b)
-                lines.append(f"hi_r = tl.minimum(hi_r, {_floor_div(lin(), -con.b)} + 1)")
-            else:  # a condition on the query alone
-                lines.append(f"hi_r = tl.where({lin()} >= 0, hi_r, 0)")
-        if not self.bounds.constraints:  # int32 tensors, as the loops below have always seen
-            lines += [
+        """Scalar lines computing the key tiles this query tile visits (see ``ir/bounds.py``);
+        ``segments()`` names the loops over them."""
+        clauses = self.bounds.clauses
+        if self.bounds.runtime:  # this query tile's row of the runtime classification
+            return ["tile_row = TileList + off_b * stride_tb + off_h * stride_th + pid_m * stride_tm",
+                    "n_part = tl.load(tile_row)",
+                    "n_full = tl.load(tile_row + 1)"]
+        if not self.bounds.bounded:  # int32 tensors, as the loops below have always seen
+            return [
+                "lo = 0", "hi = n_kv", "full_lo = 0", "full_hi = n_kv",
                 "lo = tl.minimum(tl.maximum(lo, 0), n_kv).to(tl.int32)",
                 "hi = tl.maximum(tl.minimum(hi, n_kv), 0).to(tl.int32)",
                 "full_lo = tl.minimum(tl.maximum(full_lo, 0), n_kv).to(tl.int32)",
                 "full_hi = tl.maximum(tl.minimum(full_hi, n_kv), 0).to(tl.int32)",
-            ]
-        else:
-            lines += [
-                "lo_r = tl.minimum(tl.maximum(lo_r, 0), n_kv)",
-                "hi_r = tl.maximum(tl.minimum(hi_r, n_kv), 0)",
-                "some = rows_ok & (lo_r < hi_r)",
-                "lo = tl.min(tl.where(some, lo_r, n_kv), 0).to(tl.int32)",
-                "hi = tl.max(tl.where(some, hi_r, 0), 0).to(tl.int32)",
-                "full_lo = tl.max(tl.where(rows_ok, lo_r, 0), 0).to(tl.int32)",
-                "full_hi = tl.min(tl.where(rows_ok, hi_r, n_kv), 0).to(tl.int32)",
-            ]
-        lines += [
-            "lo_t = (lo // BLOCK_N) * BLOCK_N",
-            "end = tl.where(hi > lo, ((hi + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, lo_t)",
-            "full_lo = tl.maximum(full_lo, lo)",
-            "full_hi = tl.maximum(tl.minimum(full_hi, hi), 0)",
-            "mid_lo = tl.minimum(((full_lo + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, end)",
-            "mid_hi = tl.maximum(tl.minimum((full_hi // BLOCK_N) * BLOCK_N, end), mid_lo)",
-        ]
+            ] + _tile_lines("")
+        lines = ["rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)", "rows_ok = rows < n_q"]
+        if len(clauses) == 1:
+            return lines + self._clause_lines(clauses[0], "", full=True) + _tile_lines("")
+        for k, clause in enumerate(clauses, 1):
+            lines += self._clause_lines(clause, f"_{k}", full=not clause.residual)
+            lines += [f"lo_t_{k} = (lo_{k} // BLOCK_N) * BLOCK_N",
+                      f"end_{k} = tl.where(hi_{k} > lo_{k}, ((hi_{k} + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, lo_t_{k})",
+                      f"full_lo_{k} = tl.maximum(full_lo_{k}, lo_{k})",
+                      f"full_hi_{k} = tl.maximum(tl.minimum(full_hi_{k}, hi_{k}), 0)"]
+        # The clauses' tile ranges as disjoint pieces: sorted by start, each piece begins where
+        # the ranges before it end, so no tile is visited twice.
+        fields = ("lo_t", "end", "full_lo", "full_hi")
+        count = len(clauses)
+        for a in range(1, count):
+            for b in range(count, a, -1):
+                x, y = b - 1, b
+                lines.append(f"swap = lo_t_{y} < lo_t_{x}")
+                for f in fields:
+                    lines += [f"tmp = tl.where(swap, {f}_{y}, {f}_{x})",
+                              f"{f}_{y} = tl.where(swap, {f}_{x}, {f}_{y})",
+                              f"{f}_{x} = tmp"]
+        lines.append("cursor = lo_t_1")
+        for k in range(1, count + 1):
+            lines += [f"piece_lo_{k} = tl.maximum(lo_t_{k}, cursor)",
+                      f"piece_hi_{k} = tl.maximum(end_{k}, piece_lo_{k})",
+                      f"cursor = tl.maximum(cursor, end_{k})",
+                      f"mid_lo_{k} = tl.minimum(tl.maximum(((full_lo_{k} + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, piece_lo_{k}), piece_hi_{k})",
+                      f"mid_hi_{k} = tl.maximum(tl.minimum((full_hi_{k} // BLOCK_N) * BLOCK_N, piece_hi_{k}), mid_lo_{k})"]
         return lines
+
+    def _clause_lines(self, clause, sfx: str, full: bool) -> list[str]:
+        """One clause: each row's key interval [lo_r, hi_r) first, then the tile's — the hull
+        over the rows whose interval is not empty (a hull of the corners would visit a tile when
+        every row is empty, e.g. a window of 0) and, for full tiles, the intersection over the
+        rows. In int64, clamped into [0, n_kv] before any tile is touched: rearranging
+        `i - j < window` into `j > i - window` must not wrap for extreme windows."""
+        lines = ["lo_r = tl.zeros([BLOCK_M], dtype=tl.int64)",
+                 "hi_r = tl.zeros([BLOCK_M], dtype=tl.int64) + n_kv"]
+        guards = []
+        for con in clause.constraints:
+            g = self.printer.key_range_expr(con.g)
+            if con.b > 0:  # j >= ceil(-g / b)
+                var, new = "lo_r", f"tl.maximum(lo_r, {_ceil_div(f'(-({g}))', con.b)})"
+            else:  # j <= floor(g / -b)
+                var, new = "hi_r", f"tl.minimum(hi_r, {_floor_div(f'({g})', -con.b)} + 1)"
+            if con.guard is not None:  # e.g. `j // c` with a parameter c: only for c > 0
+                guard = self.printer.key_range_expr(con.guard)
+                guards.append(guard)
+                new = f"tl.where({guard}, {new}, {var})"
+            lines.append(f"{var} = {new}")
+        for cond in clause.conditions:  # a row failing a condition on the query alone keeps nothing
+            lines.append(f"hi_r = tl.where({self.printer.key_range_expr(cond)}, hi_r, 0)")
+        lines += ["lo_r = tl.minimum(tl.maximum(lo_r, 0), n_kv)",
+                  "hi_r = tl.maximum(tl.minimum(hi_r, n_kv), 0)"]
+        for cg in clause.congruences:
+            # keys j ≡ t (mod m), t = -s·g: move both ends onto such keys (for m > 0)
+            t = f"(-({self.printer.key_range_expr(cg.g)}))" if cg.s == 1 else f"({self.printer.key_range_expr(cg.g)})"
+            m = self.printer.key_range_expr(cg.m)
+            lines += [f"lo_r = tl.where({m} > 0, lo_r + _fmod({t} - lo_r, {m}), lo_r)",
+                      f"hi_r = tl.where({m} > 0, hi_r - _fmod(hi_r - 1 - {t}, {m}), hi_r)"]
+        lines += [
+            "some = rows_ok & (lo_r < hi_r)",
+            f"lo{sfx} = tl.min(tl.where(some, lo_r, n_kv), 0).to(tl.int32)",
+            f"hi{sfx} = tl.max(tl.where(some, hi_r, 0), 0).to(tl.int32)",
+        ]
+        if not full:  # a clause with residual atoms, beside others: no tile is full for it
+            return lines + [f"full_lo{sfx} = lo{sfx}", f"full_hi{sfx} = lo{sfx}"]
+        lines += [f"full_lo{sfx} = tl.max(tl.where(rows_ok, lo_r, 0), 0).to(tl.int32)",
+                  f"full_hi{sfx} = tl.min(tl.where(rows_ok, hi_r, n_kv), 0).to(tl.int32)"]
+        if guards:  # a guard that fails leaves its atom unproven: no full tiles
+            lines.append(f"full_hi{sfx} = tl.where({' & '.join(f'({g})' for g in guards)}, full_hi{sfx}, 0)")
+        return lines
+
+    def segments(self) -> list[tuple[str, str, bool, bool]]:
+        """The key loops of a pass, in order: (start, stop, full, listed). A listed loop runs over
+        entries of the runtime classification's tile list, the others over key positions."""
+        clauses = self.bounds.clauses
+        if self.bounds.runtime:
+            return [("0", "n_part", False, True), ("n_part", "n_part + n_full", True, True)]
+        if len(clauses) == 1:
+            first = [("lo_t", "mid_lo", False, False)] if clauses[0].lower_bounded else []
+            return first + [("mid_lo", "mid_hi", True, False), ("mid_hi", "end", False, False)]
+        return [seg for k in range(1, len(clauses) + 1)
+                for seg in ((f"piece_lo_{k}", f"mid_lo_{k}", False, False), (f"mid_lo_{k}", f"mid_hi_{k}", True, False),
+                            (f"mid_hi_{k}", f"piece_hi_{k}", False, False))]
+
+    def kv_range(self) -> tuple[list[str], str]:
+        """Lines deciding whether the dK/dV kernel's key tile (``start_n``) meets query tile
+        ``pid_m``, and the condition."""
+        if self.bounds.runtime:
+            return (["visit = tl.load(TileCls + off_b * stride_tcb + off_h * stride_tch + pid_m * stride_tcm + pid_n)"],
+                    "visit != 0")
+        return self.key_range(), self.visits("start_n")
+
+    def visits(self, start: str) -> str:
+        """Whether the key tile at ``start`` meets this query tile's range (the dK/dV kernel)."""
+        count = len(self.bounds.clauses)
+        sfxs = [""] if count == 1 else [f"_{k}" for k in range(1, count + 1)]
+        return " | ".join(f"(({start} < hi{s}) & ({start} + BLOCK_N > lo{s}))" for s in sfxs)
 
     def epilogue(self) -> list[str]:
         lines = []
@@ -285,6 +345,18 @@ class _Builder:
             if st.ranks == n.ROW and not st.is_reduction:
                 lines.append(f"{self.names[st.name]} = {self.full(st.expr, st.ranks)}")
         return lines
+
+
+def _tile_lines(sfx: str) -> list[str]:
+    """Tile-aligned ranges of one clause: visited [lo_t, end), full [mid_lo, mid_hi)."""
+    return [
+        f"lo_t{sfx} = (lo{sfx} // BLOCK_N) * BLOCK_N",
+        f"end{sfx} = tl.where(hi{sfx} > lo{sfx}, ((hi{sfx} + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, lo_t{sfx})",
+        f"full_lo{sfx} = tl.maximum(full_lo{sfx}, lo{sfx})",
+        f"full_hi{sfx} = tl.maximum(tl.minimum(full_hi{sfx}, hi{sfx}), 0)",
+        f"mid_lo{sfx} = tl.minimum(((full_lo{sfx} + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, end{sfx})",
+        f"mid_hi{sfx} = tl.maximum(tl.minimum((full_hi{sfx} // BLOCK_N) * BLOCK_N, end{sfx}), mid_lo{sfx})",
+    ]
 
 
 def _floor_div(x: str, k: int) -> str:
@@ -318,9 +390,10 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         dot_precision=b.dot_precision,
         epilogue=b.epilogue(),
         key_range=b.key_range(),
-        lower_bounded=any(con.b > 0 for con in b.bounds.constraints),
+        segments=b.segments(),
+        runtime_tiles=b.bounds.runtime,
         out_var=b.names["out"],
         lse_var=b.names["lse"] if c.has_lse else None,
         stats=[b.names[st.name] for st in c.stages if isinstance(st.expr, n.Reduce)],
     )
-    return KernelSource(text, KERNEL_NAME, tuple(tensors), tuple(scalars), c.has_lse)
+    return KernelSource(text, KERNEL_NAME, tuple(tensors), tuple(scalars), c.has_lse, b.bounds.runtime)

@@ -114,6 +114,7 @@ def standalone_source(c: n.Cascade, dtype: str, module_hint: str = "attention_ke
         scalars=scalars,
         tensors=tensors,
         demo_args=demo,
+        runtime_tiles=source.runtime_tiles,
     )
     return text
 

@@ -1,92 +1,165 @@
 """Key-tile bounds from a mask: which key tiles a query tile must visit, and which need no mask.
 
-The mask ``keep[i, j]`` is split into its top-level ``and`` atoms. An atom that is an integer
-comparison *affine* in ``i`` and ``j`` — ``a·i + b·j + c ⋈ 0`` with integer constants ``a, b`` and
-``c`` free of ``i, j`` (sizes, runtime parameters, ``b``/``h``, tensor values indexed by them) —
-becomes a *constraint* ``a·i + b·j + c >= 0``. Over a tile ``[i0, i1] × [j0, j1]`` an affine
-function takes its minimum at a corner that the signs of ``a`` and ``b`` pick, so
+The mask ``keep[i, j]`` is rewritten into a disjunction of *clauses* (DNF over its ``and``/``or``/
+``not``), each a conjunction of atoms. Comparisons with ``abs``/``min``/``max``/``clamp`` on the
+key side become ``and``/``or`` of plain comparisons first (``|d| <= w`` is ``d <= w and -d <= w``).
+An atom of a clause is then
 
-* a constraint with ``b > 0`` (``b < 0``) bounds the keys from below (above) for the whole query
-  tile: key tiles outside ``[lo, hi)`` hold no kept pair and are never loaded;
-* the key tiles where every constraint holds at the worst corner form one interval
-  ``[full_lo, full_hi)``: there the affine atoms are all true and are not evaluated.
+* a *constraint* ``b·j + g >= 0``: a comparison linear in ``j`` with an integer coefficient
+  ``b != 0``, where ``g`` is any int expression of the query alone (``i``, sizes, runtime
+  parameters, tensor values not indexed by ``j``). ``X // c ⋈ Y`` with ``X`` linear in ``j``, ``Y``
+  free of ``j`` and ``c`` a literal or parameter is one too (``X // c >= Y`` ⟺ ``X >= c·Y`` for
+  ``c > 0``; a *guard* ``c > 0`` records the condition, checked at run time);
+* a *condition* free of ``j`` (a bool of the query alone): a row where it fails keeps nothing;
+* a *congruence* ``(s·j + g) % m == 0`` (``s = ±1``): it moves each row's interval ends onto
+  kept keys (dilated windows). It is also residual: a full tile still evaluates it;
+* *residual*: anything else, evaluated on every visited tile.
 
-Every other atom (``or``, ``//``, ``%``, tensor-valued indices, ...) is *residual*: it is still
-evaluated on every visited tile. Causal, sliding-window and bottom-right-aligned masks are pure
-conjunctions of affine atoms; a full tile classification of arbitrary masks is later work.
+In the kernel, each clause gives every query row an exact key interval ``[lo_r, hi_r)`` (from its
+constraints, conditions and congruences), the query tile visits the hull of the rows' intervals,
+and the key tiles inside every row's interval are *full*: no constraint needs evaluating there.
+The tile ranges of several clauses are merged into disjoint pieces, so a tile is visited once.
+Causal, sliding window, chunked, prefix-LM, sink + window and dilated windows visit exactly the
+tiles that hold a kept pair (dilated: when the dilation is at most the tile size); see
+``codegen/generate.py: key_range``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import nodes as n
 
-_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+MAX_CLAUSES = 4  # a mask whose DNF has more clauses keeps its `or`s whole, as residual atoms
+
+_FLIP = {"<": ">", "<=": ">=", ">": "<", ">=": "<=", "==": "==", "!=": "!="}
+_NEGATE = {"<": ">=", "<=": ">", ">": "<=", ">=": "<", "==": "!=", "!=": "=="}
+_CMP = tuple(_FLIP)
 
 
 @dataclass(frozen=True)
 class Constraint:
-    """``a·i + b·j + c >= 0`` with integer ``a``, ``b`` and ``c`` an int expression free of i, j."""
+    """``b·j + g >= 0`` with an integer ``b != 0`` and ``g`` an int expression free of ``j``;
+    only valid where ``guard`` (free of ``i`` and ``j``) holds, when there is one."""
 
-    a: int
     b: int
-    c: n.Expr
+    g: n.Expr
+    guard: n.Expr | None = None
+
+
+@dataclass(frozen=True)
+class Congruence:
+    """``(s·j + g) % m == 0`` with ``s = ±1``, ``g`` free of ``j`` and ``m`` free of ``i``, ``j``."""
+
+    s: int
+    g: n.Expr
+    m: n.Expr
+
+
+@dataclass(frozen=True)
+class Clause:
+    constraints: tuple[Constraint, ...] = ()
+    conditions: tuple[n.Expr, ...] = ()  # bools free of j
+    congruences: tuple[Congruence, ...] = ()
+    residual: tuple[n.Expr, ...] = ()  # atoms evaluated on every visited tile of this clause
+    opaque: bool = False  # a residual atom of indices and inputs only: classified at run time
+
+    @property
+    def bounded(self) -> bool:
+        return bool(self.constraints or self.conditions or self.congruences)
+
+    @property
+    def lower_bounded(self) -> bool:
+        return any(c.b > 0 for c in self.constraints) or bool(self.congruences)
 
 
 @dataclass(frozen=True)
 class TileBounds:
-    constraints: tuple[Constraint, ...]
-    residual: tuple[n.Expr, ...]  # atoms still evaluated on every visited tile
+    """The mask as ``clauses[0] or clauses[1] or ...`` (one clause, empty, when unmasked)."""
+
+    clauses: tuple[Clause, ...] = field(default_factory=lambda: (Clause(),))
 
     @property
     def masked(self) -> bool:
-        return bool(self.constraints or self.residual)
+        return len(self.clauses) > 1 or self.clauses[0] != Clause()
+
+    @property
+    def bounded(self) -> bool:
+        """Whether the kernel computes key ranges (else every query tile visits every key tile)."""
+        return len(self.clauses) > 1 or self.clauses[0].bounded
+
+    @property
+    def runtime(self) -> bool:
+        """Whether tiles are classified at run time (``runtime/sparsity.py``) instead: some atom
+        the bounds cannot decide reads only indices, sizes and inputs (document ids, `%` of both
+        indices), so interval arithmetic over a tile can. Atoms that read the score cannot be
+        classified either way and stay residual."""
+        return any(cl.opaque for cl in self.clauses)
+
+    @property
+    def full_residual(self) -> tuple[n.Expr, ...]:
+        """What a full tile evaluates: the single clause's residual atoms; with several clauses,
+        or with runtime classification (full there means the whole mask holds), nothing."""
+        if self.runtime:
+            return ()
+        if len(self.clauses) == 1:
+            return self.clauses[0].residual
+        return ()
 
 
-def _atoms(e: n.Expr) -> list[n.Expr]:
-    if isinstance(e, n.Binary) and e.op == "and":
-        return _atoms(e.left) + _atoms(e.right)
-    return [e]
+# -- expressions ---------------------------------------------------------------------------------
+
+def _has_j(e: n.Expr) -> bool:
+    return any(isinstance(x, n.Var) and x.name == "j" for x in n.walk(e))
 
 
-def _affine(e: n.Expr) -> tuple[int, int, list[tuple[int, n.Expr]]] | None:
-    """``e`` as ``a·i + b·j + Σ k·rest`` (integer a, b, k; rest free of i, j), or None."""
+def _row_only(e: n.Expr) -> bool:
+    """Free of ``j`` and of stage values: printable where the key range is computed."""
+    return not any((isinstance(x, n.Var) and x.name == "j") or isinstance(x, (n.Ref, n.Running, n.Dot, n.ValueRow))
+                   for x in n.walk(e))
+
+
+def _program_only(e: n.Expr) -> bool:
+    """Free of ``i`` as well: one value per program (a guard or a divisor)."""
+    return _row_only(e) and not any(isinstance(x, n.Var) and x.name == "i" for x in n.walk(e))
+
+
+def _int_const(e: n.Expr) -> int | None:
+    if isinstance(e, n.Const) and isinstance(e.value, int) and not isinstance(e.value, bool):
+        return e.value
+    return None
+
+
+def _linear_j(e: n.Expr) -> tuple[int, list[tuple[int, n.Expr]]] | None:
+    """``e`` as ``b·j + Σ k·x`` (integers b, k; each x row-only), or None."""
     if e.type != n.INT:
         return None
-    if isinstance(e, n.Var) and e.name in ("i", "j"):
-        return (1, 0, []) if e.name == "i" else (0, 1, [])
-    if isinstance(e, n.Const):
-        return 0, 0, [(1, e)]
-    if not _uses_ij(e):
-        return 0, 0, [(1, e)]
+    if isinstance(e, n.Var) and e.name == "j":
+        return 1, []
+    if _row_only(e):
+        return 0, [(1, e)]
     if isinstance(e, n.Unary) and e.op == "-":
-        inner = _affine(e.operand)
+        inner = _linear_j(e.operand)
         return None if inner is None else _scale(inner, -1)
     if isinstance(e, n.Binary) and e.op in ("+", "-"):
-        left, right = _affine(e.left), _affine(e.right)
+        left, right = _linear_j(e.left), _linear_j(e.right)
         if left is None or right is None:
             return None
         if e.op == "-":
             right = _scale(right, -1)
-        return left[0] + right[0], left[1] + right[1], left[2] + right[2]
+        return left[0] + right[0], left[1] + right[1]
     if isinstance(e, n.Binary) and e.op == "*":
         for const, other in ((e.left, e.right), (e.right, e.left)):
-            if isinstance(const, n.Const) and isinstance(const.value, int) and not isinstance(const.value, bool):
-                inner = _affine(other)
-                return None if inner is None else _scale(inner, const.value)
+            k = _int_const(const)
+            if k is not None:
+                inner = _linear_j(other)
+                return None if inner is None else _scale(inner, k)
     return None
 
 
 def _scale(form, k: int):
-    a, b, rest = form
-    return a * k, b * k, [(c * k, x) for c, x in rest]
-
-
-def _uses_ij(e: n.Expr) -> bool:
-    # Stage values (Ref, Running, Dot) vary with the query, and maybe with the key.
-    return any((isinstance(x, n.Var) and x.name in ("i", "j")) or isinstance(x, (n.Ref, n.Running, n.Dot, n.ValueRow))
-               for x in n.walk(e))
+    b, rest = form
+    return b * k, [(c * k, x) for c, x in rest]
 
 
 def _sum(terms: list[tuple[int, n.Expr]]) -> n.Expr:
@@ -94,6 +167,8 @@ def _sum(terms: list[tuple[int, n.Expr]]) -> n.Expr:
     out: n.Expr | None = None
     const = 0
     for k, x in terms:
+        if k == 0:
+            continue
         if isinstance(x, n.Const):
             const += k * int(x.value)
             continue
@@ -109,48 +184,169 @@ def _sum(terms: list[tuple[int, n.Expr]]) -> n.Expr:
     return out
 
 
-def _constraints(atom: n.Expr) -> list[Constraint] | None:
-    """The constraints an atom means, or None when it is not an affine comparison."""
-    if isinstance(atom, n.Unary) and atom.op == "not" and isinstance(atom.operand, n.Binary) \
-            and atom.operand.op in ("<", "<=", ">", ">="):
-        inner = atom.operand
-        negated = {"<": ">=", "<=": ">", ">": "<=", ">=": "<"}[inner.op]
-        atom = n.Binary(negated, inner.left, inner.right, n.BOOL)
-    if not (isinstance(atom, n.Binary) and atom.op in ("<", "<=", ">", ">=", "==")):
-        return None
-    if atom.left.type != n.INT or atom.right.type != n.INT:
-        return None
-    diff = _affine(n.Binary("-", atom.left, atom.right, n.INT))
-    if diff is None:
-        return None
-    a, b, rest = diff
-    if a == 0 and b == 0:
-        return None  # free of i and j: a per-program condition, left to the mask
-    # d = left - right; normalise d ⋈ 0 to g >= 0 over the integers.
-    if atom.op == "==":
-        return [Constraint(a, b, _sum(rest)), Constraint(-a, -b, _sum(_scale((0, 0, rest), -1)[2]))]
-    if atom.op == ">=":
-        return [Constraint(a, b, _sum(rest))]
-    if atom.op == ">":
-        return [Constraint(a, b, _sum(rest + [(-1, n.Const(1, n.INT))]))]
-    neg = [(-k, x) for k, x in rest]
-    if atom.op == "<=":
-        return [Constraint(-a, -b, _sum(neg))]
-    return [Constraint(-a, -b, _sum(neg + [(-1, n.Const(1, n.INT))]))]  # "<"
+def _bin(op: str, a: n.Expr, b: n.Expr) -> n.Expr:
+    return n.Binary(op, a, b, n.BOOL if op in _CMP or op in ("and", "or") else n.INT)
+
+
+def _plus(a: n.Expr, k: int) -> n.Expr:
+    return a if k == 0 else n.Binary("+" if k > 0 else "-", a, n.Const(abs(k), n.INT), n.INT)
+
+
+def _neg(a: n.Expr) -> n.Expr:
+    return n.Unary("-", a, n.INT)
+
+
+# -- boolean structure: push `not` down, open abs/min/max/clamp on the key side ------------------
+
+def _normal(e: n.Expr, negate: bool = False) -> n.Expr:
+    """``e`` (or ``not e``) with `not` pushed to comparisons and key-side abs/min/max/clamp
+    rewritten into and/or of plain comparisons. The result means the same for every (i, j)."""
+    if isinstance(e, n.Unary) and e.op == "not":
+        return _normal(e.operand, not negate)
+    if isinstance(e, n.Binary) and e.op in ("and", "or"):
+        op = e.op if not negate else ("or" if e.op == "and" else "and")
+        return _bin(op, _normal(e.left, negate), _normal(e.right, negate))
+    if isinstance(e, n.Binary) and e.op in _CMP and e.left.type == n.INT and e.right.type == n.INT:
+        op = _NEGATE[e.op] if negate else e.op
+        return _open(op, e.left, e.right)
+    return n.Unary("not", e, n.BOOL) if negate else e
+
+
+def _open(op: str, x: n.Expr, y: n.Expr) -> n.Expr:
+    """``x op y`` with the key side's abs/min/max/clamp opened up (x, y ints)."""
+    if not _has_j(x) and _has_j(y):
+        x, y, op = y, x, _FLIP[op]
+    if not _has_j(x) or _has_j(y) or (op == "!=" and _linear_j(_bin("-", x, y)) is None):
+        return _bin(op, x, y)  # nothing to open: free of j, j on both sides, or not linear
+    if op == "!=":  # d != 0 is d < 0 or d > 0: two intervals per row
+        return _bin("or", _bin("<", x, y), _bin(">", x, y))
+    if isinstance(x, n.Call) and x.fn == "clamp":
+        x = n.Call("min", (n.Call("max", (x.args[0], x.args[1]), n.INT), x.args[2]), n.INT)
+    if isinstance(x, n.Call) and x.fn == "abs" and op != "==":
+        a = x.args[0]
+        up = op in ("<", "<=")  # |a| <= y ⟺ a <= y and -a <= y;  |a| >= y ⟺ a >= y or -a >= y
+        return _bin("and" if up else "or", _open(op, a, y), _open(op, _neg(a), y))
+    if isinstance(x, n.Call) and x.fn in ("min", "max") and op != "==":
+        # min(a, b) >= y ⟺ both >= y;  min(a, b) <= y ⟺ either <= y;  max the other way round
+        both = (x.fn == "min") == (op in (">", ">="))
+        out = _open(op, x.args[0], y)
+        for a in x.args[1:]:
+            out = _bin("and" if both else "or", out, _open(op, a, y))
+        return out
+    return _bin(op, x, y)
+
+
+def _dnf(e: n.Expr) -> list[list[n.Expr]] | None:
+    """Clauses (lists of atoms) whose disjunction is ``e``; None past ``MAX_CLAUSES``."""
+    if isinstance(e, n.Binary) and e.op == "or":
+        left, right = _dnf(e.left), _dnf(e.right)
+        if left is None or right is None or len(left) + len(right) > MAX_CLAUSES:
+            return None
+        return left + right
+    if isinstance(e, n.Binary) and e.op == "and":
+        left, right = _dnf(e.left), _dnf(e.right)
+        if left is None or right is None or len(left) * len(right) > MAX_CLAUSES:
+            return None
+        return [a + b for a in left for b in right]
+    return [[e]]
+
+
+def _flat_and(e: n.Expr) -> list[n.Expr]:
+    if isinstance(e, n.Binary) and e.op == "and":
+        return _flat_and(e.left) + _flat_and(e.right)
+    return [e]
+
+
+# -- atoms ---------------------------------------------------------------------------------------
+
+def _linear_constraints(op: str, b: int, rest: list, guard: n.Expr | None) -> list[Constraint]:
+    """``b·j + Σ rest  op  0`` over the integers as constraints ``b'·j + g >= 0``."""
+    if op == ">=":
+        return [Constraint(b, _sum(rest), guard)]
+    if op == ">":
+        return [Constraint(b, _sum(rest + [(-1, n.Const(1, n.INT))]), guard)]
+    if op == "<=":
+        return [Constraint(-b, _sum([(-k, x) for k, x in rest]), guard)]
+    if op == "<":
+        return [Constraint(-b, _sum([(-k, x) for k, x in rest] + [(-1, n.Const(1, n.INT))]), guard)]
+    assert op == "=="
+    return _linear_constraints(">=", b, rest, guard) + _linear_constraints("<=", b, rest, guard)
+
+
+def _classify(atom: n.Expr) -> tuple[str, object]:
+    """("constraints", [...]) | ("condition", e) | ("congruence", Congruence) | ("residual", e)."""
+    if _row_only(atom):
+        return "condition", atom
+    if not (isinstance(atom, n.Binary) and atom.op in _CMP and atom.op != "!="
+            and atom.left.type == n.INT and atom.right.type == n.INT):
+        return "residual", atom
+    x, y, op = atom.left, atom.right, atom.op
+    if not _has_j(x):
+        x, y, op = y, x, _FLIP[op]
+    diff = _linear_j(_bin("-", x, y))
+    if diff is not None and diff[0] != 0:
+        return "constraints", _linear_constraints(op, diff[0], diff[1], None)
+    if _has_j(y) or not _row_only(y):
+        return "residual", atom
+    if isinstance(x, n.Binary) and x.op == "//" and _program_only(x.right):
+        inner = _linear_j(x.left)
+        c = _int_const(x.right)
+        if inner is not None and inner[0] != 0 and (c is None or c > 0):
+            # X // c >= Y ⟺ X >= c·Y;  X // c <= Y ⟺ X <= c·Y + c - 1   (for c > 0)
+            guard = None if c is not None else _bin(">", x.right, n.Const(0, n.INT))
+            bj, rest = inner
+            cy = n.Binary("*", x.right, y, n.INT)
+            if op in (">", "<"):
+                cy = n.Binary("*", x.right, _plus(y, 1 if op == ">" else -1), n.INT)
+                op = op + "="
+            out = []
+            if op in (">=", "=="):  # X - c·Y >= 0
+                out += _linear_constraints(">=", bj, rest + [(-1, cy)], guard)
+            if op in ("<=", "=="):  # X - (c·Y + c - 1) <= 0
+                out += _linear_constraints("<=", bj, rest + [(-1, cy), (-1, x.right), (1, n.Const(1, n.INT))], guard)
+            return "constraints", out
+    if isinstance(x, n.Binary) and x.op == "%" and op == "==" and _int_const(y) == 0 and _program_only(x.right):
+        inner = _linear_j(x.left)
+        if inner is not None and inner[0] in (1, -1):
+            return "congruence", Congruence(inner[0], _sum(inner[1]), x.right)
+    return "residual", atom
+
+
+def _clause(atoms: list[n.Expr]) -> Clause | None:
+    """The clause of a conjunction; None when it is constantly false."""
+    constraints, conditions, congruences, residual = [], [], [], []
+    opaque = False
+    for atom in atoms:
+        if isinstance(atom, n.Const) and atom.type == n.BOOL:
+            if atom.value:
+                continue
+            return None
+        kind, what = _classify(atom)
+        if kind == "constraints":
+            constraints += what
+        elif kind == "condition":
+            conditions.append(what)
+        elif kind == "congruence":
+            congruences.append(what)
+            residual.append(atom)
+        else:
+            residual.append(what)
+            opaque = opaque or not _reads_stages(what)
+    return Clause(tuple(constraints), tuple(conditions), tuple(congruences), tuple(residual), opaque)
+
+
+def _reads_stages(e: n.Expr) -> bool:
+    return any(isinstance(x, (n.Ref, n.Running, n.Dot, n.ValueRow)) for x in n.walk(e))
 
 
 def tile_bounds(c: n.Cascade) -> TileBounds:
-    """The constraints and residual atoms of ``c``'s mask (none when it has no mask)."""
+    """The clauses of ``c``'s mask (one empty clause when it has no mask)."""
     if not c.has_stage("keep"):
-        return TileBounds((), ())
-    constraints: list[Constraint] = []
-    residual: list[n.Expr] = []
-    for atom in _atoms(c.stage("keep").expr):
-        if isinstance(atom, n.Const) and atom.value is True:
-            continue
-        found = _constraints(atom)
-        if found is None:
-            residual.append(atom)
-        else:
-            constraints += found
-    return TileBounds(tuple(constraints), tuple(residual))
+        return TileBounds()
+    expr = c.stage("keep").expr
+    normal = _normal(expr)
+    clauses = _dnf(normal) or [_flat_and(normal)]  # too many clauses: `or`s stay whole, residual
+    built = [cl for cl in (_clause(atoms) for atoms in clauses) if cl is not None]
+    if not built:  # a mask that is never true: one clause no row satisfies
+        return TileBounds((Clause(conditions=(n.Const(False, n.BOOL),)),))
+    return TileBounds(tuple(built))

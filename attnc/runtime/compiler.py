@@ -35,6 +35,7 @@ from ..ir.backward import derive_backward
 from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text
 from .frontend import library_spec, spec_from_file, spec_from_text
+from .sparsity import TileCache
 from .validate import bind_params, check_inputs, check_int32, sizes_of
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -188,7 +189,9 @@ class _Kernel:
         if config_key not in self._tuned:
             capability, block_d, block_dv = config_key
             configs = gpu_configs(capability, self.dtype, block_d, block_dv, self.num_passes)
-            if os.environ.get("ATTNC_AUTOTUNE", "1") == "0" or len(configs) == 1:
+            # A runtime tile classification is made for one tile size: the first config, untimed.
+            fixed = self.source.runtime_tiles or os.environ.get("ATTNC_AUTOTUNE", "1") == "0"
+            if fixed or len(configs) == 1:
                 fn = self.fn
                 self._tuned[config_key] = (fn, configs[0])
             else:
@@ -252,6 +255,7 @@ class Attention:
         self.origin = origin
         # the custom ops' handle on this cascade, made here: torch.compile must not trace it
         self.op_key = register(self)
+        self.tile_cache = TileCache()  # runtime tile classifications (masks ir/bounds.py cannot bound)
 
     def __repr__(self) -> str:
         params = ", ".join(p.name for p in self.cascade.params)
@@ -312,6 +316,13 @@ class Attention:
             out, lse, _ = self.launch_forward(q, k, v, tensors, scalars, float(scale), save_stats=False)
         return (out, lse) if return_lse else out
 
+    def _tile_classes(self, q, k, v, scale: float, tensors: list, scalars: list, block_m: int, block_n: int):
+        """The runtime tile classification of this call's mask (cached while its inputs stay)."""
+        specs = self.cascade.params
+        values = dict(zip([p.name for p in specs if p.kind == "tensor"], tensors, strict=True))
+        values.update(zip([p.name for p in specs if p.kind != "tensor"], scalars, strict=True))
+        return self.tile_cache.get(self.cascade, values, sizes_of(q, k, v, scale), block_m, block_n, q.device)
+
     def _kernel_scalars(self, scalars: list) -> list:
         """Scalar parameters as the kernels take them: ints as ints, floats rounded to float32."""
         kinds = [p.kind for p in self.cascade.params if p.kind != "tensor"]
@@ -353,6 +364,9 @@ class Attention:
         targs = [x for t in tensors for x in (t, *t.shape, *t.stride())]
         st = stats if save_stats else lse
         st_strides = stats.stride() if save_stats else (0, 0, 0, 0)
+        if kernel.source.runtime_tiles:
+            tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n)
+            st_strides = (*st_strides, *_tile_args(tiles.lists, B, Hq))
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()  # masked-off lanes
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
             fn[grid](
@@ -402,17 +416,28 @@ class Attention:
             flags[f"GRAD_u_{p.name}"] = g is not None
         targs = [x for t in tensors for x in (t, *t.shape, *t.stride())]
         sizes = (Nq, Nkv, Hq, Hkv, D, Dv, float(scale))
+        rows_tiles, kv_tiles = (), ()
+        if src.runtime_tiles:
+            tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n)
+            rows_tiles, kv_tiles = _tile_args(tiles.lists, B, Hq), _tile_args(tiles.classes, B, Hq)
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
             kernels.fns[ROWS_KERNEL][(triton.cdiv(Nq, config.block_m), B * Hq)](
                 q, k, v, out, dout, dlse, stats, coef, dq, *targs, *gargs, *scalars,
                 *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dlse.stride(),
-                *stats.stride(), *coef.stride(), *dq.stride(), *sizes, **launch, **flags)
+                *stats.stride(), *coef.stride(), *dq.stride(), *rows_tiles, *sizes, **launch, **flags)
             kernels.fns[KV_KERNEL][(triton.cdiv(Nkv, config.block_n), B * Hkv)](
                 q, k, v, dout, stats, coef, dk, dv, *targs, *gargs, *scalars,
                 *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *stats.stride(), *coef.stride(),
-                *dk.stride(), *dv.stride(), *sizes, **launch, **flags)
+                *dk.stride(), *dv.stride(), *kv_tiles, *sizes, **launch, **flags)
         return result()
+
+
+def _tile_args(t: torch.Tensor, batch: int, heads: int) -> tuple:
+    """A classification tensor [Bc, Hc, query tiles, ...] and its (b, h, query tile) strides,
+    0 over the batch/heads it does not depend on."""
+    t = t.expand(batch, heads, *t.shape[2:])
+    return (t, *t.stride()[:3])
 
 
 _FP32_TINY = float(np.finfo(np.float32).tiny)
