@@ -8,6 +8,10 @@
                                run the kernel on random inputs against the float64 reference
     attnc check SPEC [NAME] --examples N [--property NAME ...]
                                property-test on N drawn problems (attnc.testing), shrunk failures
+    attnc show SPEC [NAME] [--nq N] [--nkv N] [--block-m M] [--block-n N] [--param name=value]
+               [-o FILE] [--no-visits]
+                               draw the mask and its tile classes (empty / partial / full) and the
+                               tiles the kernel visits as a PNG (needs Pillow: attnc[show])
     attnc demo                 compile, run and check a library variant; show the generated kernel
 
 SPEC is a path to a spec file or the name of a library variant.
@@ -117,17 +121,23 @@ def _parse_value(text: str):
     raise ValueError(f"--param value {text!r} is not a number or a bool")
 
 
+def _parse_params(items: list[str] | None) -> dict:
+    """``--param name=value`` options as a dict of scalars."""
+    params = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--param takes name=value, got {item!r}")
+        key, value = item.split("=", 1)
+        params[key.strip()] = _parse_value(value.strip())
+    return params
+
+
 def cmd_check(args, out) -> int:
     from .check import DTYPES, Shape, check
     from .compiler import Attention
 
     sf = _open(args.spec)
-    params = {}
-    for item in args.param or []:
-        if "=" not in item:
-            raise ValueError(f"--param takes name=value, got {item!r}")
-        key, value = item.split("=", 1)
-        params[key.strip()] = _parse_value(value.strip())
+    params = _parse_params(args.param)
     shape = Shape(args.batch, args.heads, args.kv_heads or args.heads, args.nq, args.nkv or args.nq,
                   args.head_dim, args.head_dim_v)
     dtypes = list(DTYPES.values()) if args.dtype == "all" else [DTYPES[args.dtype]]
@@ -178,6 +188,48 @@ def cmd_check(args, out) -> int:
             failed += not result.passed
     print("PASS" if not failed else f"FAIL ({failed} failed)", file=out)
     return 1 if failed else 0
+
+
+def cmd_show(args, out) -> int:
+    from . import show
+    from .compiler import Attention
+
+    # Every mistake on the command line is caught here, before the interpreter runs, and named
+    # by its option; a spec file's own errors keep their located SpecError (exit 1).
+    for flag, value in (("--nq", args.nq), ("--nkv", args.nkv)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    for flag, value in (("--block-m", args.block_m), ("--block-n", args.block_n)):
+        if value < 1 or value & (value - 1):
+            raise ValueError(f"{flag} must be a power of two, got {value}")
+    if args.pixels is not None and not 1 <= args.pixels <= 64:
+        raise ValueError(f"--pixels must be in 1..64, got {args.pixels}")
+    params = _parse_params(args.param)
+    try:
+        show.require_pillow()
+    except show.PillowMissing as err:
+        raise ValueError(str(err)) from None
+    try:
+        sf = _open(args.spec)
+    except SpecError as err:
+        if err.span is not None:
+            raise
+        raise ValueError(f"SPEC {args.spec!r}: {err.message}") from None
+    try:
+        cascade = sf.cascade(args.name)
+    except KeyError as err:
+        raise ValueError(f"NAME: {err.args[0]}") from None
+    attn = Attention(cascade, sf.path)
+    n_q, n_kv = args.nq, args.nkv or args.nq
+    try:
+        show.mask_params(attn, n_q, n_kv, params, draw_missing=True)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--param: {err}") from None
+    result = show.render_mask(attn, n_q, n_kv, args.block_m, args.block_n, args.output or f"{attn.name}.png",
+                              pixels=args.pixels, visits=not args.no_visits, draw_missing=True, **params)
+    missed = result.missed or 0
+    print(result.summary() + (" — needed tiles skipped: a kernel bug" if missed else ""), file=out)
+    return 1 if missed else 0
 
 
 def cmd_demo(out) -> int:
@@ -237,6 +289,19 @@ def main(argv: list[str] | None = None) -> int:
                          "head_permutation, masked_keys, empty_rows, or all (those that apply); see attnc.testing")
     ch.add_argument("--device", default="cpu")
     ch.add_argument("--param", action="append", metavar="NAME=VALUE", help="a scalar parameter (repeatable)")
+    sh = sub.add_parser("show", help="draw a mask, its tile classes and the kernel's tile visits as a PNG")
+    sh.add_argument("spec", help="a spec file, or the name of a library variant")
+    sh.add_argument("name", nargs="?", help="the definition to draw (default: the file's attention)")
+    sh.add_argument("--nq", type=int, default=256)
+    sh.add_argument("--nkv", type=int, default=None, help="default: --nq")
+    sh.add_argument("--block-m", type=int, default=64, help="query tile size, a power of two")
+    sh.add_argument("--block-n", type=int, default=64, help="key tile size, a power of two")
+    sh.add_argument("--param", action="append", metavar="NAME=VALUE",
+                    help="a scalar parameter (repeatable); others take their defaults or are drawn like attnc check")
+    sh.add_argument("-o", "--output", help="output PNG (default: NAME.png)")
+    sh.add_argument("--pixels", type=int, default=None, help="pixels per pair (default: fit in ~1024 px)")
+    sh.add_argument("--no-visits", action="store_true",
+                    help="do not run the kernel under the interpreter to count the tiles it visits (faster)")
     sub.add_parser("demo", help="compile, run and check a library variant")
     args = parser.parse_args(argv)
     try:
@@ -246,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_compile(args.spec, args.name, args.output, args.dtype, sys.stdout)
         if args.command == "check":
             return cmd_check(args, sys.stdout)
+        if args.command == "show":
+            return cmd_show(args, sys.stdout)
         if args.command == "demo":
             return cmd_demo(sys.stdout)
         return cmd_explain(args.spec, args.name, sys.stdout)
