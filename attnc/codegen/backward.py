@@ -117,7 +117,9 @@ class _BwdBuilder(_Builder):
     def keep_line(self, masked: bool, rows: bool) -> str | None:
         if masked:
             parts = (["row_ok[:, None]"] if rows else []) + ["col_ok[None, :]"]
-            if self.mask is not None:
+            if self.bounds.interval_mask:  # the rows' exact key intervals (ir/bounds.py)
+                parts = parts[:-1] + ["(offs_n[None, :] >= lo_r32[:, None])", "(offs_n[None, :] < hi_r32[:, None])"]
+            elif self.mask is not None:
                 parts.append(self.full(self.mask, n.PAIR))
             return f"keep = {' & '.join(parts)}"
         residual = self.bounds.full_residual

@@ -158,7 +158,9 @@ class _Builder:
         olds = sorted({x.stage for r in reductions.values() if r.rescale is not None
                        for x in n.walk(r.rescale) if isinstance(x, n.Running) and x.when == "old"})
         body = [f"{self.names[name]}_old = {self.names[name]}" for name in olds]
-        if masked:
+        if masked and self.bounds.interval_mask:  # the rows' intervals are the mask, exactly
+            keep = "(offs_n[None, :] >= lo_r32[:, None]) & (offs_n[None, :] < hi_r32[:, None])"
+        elif masked:
             mask = self.stages["keep"].expr if "keep" in self.stages else None
             keep = "col_ok[None, :]" + (f" & {self.full(mask, n.PAIR)}" if mask is not None else "")
         else:
@@ -223,9 +225,11 @@ class _Builder:
             lines.append(f"{var} = {comb}({shifted}, {red}({self._kept(body, fill)}, 1))")
         return lines
 
-    def key_range(self) -> list[str]:
+    def key_range(self, refine: bool = True) -> list[str]:
         """Scalar lines computing the key tiles this query tile visits (see ``ir/bounds.py``);
-        ``segments()`` names the loops over them."""
+        ``segments()`` names the loops over them. ``refine=False`` skips the congruences' int64
+        modulo work (the dK/dV kernel, which evaluates the whole mask on every tile anyway, visits
+        at most the edge tiles they would have trimmed; it pushed a build there into spilling)."""
         clauses = self.bounds.clauses
         if self.bounds.runtime:  # this query tile's row of the runtime classification
             return ["tile_row = TileList + off_b * stride_tb + off_h * stride_th + pid_m * stride_tm",
@@ -241,16 +245,15 @@ class _Builder:
             ] + _tile_lines("")
         lines = ["rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)", "rows_ok = rows < n_q"]
         if len(clauses) == 1:
-            return lines + self._clause_lines(clauses[0], "", full=True) + _tile_lines("")
+            return lines + self._clause_lines(clauses[0], "", full=True, refine=refine) + _tile_lines("")
         for k, clause in enumerate(clauses, 1):
-            lines += self._clause_lines(clause, f"_{k}", full=not clause.residual)
+            lines += self._clause_lines(clause, f"_{k}", full=False, refine=refine)
             lines += [f"lo_t_{k} = (lo_{k} // BLOCK_N) * BLOCK_N",
-                      f"end_{k} = tl.where(hi_{k} > lo_{k}, ((hi_{k} + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, lo_t_{k})",
-                      f"full_lo_{k} = tl.maximum(full_lo_{k}, lo_{k})",
-                      f"full_hi_{k} = tl.maximum(tl.minimum(full_hi_{k}, hi_{k}), 0)"]
+                      f"end_{k} = tl.where(hi_{k} > lo_{k}, ((hi_{k} + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, lo_t_{k})"]
         # The clauses' tile ranges as disjoint pieces: sorted by start, each piece begins where
-        # the ranges before it end, so no tile is visited twice.
-        fields = ("lo_t", "end", "full_lo", "full_hi")
+        # the ranges before it end, so no tile is visited twice. Every tile of a piece is a
+        # boundary tile (the mask is evaluated): no full-tile loops, which cost registers.
+        fields = ("lo_t", "end")
         count = len(clauses)
         for a in range(1, count):
             for b in range(count, a, -1):
@@ -264,12 +267,10 @@ class _Builder:
         for k in range(1, count + 1):
             lines += [f"piece_lo_{k} = tl.maximum(lo_t_{k}, cursor)",
                       f"piece_hi_{k} = tl.maximum(end_{k}, piece_lo_{k})",
-                      f"cursor = tl.maximum(cursor, end_{k})",
-                      f"mid_lo_{k} = tl.minimum(tl.maximum(((full_lo_{k} + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, piece_lo_{k}), piece_hi_{k})",
-                      f"mid_hi_{k} = tl.maximum(tl.minimum((full_hi_{k} // BLOCK_N) * BLOCK_N, piece_hi_{k}), mid_lo_{k})"]
+                      f"cursor = tl.maximum(cursor, end_{k})"]
         return lines
 
-    def _clause_lines(self, clause, sfx: str, full: bool) -> list[str]:
+    def _clause_lines(self, clause, sfx: str, full: bool, refine: bool = True) -> list[str]:
         """One clause: each row's key interval [lo_r, hi_r) first, then the tile's — the hull
         over the rows whose interval is not empty (a hull of the corners would visit a tile when
         every row is empty, e.g. a window of 0) and, for full tiles, the intersection over the
@@ -277,23 +278,20 @@ class _Builder:
         `i - j < window` into `j > i - window` must not wrap for extreme windows."""
         lines = ["lo_r = tl.zeros([BLOCK_M], dtype=tl.int64)",
                  "hi_r = tl.zeros([BLOCK_M], dtype=tl.int64) + n_kv"]
-        guards = []
         for con in clause.constraints:
             g = self.printer.key_range_expr(con.g)
             if con.b > 0:  # j >= ceil(-g / b)
                 var, new = "lo_r", f"tl.maximum(lo_r, {_ceil_div(f'(-({g}))', con.b)})"
             else:  # j <= floor(g / -b)
                 var, new = "hi_r", f"tl.minimum(hi_r, {_floor_div(f'({g})', -con.b)} + 1)"
-            if con.guard is not None:  # e.g. `j // c` with a parameter c: only for c > 0
-                guard = self.printer.key_range_expr(con.guard)
-                guards.append(guard)
-                new = f"tl.where({guard}, {new}, {var})"
+            if con.guard is not None:  # `X // c` with a parameter c: the bound for c's sign
+                new = f"tl.where({self.printer.key_range_expr(con.guard)}, {new}, {var})"
             lines.append(f"{var} = {new}")
         for cond in clause.conditions:  # a row failing a condition on the query alone keeps nothing
             lines.append(f"hi_r = tl.where({self.printer.key_range_expr(cond)}, hi_r, 0)")
         lines += ["lo_r = tl.minimum(tl.maximum(lo_r, 0), n_kv)",
                   "hi_r = tl.maximum(tl.minimum(hi_r, n_kv), 0)"]
-        for cg in clause.congruences:
+        for cg in clause.congruences if refine else ():
             # keys j ≡ t (mod m), t = -s·g: move both ends onto such keys (for m > 0)
             t = f"(-({self.printer.key_range_expr(cg.g)}))" if cg.s == 1 else f"({self.printer.key_range_expr(cg.g)})"
             m = self.printer.key_range_expr(cg.m)
@@ -304,26 +302,46 @@ class _Builder:
             f"lo{sfx} = tl.min(tl.where(some, lo_r, n_kv), 0).to(tl.int32)",
             f"hi{sfx} = tl.max(tl.where(some, hi_r, 0), 0).to(tl.int32)",
         ]
-        if not full:  # a clause with residual atoms, beside others: no tile is full for it
-            return lines + [f"full_lo{sfx} = lo{sfx}", f"full_hi{sfx} = lo{sfx}"]
+        if not full:  # one of several clauses: its tiles are all boundary tiles
+            return lines
         lines += [f"full_lo{sfx} = tl.max(tl.where(rows_ok, lo_r, 0), 0).to(tl.int32)",
                   f"full_hi{sfx} = tl.min(tl.where(rows_ok, hi_r, n_kv), 0).to(tl.int32)"]
-        if guards:  # a guard that fails leaves its atom unproven: no full tiles
-            lines.append(f"full_hi{sfx} = tl.where({' & '.join(f'({g})' for g in guards)}, full_hi{sfx}, 0)")
+        if self.bounds.interval_mask:  # boundary tiles test j against the rows' exact intervals
+            lines += ["lo_r32 = lo_r.to(tl.int32)", "hi_r32 = hi_r.to(tl.int32)"]
         return lines
 
-    def segments(self) -> list[tuple[str, str, bool, bool]]:
-        """The key loops of a pass, in order: (start, stop, full, listed). A listed loop runs over
-        entries of the runtime classification's tile list, the others over key positions."""
+    def segments(self) -> list[dict]:
+        """The key loops of a pass, in order: each its loop header lines (they set ``start_n``),
+        the extra indent of its body, and whether its tiles are full."""
+        def loop(lo, hi, full):
+            kind = "full" if full else "boundary"
+            return {"head": [f"for start_n in range({lo}, {hi}, BLOCK_N):  # {kind} tiles"], "pad": "", "full": full}
+
+        def listed(lo, hi, full):  # entries of the runtime classification's tile list
+            kind = "full" if full else "boundary"
+            return {"head": [f"for t in range({lo}, {hi}):  # {kind} tiles",
+                             "    start_n = tl.load(tile_row + 2 + t) * BLOCK_N"], "pad": "", "full": full}
+
         clauses = self.bounds.clauses
         if self.bounds.runtime:
-            return [("0", "n_part", False, True), ("n_part", "n_part + n_full", True, True)]
+            return [listed("0", "n_part", False), listed("n_part", "n_part + n_full", True)]
         if len(clauses) == 1:
-            first = [("lo_t", "mid_lo", False, False)] if clauses[0].lower_bounded else []
-            return first + [("mid_lo", "mid_hi", True, False), ("mid_hi", "end", False, False)]
-        return [seg for k in range(1, len(clauses) + 1)
-                for seg in ((f"piece_lo_{k}", f"mid_lo_{k}", False, False), (f"mid_lo_{k}", f"mid_hi_{k}", True, False),
-                            (f"mid_hi_{k}", f"piece_hi_{k}", False, False))]
+            first = [loop("lo_t", "mid_lo", False)] if clauses[0].lower_bounded else []
+            return first + [loop("mid_lo", "mid_hi", True), loop("mid_hi", "end", False)]
+        # Several clauses: one loop over the pieces around one loop over a piece's tiles, so the
+        # body is generated once (a loop per piece multiplied the live registers).
+        count = len(clauses)
+
+        def pick(field):
+            out = f"{field}_{count}"
+            for k in range(count - 1, 0, -1):
+                out = f"tl.where(piece == {k - 1}, {field}_{k}, {out})"
+            return out
+        return [{"head": [f"for piece in range(0, {count}):  # the disjoint pieces of the clauses' ranges",
+                          f"    piece_lo = {pick('piece_lo')}",
+                          f"    piece_hi = {pick('piece_hi')}",
+                          "    for start_n in range(piece_lo, piece_hi, BLOCK_N):  # boundary tiles"],
+                 "pad": "    ", "full": False}]
 
     def kv_range(self) -> tuple[list[str], str]:
         """Lines deciding whether the dK/dV kernel's key tile (``start_n``) meets query tile
@@ -331,7 +349,7 @@ class _Builder:
         if self.bounds.runtime:
             return (["visit = tl.load(TileCls + off_b * stride_tcb + off_h * stride_tch + pid_m * stride_tcm + pid_n)"],
                     "visit != 0")
-        return self.key_range(), self.visits("start_n")
+        return self.key_range(refine=False), self.visits("start_n")
 
     def visits(self, start: str) -> str:
         """Whether the key tile at ``start`` meets this query tile's range (the dK/dV kernel)."""

@@ -44,7 +44,9 @@ def gpu_configs(capability: int, dtype: str, block_d: int, block_dv: int, num_pa
     wide, hopper = max(block_d, block_dv), capability >= 90
     if dtype == "float32":
         if wide <= 64:
-            return [LaunchConfig(32, 32, 4, 2)] if hopper else [LaunchConfig(32, 32, 8, 2), LaunchConfig(16, 32, 8, 2)]
+            # sm_90: 8 warps since the per-row key ranges of issue 6 (4 warps spilled 8–32 B in
+            # sliding_window, prefix_lm, chunked; 8 warps: no library kernel spills)
+            return [LaunchConfig(32, 32, 8, 2)] if hopper else [LaunchConfig(32, 32, 8, 2), LaunchConfig(16, 32, 8, 2)]
         if wide <= 128:
             return [LaunchConfig(16, 32, 8, 2)] if hopper else [LaunchConfig(16, 32, 8, 2), LaunchConfig(16, 16, 8, 2)]
         return [LaunchConfig(16, 16, 8, 2)]

@@ -8,8 +8,9 @@ An atom of a clause is then
 * a *constraint* ``b·j + g >= 0``: a comparison linear in ``j`` with an integer coefficient
   ``b != 0``, where ``g`` is any int expression of the query alone (``i``, sizes, runtime
   parameters, tensor values not indexed by ``j``). ``X // c ⋈ Y`` with ``X`` linear in ``j``, ``Y``
-  free of ``j`` and ``c`` a literal or parameter is one too (``X // c >= Y`` ⟺ ``X >= c·Y`` for
-  ``c > 0``; a *guard* ``c > 0`` records the condition, checked at run time);
+  free of ``j`` and ``c`` a literal or parameter gives one per sign of ``c`` (``X // c >= Y`` is
+  ``X >= c·Y`` for ``c > 0``, ``X <= c·Y`` for ``c < 0``), each *guarded* by its sign at run time,
+  and a condition for ``c = 0``: exact for every ``c``;
 * a *condition* free of ``j`` (a bool of the query alone): a row where it fails keeps nothing;
 * a *congruence* ``(s·j + g) % m == 0`` (``s = ±1``): it moves each row's interval ends onto
   kept keys (dilated windows). It is also residual: a full tile still evaluates it;
@@ -87,6 +88,13 @@ class TileBounds:
     def bounded(self) -> bool:
         """Whether the kernel computes key ranges (else every query tile visits every key tile)."""
         return len(self.clauses) > 1 or self.clauses[0].bounded
+
+    @property
+    def interval_mask(self) -> bool:
+        """Whether each row's key interval is the mask itself (one clause of constraints and
+        conditions only): boundary tiles then test ``lo_r <= j < hi_r`` instead of the mask."""
+        cl = self.clauses[0]
+        return len(self.clauses) == 1 and cl.bounded and not (cl.residual or cl.congruences or cl.opaque)
 
     @property
     def runtime(self) -> bool:
@@ -290,26 +298,42 @@ def _classify(atom: n.Expr) -> tuple[str, object]:
         return "residual", atom
     if isinstance(x, n.Binary) and x.op == "//" and _program_only(x.right):
         inner = _linear_j(x.left)
-        c = _int_const(x.right)
-        if inner is not None and inner[0] != 0 and (c is None or c > 0):
-            # X // c >= Y ⟺ X >= c·Y;  X // c <= Y ⟺ X <= c·Y + c - 1   (for c > 0)
-            guard = None if c is not None else _bin(">", x.right, n.Const(0, n.INT))
-            bj, rest = inner
-            cy = n.Binary("*", x.right, y, n.INT)
-            if op in (">", "<"):
-                cy = n.Binary("*", x.right, _plus(y, 1 if op == ">" else -1), n.INT)
-                op = op + "="
-            out = []
-            if op in (">=", "=="):  # X - c·Y >= 0
-                out += _linear_constraints(">=", bj, rest + [(-1, cy)], guard)
-            if op in ("<=", "=="):  # X - (c·Y + c - 1) <= 0
-                out += _linear_constraints("<=", bj, rest + [(-1, cy), (-1, x.right), (1, n.Const(1, n.INT))], guard)
-            return "constraints", out
+        if inner is not None and inner[0] != 0:
+            return "floordiv", _floordiv(op, inner, x.right, y)
     if isinstance(x, n.Binary) and x.op == "%" and op == "==" and _int_const(y) == 0 and _program_only(x.right):
         inner = _linear_j(x.left)
         if inner is not None and inner[0] in (1, -1):
             return "congruence", Congruence(inner[0], _sum(inner[1]), x.right)
     return "residual", atom
+
+
+def _floordiv(op: str, inner, c: n.Expr, y: n.Expr) -> tuple[list[Constraint], list[n.Expr]]:
+    """``X // c  op  Y`` (X = inner, linear in j; c free of i, j; Y free of j) as constraints on X
+    for each sign of c, guarded by that sign unless c is a literal, and a condition for c = 0
+    (x // 0 is 0): exact for every c, so the row intervals stay exact."""
+    bj, rest = inner
+    k = _int_const(c)
+    zero, one = n.Const(0, n.INT), n.Const(1, n.INT)
+    conditions = []
+    if k is None or k == 0:  # X // 0 == 0: the atom is `0 op Y`, a condition on the row
+        cond = _bin(op, zero, y)
+        conditions.append(cond if k == 0 else _bin("or", _bin("!=", c, zero), cond))
+    if op in (">", "<"):  # X // c > Y ⟺ X // c >= Y + 1 (integers), whatever c
+        y, op = _plus(y, 1 if op == ">" else -1), op + "="
+    cy = n.Binary("*", c, y, n.INT)
+    out: list[Constraint] = []
+    for sign in (1, -1):
+        if k is not None and (k == 0 or (k > 0) != (sign > 0)):
+            continue
+        guard = None if k is not None else _bin(">" if sign > 0 else "<", c, zero)
+        # c > 0:  X//c >= Y ⟺ X >= c·Y,   X//c <= Y ⟺ X <= c·Y + c − 1
+        # c < 0:  X//c >= Y ⟺ X <= c·Y,   X//c <= Y ⟺ X >= c·Y + c + 1
+        if op in (">=", "=="):
+            out += _linear_constraints(">=" if sign > 0 else "<=", bj, rest + [(-1, cy)], guard)
+        if op in ("<=", "=="):
+            edge = rest + [(-1, cy), (-1, c), (sign, one)]
+            out += _linear_constraints("<=" if sign > 0 else ">=", bj, edge, guard)
+    return out, conditions
 
 
 def _clause(atoms: list[n.Expr]) -> Clause | None:
@@ -322,7 +346,10 @@ def _clause(atoms: list[n.Expr]) -> Clause | None:
                 continue
             return None
         kind, what = _classify(atom)
-        if kind == "constraints":
+        if kind == "floordiv":
+            constraints += what[0]
+            conditions += what[1]
+        elif kind == "constraints":
             constraints += what
         elif kind == "condition":
             conditions.append(what)

@@ -141,11 +141,15 @@ def test_causal_square_counts(monkeypatch):
     assert (counter.visited, counter.masked) == (2 + 4 + 6 + 8, 8)
 
 
-def test_residual_atoms_are_evaluated_on_full_tiles(monkeypatch):
-    # causal bounds skip tiles; the document test cannot be decided by bounds, so every visited
-    # tile still compares document ids — and the result must stay exact.
+def test_document_masks_are_classified_at_run_time(monkeypatch):
+    # causal and a document test: the bounds cannot decide the document atom, so the tiles are
+    # classified at run time (runtime/sparsity.py): exactly the needed tiles are visited, and
+    # only partial ones evaluate the mask — the result stays exact (run() checks it).
     attn = attnc.compile("attention a(doc: tensor[B, N_KV] int):\n"
                          "    mask = kv_idx <= q_idx and doc[b, q_idx] == doc[b, kv_idx]\n")
-    doc = torch.tensor([[0] * 20 + [1] * 30 + [2] * 14])
+    ids = np.array([0] * 20 + [1] * 30 + [2] * 14)
+    doc = torch.tensor(ids).view(1, -1)
+    i, j = np.arange(64)[:, None], np.arange(64)[None, :]
+    needed, partial = expected_tiles((j <= i) & (ids[:, None] == ids[None, :]))
     counter = run(attn, 64, 64, {"doc": doc}, monkeypatch)
-    assert counter.visited == 20 and counter.masked == 20
+    assert (counter.visited, counter.masked) == (needed, partial)
