@@ -69,6 +69,14 @@ def _sat(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(-BIG, BIG) if x.dtype == _I64 else x
 
 
+def _wide(lo: torch.Tensor, hi: torch.Tensor) -> "_Int":
+    """An interval whose float bounds may be NaN (inf - inf, 0 · inf): NaN means anything."""
+    if lo.dtype == _F64:
+        lo = torch.where(torch.isnan(lo), -math.inf, lo)
+        hi = torch.where(torch.isnan(hi), math.inf, hi)
+    return _Int(lo, hi)
+
+
 def _unknown(e: n.Expr):
     if e.type == n.BOOL:
         return _Bool(_t(True, torch.bool), _t(False, torch.bool))
@@ -170,9 +178,9 @@ class _Evaluator:
             one = (a.lo == a.hi) & (b.lo == b.hi) & (a.lo == b.lo)
             return _Bool(meet, one) if op == "==" else _Bool(~one, ~meet)
         if op == "+":
-            return _Int(_sat(a.lo + b.lo), _sat(a.hi + b.hi))
+            return _wide(_sat(a.lo + b.lo), _sat(a.hi + b.hi))
         if op == "-":
-            return _Int(_sat(a.lo - b.hi), _sat(a.hi - b.lo))
+            return _wide(_sat(a.lo - b.hi), _sat(a.hi - b.lo))
         if op == "*":
             return self._corners(a, b, _mul)
         if op == "//" and e.type == n.INT:
@@ -189,6 +197,9 @@ class _Evaluator:
     def _corners(a: _Int, b: _Int, fn) -> _Int:
         vals = torch.broadcast_tensors(fn(a.lo, b.lo), fn(a.lo, b.hi), fn(a.hi, b.lo), fn(a.hi, b.hi))
         stack = torch.stack(vals)
+        if stack.dtype == _F64 and torch.isnan(stack).any():  # inf / inf and the like: anything
+            nan = torch.isnan(stack).any(0)
+            return _wide(torch.where(nan, math.nan, stack.amin(0)), torch.where(nan, math.nan, stack.amax(0)))
         return _Int(stack.amin(0), stack.amax(0))
 
     def floordiv(self, a: _Int, c: _Int) -> _Int:
@@ -268,7 +279,9 @@ class _Evaluator:
             ranges.append((x.lo.clamp(0, size - 1), x.hi.clamp(0, size - 1)))
         varying = [axis for axis, ix in enumerate(e.indices)
                    if any(isinstance(v, n.Var) and v.name in ("i", "j") for v in n.walk(ix))]
-        if len(varying) > 1 or t.numel() == 0:  # several axes vary within a tile: the whole range
+        if t.numel() == 0 or (t.is_floating_point() and torch.isnan(t).any()):
+            return _unknown(e)  # nothing to read, or NaN (false in every comparison, even negated)
+        if len(varying) > 1:  # several axes vary within a tile: the whole tensor's range
             lo, hi = t.min(), t.max()
         else:
             shape = torch.broadcast_shapes(*(x.shape for r in ranges for x in r))

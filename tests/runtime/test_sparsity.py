@@ -116,3 +116,21 @@ def test_a_kernel_call_reuses_the_classification():
     doc[0, :] = 0  # one document: every pair kept, a new classification and a new result
     torch.testing.assert_close(attn(q, k, v, doc=doc), attnc.load("softmax")(q, k, v), rtol=1e-5, atol=1e-6)
     assert attn.tile_cache.misses == misses + 2
+
+
+@SETTINGS
+@given(data=st.data(), tiles=TILES)
+def test_classification_is_sound_with_nan_and_inf_in_a_float_mask_input(data, tiles):
+    # NaN is false in every comparison, negated ones included, so a NaN anywhere in the tensor
+    # must not make a range look decided; inf - inf must not either.
+    attn = attnc.compile("attention a(w: tensor[N_KV] float):\n"
+                         "    mask = not (w[kv_idx] - w[q_idx] > 0.5) and kv_idx <= q_idx + 3\n")
+    n = data.draw(st.integers(1, 60))
+    w = torch.tensor(data.draw(st.lists(st.sampled_from([0.0, 1.0, -2.0, float("nan"), float("inf"), float("-inf")]),
+                                        min_size=n, max_size=n)), dtype=torch.float64)
+    q = torch.zeros(1, 1, n, 4)
+    sizes = sizes_of(q, q, q, None)
+    got = classify(attn.cascade, {"w": w}, sizes, *tiles).classes.long()
+    want = _truth(reference_keep(attn.cascade, q, q, q, w=w), *tiles)
+    assert not ((got == EMPTY) & (want != EMPTY)).any()
+    assert not ((got == FULL) & (want != FULL)).any()
