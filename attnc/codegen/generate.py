@@ -24,7 +24,7 @@ from ..ir.printer import cascade_text
 from ..ir.ranges import weight_range
 from .exprs import ExprPrinter
 
-CODEGEN_VERSION = "9"
+CODEGEN_VERSION = "10"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
@@ -61,7 +61,7 @@ class KernelSource:
     tensor_params: tuple[n.ParamSpec, ...]  # in argument order
     scalar_params: tuple[n.ParamSpec, ...]
     has_lse: bool
-    runtime_tiles: bool  # takes the runtime tile classification (``runtime/sparsity.py``)
+    runtime_tiles: bool = False  # takes the runtime tile classification (``runtime/sparsity.py``)
 
 
 def _env() -> jinja2.Environment:
@@ -295,8 +295,15 @@ class _Builder:
             # keys j ≡ t (mod m), t = -s·g: move both ends onto such keys (for m > 0)
             t = f"(-({self.printer.key_range_expr(cg.g)}))" if cg.s == 1 else f"({self.printer.key_range_expr(cg.g)})"
             m = self.printer.key_range_expr(cg.m)
-            lines += [f"lo_r = tl.where({m} > 0, lo_r + _fmod({t} - lo_r, {m}), lo_r)",
-                      f"hi_r = tl.where({m} > 0, hi_r - _fmod(hi_r - 1 - {t}, {m}), hi_r)"]
+            # (t − lo_r) mod m from residues of values that each fit int32 (t is a checked mask
+            # sub-expression, lo_r and hi_r lie in [0, n_kv]): their difference would not
+            lines += [f"res_t = _fmod({t}, {m})",
+                      f"res_d = _fmod(lo_r, {m})",
+                      f"lo_r = tl.where({m} > 0, lo_r + tl.where(res_t < res_d, res_t - res_d + {m}, res_t - res_d), lo_r)",
+                      f"res_d = _fmod(hi_r - 1, {m})",
+                      f"hi_r = tl.where({m} > 0, hi_r - tl.where(res_d < res_t, res_d - res_t + {m}, res_d - res_t), hi_r)"]
+        if clause.congruences and refine:  # moved ends can leave [0, n_kv]: the tile bounds below are int32
+            lines += ["lo_r = tl.minimum(tl.maximum(lo_r, 0), n_kv)", "hi_r = tl.maximum(tl.minimum(hi_r, n_kv), 0)"]
         lines += [
             "some = rows_ok & (lo_r < hi_r)",
             f"lo{sfx} = tl.min(tl.where(some, lo_r, n_kv), 0).to(tl.int32)",
@@ -378,11 +385,12 @@ def _tile_lines(sfx: str) -> list[str]:
 
 
 def _floor_div(x: str, k: int) -> str:
-    return x if k == 1 else f"_fdiv({x}, {k})"
+    return x if k == 1 else f"_idiv({x}, {k})"
 
 
 def _ceil_div(x: str, k: int) -> str:
-    return x if k == 1 else f"(-_fdiv(-{x}, {k}))"
+    return x if k == 1 else f"(-_idiv(-{x}, {k}))"
+
 
 
 def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -> KernelSource:

@@ -100,8 +100,7 @@ class TileBounds:
     def runtime(self) -> bool:
         """Whether tiles are classified at run time (``runtime/sparsity.py``) instead: some atom
         the bounds cannot decide reads only indices, sizes and inputs (document ids, `%` of both
-        indices), so interval arithmetic over a tile can. Atoms that read the score cannot be
-        classified either way and stay residual."""
+        indices), so interval arithmetic over a tile can."""
         return any(cl.opaque for cl in self.clauses)
 
     @property

@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -144,10 +145,13 @@ def _cached(key: str, make_source, build):
         if key in _memory:
             return _memory[key]
         source = make_source()
-        path = cache_dir() / f"{key}.py"
+        # the file name carries the text's hash too: two processes that generate different text
+        # under one key (an attnc checkout being edited) never import each other's kernel
+        name = f"{key}_{hashlib.sha256(source.text.encode()).hexdigest()[:12]}"
+        path = cache_dir() / f"{name}.py"
         if not path.exists() or path.read_text(encoding="utf-8") != source.text:
             _write_atomic(path, source.text)
-        _memory[key] = build(source, path, _load_module(path, key))
+        _memory[key] = build(source, path, _load_module(path, name))
         _builds += 1
         return _memory[key]
 
@@ -241,6 +245,94 @@ def _capability(device: torch.device) -> int:
     return major * 10 + minor
 
 
+@dataclass(frozen=True)
+class Packed:
+    """Packed variable-length sequences (FlashAttention's varlen layout): sequence b holds query
+    rows ``cu_q[b]:cu_q[b+1]`` and key rows ``cu_k[b]:cu_k[b+1]`` of token-major tensors
+    ``[total, H, D]``. Kernels see them as ``[num_seqs, H, total, D]`` views with batch stride 0
+    (``view``) and move to their sequence's rows themselves (``VARLEN``): no padding, no copy,
+    and a tile never straddles two sequences."""
+
+    cu_q: torch.Tensor  # int32 [num_seqs + 1], on the inputs' device
+    cu_k: torch.Tensor
+    lens_q: tuple[int, ...]
+    lens_k: tuple[int, ...]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.lens_q)
+
+    @property
+    def max_q(self) -> int:
+        return max(self.lens_q, default=0)
+
+    @property
+    def max_k(self) -> int:
+        return max(self.lens_k, default=0)
+
+    @property
+    def pointers(self) -> tuple:
+        return self.cu_q, self.cu_k
+
+    def view(self, t: torch.Tensor) -> torch.Tensor:
+        """``[total, H, *rest]`` → ``[num_seqs, H, total, *rest]`` (a view, batch stride 0)."""
+        return t.transpose(0, 1).unsqueeze(0).expand(self.num_seqs, *t.transpose(0, 1).shape)
+
+    @staticmethod
+    def unview(t: torch.Tensor) -> torch.Tensor:
+        return t[0].transpose(0, 1)
+
+    def rows(self, shape: tuple, dtype) -> torch.Tensor:
+        """A new token-major buffer for a ``[B, H, N, *rest]`` kernel output, as its view."""
+        _, heads, total, *rest = shape
+        return self.view(torch.empty((total, heads, *rest), dtype=dtype, device=self.cu_q.device))
+
+    def sizes(self, dense: dict) -> dict:
+        """The sizes a mask sees: per-sequence lengths (tensors over the sequences)."""
+        lq = torch.tensor(self.lens_q, dtype=torch.int64).view(-1, 1, 1, 1)
+        lk = torch.tensor(self.lens_k, dtype=torch.int64).view(-1, 1, 1, 1)
+        return {**dense, "B": self.num_seqs, "n_q": lq, "n_kv": lk, "N_Q": self.max_q, "N_KV": self.max_k}
+
+
+def _cu_seqlens(name: str, cu, total: int, device) -> tuple[torch.Tensor, tuple[int, ...]]:
+    if not isinstance(cu, torch.Tensor) or cu.dim() != 1 or cu.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"`{name}` must be a 1-D int32/int64 tensor of cumulative lengths, got "
+                        f"{type(cu).__name__ if not isinstance(cu, torch.Tensor) else f'{cu.dtype} {tuple(cu.shape)}'}")
+    values = [int(x) for x in cu.tolist()]
+    if not values or values[0] != 0:
+        raise ValueError(f"`{name}` must start at 0, got {values[:1]}")
+    lens = tuple(b - a for a, b in zip(values, values[1:], strict=False))
+    if any(x < 0 for x in lens):
+        raise ValueError(f"`{name}` must not decrease, got {values}")
+    if values[-1] != total:
+        raise ValueError(f"`{name}` must end at the number of rows ({total}), got {values[-1]}")
+    return cu.to(device=device, dtype=torch.int32), lens
+
+
+class _VarlenFn(torch.autograd.Function):
+    """Packed sequences through the forward and backward kernels (``Attention.varlen``)."""
+
+    @staticmethod
+    def forward(ctx, attn, packed, scale, scalars, q, k, v, *tensors):
+        out, lse, stats = attn.launch_forward(packed.view(q), packed.view(k), packed.view(v), list(tensors),
+                                              scalars, scale, save_stats=True, packed=packed)
+        ctx.attn, ctx.packed, ctx.scale, ctx.scalars = attn, packed, scale, scalars
+        ctx.save_for_backward(q, k, v, out, stats, *tensors)
+        return Packed.unview(out), lse[0].transpose(0, 1)
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, stats, *tensors = ctx.saved_tensors
+        p = ctx.packed
+        dout = torch.zeros_like(Packed.unview(out)) if dout is None else dout
+        dlse = torch.zeros(q.shape[0], q.shape[1], dtype=torch.float32, device=q.device) if dlse is None else dlse
+        grad_mask = list(ctx.needs_input_grad[7:])
+        dq, dk, dv, grads = ctx.attn.launch_backward(
+            p.view(dout.contiguous()), p.view(dlse.float().contiguous()), p.view(q), p.view(k), p.view(v), out, stats,
+            tensors, ctx.scalars, ctx.scale, grad_mask, packed=p)
+        return (None, None, None, None, Packed.unview(dq), Packed.unview(dk), Packed.unview(dv), *grads)
+
+
 class Attention:
     """A compiled attention variant: ``attn(q, k, v, *, scale=None, return_lse=False, **params)``."""
 
@@ -316,12 +408,54 @@ class Attention:
             out, lse, _ = self.launch_forward(q, k, v, tensors, scalars, float(scale), save_stats=False)
         return (out, lse) if return_lse else out
 
-    def _tile_classes(self, q, k, v, scale: float, tensors: list, scalars: list, block_m: int, block_n: int):
+    def _tile_classes(self, q, k, v, scale: float, tensors: list, scalars: list, block_m: int, block_n: int,
+                      packed: Packed | None = None):
         """The runtime tile classification of this call's mask (cached while its inputs stay)."""
         specs = self.cascade.params
         values = dict(zip([p.name for p in specs if p.kind == "tensor"], tensors, strict=True))
         values.update(zip([p.name for p in specs if p.kind != "tensor"], scalars, strict=True))
-        return self.tile_cache.get(self.cascade, values, sizes_of(q, k, v, scale), block_m, block_n, q.device)
+        sizes = packed.sizes(sizes_of(q, k, v, scale)) if packed else sizes_of(q, k, v, scale)
+        return self.tile_cache.get(self.cascade, values, sizes, block_m, block_n, q.device)
+
+    def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, *, scale: float | None = None,
+               return_lse: bool = False, **params):
+        """Packed variable-length sequences, FlashAttention's varlen layout: ``q [total_q, Hq, D]``,
+        ``k [total_k, Hkv, D]``, ``v [total_k, Hkv, Dv]``; sequence b is query rows
+        ``cu_seqlens_q[b]:cu_seqlens_q[b+1]`` against key rows ``cu_seqlens_k[b]:cu_seqlens_k[b+1]``.
+        Returns ``out [total_q, Hq, Dv]`` (and ``lse [total_q, Hq]``), equal to running each
+        sequence alone: the mask and score see sequence-local ``q_idx``/``kv_idx``, ``n_q``/``n_kv``
+        are the sequence's lengths and ``b`` is the sequence's index (tensor parameters over ``B``
+        have one row per sequence; ``N_Q``/``N_KV`` dims are the longest lengths). Differentiable
+        like a dense call (not through torch.compile: it is not a custom op)."""
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 3:
+                raise ValueError(f"`{name}` must be a 3-D tensor [total, H, D] (packed sequences), got "
+                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        cu_q, lens_q = _cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
+        cu_k, lens_k = _cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
+        if len(lens_q) != len(lens_k):
+            raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe as many sequences, got "
+                             f"{len(lens_q)} and {len(lens_k)}")
+        packed = Packed(cu_q, cu_k, lens_q, lens_k)
+        q4, k4, v4 = packed.view(q), packed.view(k), packed.view(v)
+        B, Hq, Hkv, Nq, Nkv, D, Dv = check_inputs(q4, k4, v4, dtypes=tuple(_DTYPES))
+        if not (1 <= D <= 256 and 1 <= Dv <= 256):
+            raise ValueError(f"head dims must be 1..256, got D={D}, Dv={Dv}")
+        if return_lse and not self.cascade.has_lse:
+            raise ValueError(f"{self.cascade.name} defines no lse[i]; call it with return_lse=False")
+        for p in self.cascade.params:  # a default over n_q/n_kv would differ per sequence
+            if p.name not in params and p.default is not None and any(
+                    isinstance(x, n.Var) and x.name in ("n_q", "n_kv") for x in n.walk(p.default)):
+                raise ValueError(f"varlen: parameter `{p.name}` defaults to an expression of the sequence "
+                                 f"lengths, which differ per sequence; pass {p.name}= explicitly")
+        sizes = sizes_of(q4, k4, v4, scale)
+        sizes.update({"n_q": packed.max_q, "n_kv": packed.max_k, "N_Q": packed.max_q, "N_KV": packed.max_k})
+        bound = bind_params(self.cascade, params, sizes, q.device)
+        tensors, scalars = self._kernel_args(bound)
+        values = dict(zip([p.name for p in self.cascade.params if p.kind != "tensor"], scalars, strict=True))
+        check_int32(self.cascade, B, sizes, values)
+        out, lse = _VarlenFn.apply(self, packed, float(sizes["scale"]), self._kernel_scalars(scalars), q, k, v, *tensors)
+        return (out, lse) if return_lse else out
 
     def _kernel_scalars(self, scalars: list) -> list:
         """Scalar parameters as the kernels take them: ints as ints, floats rounded to float32."""
@@ -334,21 +468,26 @@ class Attention:
             return torch.full(shape, float("nan"), dtype=dtype, device=device)
         return torch.empty(shape, dtype=dtype, device=device)
 
-    def launch_forward(self, q, k, v, tensors: list, scalars: list, scale: float, save_stats: bool):
+    def launch_forward(self, q, k, v, tensors: list, scalars: list, scale: float, save_stats: bool,
+                       packed: Packed | None = None):
         """Run the forward kernel: ``out``, ``lse`` and, with ``save_stats``, the per-row
-        statistics the backward reads (``[B, Hq, Nq, reductions + 1]`` fp32), else None."""
+        statistics the backward reads (``[B, Hq, Nq, reductions + 1]`` fp32), else None.
+        With ``packed``, q/k/v are ``Packed.view``s of token-major tensors and so are the outputs."""
         B, Hq, Nq, D = q.shape
         Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[-1]
+        rows = packed.rows if packed else lambda shape, dtype: self._alloc(shape, dtype, q.device)
         # Checks that need concrete values run here, where torch.compile does not trace.
         values = dict(zip([p.name for p in self.cascade.params if p.kind != "tensor"], scalars, strict=True))
         check_int32(self.cascade, B, sizes_of(q, k, v, scale), values)
         scalars = self._kernel_scalars(scalars)
         interpret = q.device.type == "cpu"
         kernel = kernel_for(self.cascade, Specialization(_DTYPES[q.dtype], interpret))
-        out = self._alloc((B, Hq, Nq, Dv), q.dtype, q.device)
-        lse = self._alloc((B, Hq, Nq), torch.float32, q.device)
+        out = rows((B, Hq, Nq, Dv), q.dtype)
+        lse = rows((B, Hq, Nq), torch.float32)
         n_stats = sum(isinstance(st.expr, n.Reduce) for st in self.cascade.stages) + 1
-        stats = self._alloc((B, Hq, Nq, n_stats), torch.float32, q.device) if save_stats else None
+        stats = rows((B, Hq, Nq, n_stats), torch.float32) if save_stats else None
+        if packed:  # the kernel sees each sequence's own lengths; the grid covers the longest
+            Nq, Nkv = packed.max_q, packed.max_k
         if Nq == 0 or B == 0 or Hq == 0:
             return out, lse, stats
         block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
@@ -365,31 +504,33 @@ class Attention:
         st = stats if save_stats else lse
         st_strides = stats.stride() if save_stats else (0, 0, 0, 0)
         if kernel.source.runtime_tiles:
-            tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n)
+            tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n, packed)
             st_strides = (*st_strides, *_tile_args(tiles.lists, B, Hq))
+        cu = packed.pointers if packed else (lse, lse)  # never read unless VARLEN
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()  # masked-off lanes
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
             fn[grid](
                 q, k, v, out, lse, *targs, *scalars,
-                *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(),
+                *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *cu,
                 Nq, Nkv, Hq, Hkv, D, Dv, float(scale), st, *st_strides,
-                BLOCK_D=block_d, BLOCK_DV=block_dv, SAVE_STATS=save_stats, **launch,
+                BLOCK_D=block_d, BLOCK_DV=block_dv, SAVE_STATS=save_stats, VARLEN=packed is not None, **launch,
             )
         return out, lse, stats
 
     def launch_backward(self, dout, dlse, q, k, v, out, stats, tensors: list, scalars: list, scale: float,
-                        grad_mask: list[bool]):
+                        grad_mask: list[bool], packed: Packed | None = None):
         """Run the backward kernels: ``dq, dk, dv`` and, per tensor parameter, its gradient
-        (in its dtype) where ``grad_mask`` asks for it, else None."""
+        (in its dtype) where ``grad_mask`` asks for it, else None. ``packed`` as for the forward."""
         B, Hq, Nq, D = q.shape
         Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[-1]
+        rows = packed.rows if packed else lambda shape, dtype: self._alloc(shape, dtype, q.device)
         scalars = self._kernel_scalars(scalars)
         interpret = q.device.type == "cpu"
         kernels = backward_kernels_for(self.cascade, Specialization(_DTYPES[q.dtype], interpret))
         src = kernels.source
-        dq = self._alloc(q.shape, q.dtype, q.device)
-        dk = self._alloc(k.shape, k.dtype, k.device)
-        dv = self._alloc(v.shape, v.dtype, v.device)
+        dq = rows(tuple(q.shape), q.dtype)
+        dk = rows(tuple(k.shape), k.dtype)
+        dv = rows(tuple(v.shape), v.dtype)
         specs = [p for p in self.cascade.params if p.kind == "tensor"]
         wanted = {p.name: bool(m) and p.elem == n.FLOAT for p, m in zip(specs, grad_mask, strict=True)}
         grads = {p.name: torch.zeros(tuple(t.shape), dtype=torch.float32, device=q.device)
@@ -403,7 +544,9 @@ class Attention:
             for t in (dq, dk, dv):
                 t.zero_()
             return result()
-        coef = self._alloc((B, Hq, Nq, max(1, src.num_coefs)), torch.float32, q.device)
+        coef = rows((B, Hq, Nq, max(1, src.num_coefs)), torch.float32)
+        if packed:  # the kernels see each sequence's own lengths; the grids cover the longest
+            Nq, Nkv = packed.max_q, packed.max_k
         block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
         config = kernels.config(0 if interpret else _capability(q.device), block_d, block_dv)
         launch = {**config.kwargs(), "BLOCK_D": block_d, "BLOCK_DV": block_dv,
@@ -415,10 +558,11 @@ class Attention:
             gargs += [g if g is not None else dummy, *(g.stride() if g is not None else (0,) * len(p.dims))]
             flags[f"GRAD_u_{p.name}"] = g is not None
         targs = [x for t in tensors for x in (t, *t.shape, *t.stride())]
-        sizes = (Nq, Nkv, Hq, Hkv, D, Dv, float(scale))
+        sizes = (*(packed.pointers if packed else (dq, dq)), Nq, Nkv, Hq, Hkv, D, Dv, float(scale))
+        flags["VARLEN"] = packed is not None
         rows_tiles, kv_tiles = (), ()
         if src.runtime_tiles:
-            tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n)
+            tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n, packed)
             rows_tiles, kv_tiles = _tile_args(tiles.lists, B, Hq), _tile_args(tiles.classes, B, Hq)
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):

@@ -87,8 +87,7 @@ def _unknown(e: n.Expr):
 
 def _mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.dtype != _I64:
-        out = a * b
-        return torch.where(torch.isnan(out), torch.zeros_like(out), out)  # 0 · inf: 0 is inside any hull
+        return a * b  # 0 · inf is NaN: _corners widens the interval to anything
     wide = a.to(_F64) * b.to(_F64)  # overflow test in float, exact product in int64
     return torch.where(wide.abs() > BIG, torch.sign(wide).to(_I64) * BIG, a * b)
 
@@ -266,8 +265,9 @@ class _Evaluator:
             f = self._MONOTONE[fn]
             lo, hi = f(args[0].lo.to(_F64)), f(args[0].hi.to(_F64))
             return _Int(torch.where(torch.isnan(lo), -math.inf, lo), torch.where(torch.isnan(hi), math.inf, hi))
-        if fn in ("sin", "cos"):
-            return _Int(_t(-1.0, _F64), _t(1.0, _F64))
+        if fn in ("sin", "cos"):  # NaN at ±inf: anything, unless the argument is finite
+            finite = torch.isfinite(args[0].lo) & torch.isfinite(args[0].hi)
+            return _Int(torch.where(finite, -1.0, -math.inf), torch.where(finite, 1.0, math.inf))
         return _unknown(e)
 
     def load(self, e: n.Load):
@@ -277,8 +277,9 @@ class _Evaluator:
             x = self(ix)
             size = t.shape[axis]
             ranges.append((x.lo.clamp(0, size - 1), x.hi.clamp(0, size - 1)))
-        varying = [axis for axis, ix in enumerate(e.indices)
-                   if any(isinstance(v, n.Var) and v.name in ("i", "j") for v in n.walk(ix))]
+        # axes whose index is not one point for some tile: it reads i or j, or an interval that
+        # interval arithmetic could not narrow to a point (sin, a division by a range, ...)
+        varying = [axis for axis, (lo_i, hi_i) in enumerate(ranges) if bool((lo_i != hi_i).any())]
         if t.numel() == 0 or (t.is_floating_point() and torch.isnan(t).any()):
             return _unknown(e)  # nothing to read, or NaN (false in every comparison, even negated)
         if len(varying) > 1:  # several axes vary within a tile: the whole tensor's range
@@ -292,6 +293,7 @@ class _Evaluator:
                 axis = varying[0]
                 mins, maxs = self._table(e.tensor, axis)
                 a, b = ranges[axis]
+                b = torch.maximum(a, b)  # a tile past a packed sequence's end: empty interval, never used
                 level = torch.floor(torch.log2((b - a + 1).to(_F64))).to(_I64)
                 far = b - (1 << level) + 1  # [a, a + 2**level) and [far, b] cover [a, b]
                 other = [r[0] for k, r in enumerate(ranges) if k != axis]
@@ -327,12 +329,16 @@ def _uses(e: n.Expr, name: str) -> bool:
 
 def classify(cascade: n.Cascade, values: dict, sizes: dict, block_m: int, block_n: int) -> TileClasses:
     """Tile classes of ``cascade``'s mask for one call (``values``: parameter name → scalar or
-    tensor, on any device; ``sizes`` as ``validate.sizes_of``). Computed on the CPU."""
+    tensor, on any device; ``sizes`` as ``validate.sizes_of``). Computed on the CPU. Packed
+    sequences give ``n_q``/``n_kv`` as int64 tensors [B, 1, 1, 1] (each sequence's lengths) and
+    ``N_Q``/``N_KV`` as the longest: tiles past a sequence's end are empty."""
     mask = cascade.stage("keep").expr
-    batch = sizes["B"] if _uses(mask, "b") else 1
+    n_q, n_kv = torch.as_tensor(sizes["n_q"]), torch.as_tensor(sizes["n_kv"])
+    packed = n_q.dim() > 0
+    batch = sizes["B"] if packed or _uses(mask, "b") else 1
     heads = sizes["n_heads"] if _uses(mask, "h") else 1
-    tiles_m = -(-sizes["n_q"] // block_m)
-    tiles_n = -(-sizes["n_kv"] // block_n)
+    tiles_m = -(-sizes["N_Q"] // block_m)
+    tiles_n = -(-sizes["N_KV"] // block_n)
     cpu = {k: (v.detach().to("cpu") if isinstance(v, torch.Tensor) else v) for k, v in values.items()}
     shape = (batch, heads, tiles_m, tiles_n)
     if tiles_m == 0 or tiles_n == 0:
@@ -342,8 +348,11 @@ def classify(cascade: n.Cascade, values: dict, sizes: dict, block_m: int, block_
             keep = _Evaluator(cpu, sizes, tiles_m, tiles_n, block_m, block_n, batch, heads)(mask)
         may = torch.broadcast_to(keep.may, shape)
         must = torch.broadcast_to(keep.must, shape)
-        whole = (torch.arange(1, tiles_n + 1) * block_n <= sizes["n_kv"]).view(1, 1, 1, -1)  # not ragged
-        classes = torch.where(may, torch.where(must & whole, FULL, PARTIAL), EMPTY).to(torch.int8)
+        kt = torch.arange(tiles_n).view(1, 1, 1, -1)
+        qt = torch.arange(tiles_m).view(1, 1, -1, 1)
+        whole = (kt + 1) * block_n <= n_kv  # not ragged
+        inside = (qt * block_m < n_q) & (kt * block_n < n_kv)  # within the (packed) sequence
+        classes = torch.where(may & inside, torch.where(must & whole, FULL, PARTIAL), EMPTY).to(torch.int8)
     order = torch.where(classes == PARTIAL, 0, torch.where(classes == FULL, 1, 2))
     idx = torch.sort(order, dim=-1, stable=True).indices.to(torch.int32)
     counts = torch.stack([(classes == PARTIAL).sum(-1), (classes == FULL).sum(-1)], -1).to(torch.int32)
@@ -365,8 +374,9 @@ class TileCache:
         used = {x.tensor for x in n.walk(mask) if isinstance(x, n.Load)}
         scalars = tuple(sorted((k, v) for k, v in values.items() if not isinstance(v, torch.Tensor)))
         tensors = {k: values[k] for k in sorted(used)}
+        plain = {k: (tuple(v.flatten().tolist()) if isinstance(v, torch.Tensor) else v) for k, v in sizes.items()}
         key = (block_m, block_n, str(device), scalars,
-               tuple(sorted(sizes.items())), tuple((k, tuple(t.shape), t.dtype) for k, t in tensors.items()))
+               tuple(sorted(plain.items())), tuple((k, tuple(t.shape), t.dtype) for k, t in tensors.items()))
         hit = self._entries.get(key)
         if hit is not None and all(torch.equal(hit[0][k], t) for k, t in tensors.items()):
             self._entries.move_to_end(key)

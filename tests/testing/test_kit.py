@@ -1,5 +1,7 @@
 """attnc.testing: the property-testing kit users run on their own variants, and proof it can fail."""
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -54,14 +56,15 @@ def test_assert_matches_reference_in_a_users_test():
 
 def test_an_injected_off_by_one_is_caught_with_a_shrunk_report(monkeypatch):
     # The generated mask `kv_idx <= q_idx` is broken into `kv_idx < q_idx` in the kernel source
-    # only: the reference keeps the diagonal, the kernel drops it.
+    # only (boundary tiles test the rows' key intervals [lo_r, hi_r)): the reference keeps the
+    # diagonal, the kernel drops it.
     real = generate_mod.generate
 
     def broken(c, spec, plan=None):
         src = real(c, spec, plan)
-        text = src.text.replace("(offs_n[None, :] <= offs_m[:, None])", "(offs_n[None, :] < offs_m[:, None])")
+        text = src.text.replace("(offs_n[None, :] < hi_r32[:, None])", "(offs_n[None, :] < hi_r32[:, None] - 1)")
         assert text != src.text, "the injection point moved; update this test"
-        return generate_mod.KernelSource(text, src.kernel_name, src.tensor_params, src.scalar_params, src.has_lse)
+        return dataclasses.replace(src, text=text)
 
     monkeypatch.setattr("attnc.runtime.compiler.generate", broken)
     attn = attnc.compile("attention diag:\n    mask = kv_idx <= q_idx\n")
