@@ -279,6 +279,9 @@ def _write_png(image, path: Path) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a written picture is not
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
