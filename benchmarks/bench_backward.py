@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forward import (  # noqa: E402 - the forward benchmark's shapes, parameters and helpers
-    DEFAULT_OUT, cases, flex_mods, fmt_ms, header, kept_pairs, log, timing, variant_inputs, write_section,
+    DEFAULT_OUT, cases, flex_block_mask, flex_mods, fmt_ms, header, kept_pairs, log, timing, variant_inputs, write_section,
 )
 
 DEFAULT_VARIANTS = ("softmax", "causal", "sliding_window", "document", "alibi", "softcap", "relative_bias",
@@ -38,7 +38,6 @@ DEFAULT_VARIANTS = ("softmax", "causal", "sliding_window", "document", "alibi", 
 
 def bench_train(args) -> list[str]:
     import torch
-    from torch.nn.attention.flex_attention import create_block_mask
 
     device, flex, tokens, model_dim, bench = timing(args, repeats=2)
     rows = []
@@ -67,8 +66,7 @@ def bench_train(args) -> list[str]:
         if mods != "inexpressible":
             score_mod, mm = mods
             try:
-                block_mask = (create_block_mask(mm, B if name == "document" else None, None, N, N,
-                                                device=device) if mm else None)
+                block_mask = flex_block_mask(name, mm, B, N, device)
 
                 def step_flex():
                     flex(q, k, v, score_mod=score_mod, block_mask=block_mask).backward(do)

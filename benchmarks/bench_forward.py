@@ -168,6 +168,16 @@ def variant_inputs(name: str, B: int, H: int, N: int, device) -> dict:
     return {}
 
 
+def flex_block_mask(name: str, mask_mod, B: int, N: int, device):
+    """FlexAttention's BlockMask for ``mask_mod`` (None without one): per batch only for the
+    document mask, whose ids differ per batch row."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if mask_mod is None:
+        return None
+    return create_block_mask(mask_mod, B if name == "document" else None, None, N, N, device=device)
+
+
 def flex_mods(name: str, params: dict, H: int, N: int):
     """(score_mod, mask_mod) expressing ``name`` for flex_attention (Nq == Nkv), or None."""
     import torch
@@ -292,7 +302,6 @@ def timing(args, repeats: int = 3):
 
 def bench_cuda(args) -> list[str]:
     import torch
-    from torch.nn.attention.flex_attention import create_block_mask
 
     for knob in ("cache_size_limit", "recompile_limit"):  # one flex compile per variant and shape
         if hasattr(torch._dynamo.config, knob):
@@ -319,8 +328,7 @@ def bench_cuda(args) -> list[str]:
         if mods != "inexpressible":
             score_mod, mm = mods
             try:
-                block_mask = (create_block_mask(mm, B if name == "document" else None, None, N, N,
-                                                device=device) if mm else None)
+                block_mask = flex_block_mask(name, mm, B, N, device)
                 ref = flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
                 t = bench(lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask)) * 1e-3
                 row["flex_tf"] = flops / t / 1e12

@@ -385,23 +385,33 @@ class Attention:
             tensors.append(value)
         return tensors, scalars
 
-    def __call__(self, q, k, v, *, scale: float | None = None, return_lse: bool = False, **params):
-        B, Hq, Hkv, Nq, Nkv, D, Dv = check_inputs(q, k, v, dtypes=tuple(_DTYPES))
+    def _prepare(self, q, k, v, scale, return_lse: bool, params: dict, lengths: dict | None = None):
+        """Checks shared by dense and packed calls, then the sizes and the kernel arguments of the
+        parameters (``lengths`` overrides the sizes a packed call binds parameters with)."""
+        check_inputs(q, k, v, dtypes=tuple(_DTYPES))
+        D, Dv = q.shape[3], v.shape[3]
         if not (1 <= D <= 256 and 1 <= Dv <= 256):
             raise ValueError(f"head dims must be 1..256, got D={D}, Dv={Dv}")
-        sizes = sizes_of(q, k, v, scale)
-        scale = sizes["scale"]
+        sizes = {**sizes_of(q, k, v, scale), **(lengths or {})}
         bound = bind_params(self.cascade, params, sizes, q.device)
         tensors, scalars = self._kernel_args(bound)
         if return_lse and not self.cascade.has_lse:
             raise ValueError(f"{self.cascade.name} defines no lse[i]; call it with return_lse=False")
+        return sizes, tensors, scalars
+
+    def _needs_grad(self, q, k, v, tensors: list) -> bool:
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *tensors))
+        if grad and not torch.compiler.is_compiling():  # a variant without a derivable backward fails here
+            derive_backward(self.cascade)
+        return grad
+
+    def __call__(self, q, k, v, *, scale: float | None = None, return_lse: bool = False, **params):
+        sizes, tensors, scalars = self._prepare(q, k, v, scale, return_lse, params)
+        scale = sizes["scale"]
+        grad = self._needs_grad(q, k, v, tensors)
         compiling = torch.compiler.is_compiling()
         if grad or compiling:
             from .autograd import attention_op  # differentiable, and opaque to torch.compile
-
-            if grad and not compiling:  # a variant without a derivable backward fails here, not in .backward()
-                derive_backward(self.cascade)
 
             out, lse = attention_op(self, q, k, v, tensors, scalars, float(scale))
         else:
@@ -428,33 +438,36 @@ class Attention:
         have one row per sequence; ``N_Q``/``N_KV`` dims are the longest lengths). Differentiable
         like a dense call (not through torch.compile: it is not a custom op)."""
         for name, t in (("q", q), ("k", k), ("v", v)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 3:
-                raise ValueError(f"`{name}` must be a 3-D tensor [total, H, D] (packed sequences), got "
-                                 f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 3:
+                raise ValueError(f"`{name}` must be a 3-D tensor [total, H, D] (packed sequences), got shape "
+                                 f"{tuple(t.shape)}")
+        if q.shape[2] != k.shape[2] or k.shape[:2] != v.shape[:2]:
+            raise ValueError(f"packed shapes do not match: q {tuple(q.shape)} [total_q, Hq, D], k {tuple(k.shape)} "
+                             f"[total_k, Hkv, D], v {tuple(v.shape)} [total_k, Hkv, Dv]")
         cu_q, lens_q = _cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
         cu_k, lens_k = _cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device)
         if len(lens_q) != len(lens_k):
             raise ValueError(f"cu_seqlens_q and cu_seqlens_k must describe as many sequences, got "
                              f"{len(lens_q)} and {len(lens_k)}")
-        packed = Packed(cu_q, cu_k, lens_q, lens_k)
-        q4, k4, v4 = packed.view(q), packed.view(k), packed.view(v)
-        B, Hq, Hkv, Nq, Nkv, D, Dv = check_inputs(q4, k4, v4, dtypes=tuple(_DTYPES))
-        if not (1 <= D <= 256 and 1 <= Dv <= 256):
-            raise ValueError(f"head dims must be 1..256, got D={D}, Dv={Dv}")
-        if return_lse and not self.cascade.has_lse:
-            raise ValueError(f"{self.cascade.name} defines no lse[i]; call it with return_lse=False")
         for p in self.cascade.params:  # a default over n_q/n_kv would differ per sequence
             if p.name not in params and p.default is not None and any(
                     isinstance(x, n.Var) and x.name in ("n_q", "n_kv") for x in n.walk(p.default)):
                 raise ValueError(f"varlen: parameter `{p.name}` defaults to an expression of the sequence "
                                  f"lengths, which differ per sequence; pass {p.name}= explicitly")
-        sizes = sizes_of(q4, k4, v4, scale)
-        sizes.update({"n_q": packed.max_q, "n_kv": packed.max_k, "N_Q": packed.max_q, "N_KV": packed.max_k})
-        bound = bind_params(self.cascade, params, sizes, q.device)
-        tensors, scalars = self._kernel_args(bound)
+        packed = Packed(cu_q, cu_k, lens_q, lens_k)
+        q4, k4, v4 = packed.view(q), packed.view(k), packed.view(v)
+        lengths = {"n_q": packed.max_q, "n_kv": packed.max_k, "N_Q": packed.max_q, "N_KV": packed.max_k}
+        sizes, tensors, scalars = self._prepare(q4, k4, v4, scale, return_lse, params, lengths)
+        scale = float(sizes["scale"])
         values = dict(zip([p.name for p in self.cascade.params if p.kind != "tensor"], scalars, strict=True))
-        check_int32(self.cascade, B, sizes, values)
-        out, lse = _VarlenFn.apply(self, packed, float(sizes["scale"]), self._kernel_scalars(scalars), q, k, v, *tensors)
+        check_int32(self.cascade, len(lens_q), sizes, values)
+        if self._needs_grad(q, k, v, tensors):
+            out, lse = _VarlenFn.apply(self, packed, scale, scalars, q, k, v, *tensors)
+        else:
+            out4, lse4, _ = self.launch_forward(q4, k4, v4, tensors, scalars, scale, save_stats=False, packed=packed)
+            out, lse = Packed.unview(out4), lse4[0].transpose(0, 1)
         return (out, lse) if return_lse else out
 
     def _kernel_scalars(self, scalars: list) -> list:

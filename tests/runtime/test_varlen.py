@@ -120,6 +120,13 @@ def test_varlen_argument_errors_name_the_argument():
         attn.varlen(q, q, q, torch.tensor([0, 4]), [0, 4])
     with pytest.raises(ValueError, match="`q` must be a 3-D tensor"):
         attn.varlen(q[None], q, q, torch.tensor([0, 4]), torch.tensor([0, 4]))
+    with pytest.raises(TypeError, match="`v` must be a torch.Tensor"):
+        attn.varlen(q, q, [0.0], torch.tensor([0, 4]), torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match=r"packed shapes do not match: q \(4, 1, 8\)"):
+        attn.varlen(q, torch.randn(4, 1, 6), q, torch.tensor([0, 4]), torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="must be a multiple of key/value heads"):
+        attn.varlen(torch.randn(4, 3, 8), torch.randn(4, 2, 8), torch.randn(4, 2, 8), torch.tensor([0, 4]),
+                    torch.tensor([0, 4]))
     # a default computed from n_kv would differ per sequence: it must be given
     with pytest.raises(ValueError, match="`divisor`"):
         attnc.load("relu").varlen(q, q, q, torch.tensor([0, 4]), torch.tensor([0, 4]))
