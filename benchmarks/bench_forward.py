@@ -156,7 +156,11 @@ def variant_inputs(name: str, B: int, H: int, N: int, device) -> dict:
     if name == "dilated_window":
         return {"window": WINDOW // DILATION, "dilation": DILATION}
     if name == "natten2d":
-        return {"width": NAT_WIDTH, "kernel": NAT_KERNEL}
+        return {"width": NAT_WIDTH, "kernel_h": NAT_KERNEL, "kernel_w": NAT_KERNEL}
+    if name == "natten1d":
+        return {"kernel": 4 * NAT_KERNEL + 1, "dilation": DILATION}
+    if name == "natten3d":  # 16 × 16 frames
+        return {"height": 16, "width": 16, "kernel_d": 3, "kernel_h": NAT_KERNEL, "kernel_w": NAT_KERNEL}
     if name == "document":  # documents of random length, about N/4 each
         cuts = torch.sort(torch.randint(1, N, (B, 3), generator=g), dim=1).values
         doc = (torch.arange(N)[None, :, None] >= cuts[:, None, :]).sum(-1).to(torch.int32)
@@ -209,19 +213,44 @@ def flex_mods(name: str, params: dict, H: int, N: int):
             return (torch.abs(d) <= w * dl) & (d % dl == 0)
         return None, dilated
     if name == "natten2d":
-        width, kernel, dil = params["width"], params["kernel"], params.get("dilation", 1)
+        width = params["width"]
+        kh, kw = params.get("kernel_h", 7), params.get("kernel_w", 7)
+        dh, dw = params.get("dilation_h", 1), params.get("dilation_w", 1)
+        if params.get("causal_h") or params.get("causal_w"):
+            raise NotImplementedError("the flex baseline of natten2d covers non-causal axes only")
         height = N // width
 
         def natten(b, h, q, kv):
             qr, qc, kr, kc = q // width, q % width, kv // width, kv % width
-            rows_g = (height - qr % dil + dil - 1) // dil
-            cols_g = (width - qc % dil + dil - 1) // dil
-            r0 = torch.minimum(torch.clamp(qr // dil - kernel // 2, min=0), rows_g - kernel)
-            c0 = torch.minimum(torch.clamp(qc // dil - kernel // 2, min=0), cols_g - kernel)
-            same = (kr % dil == qr % dil) & (kc % dil == qc % dil)
-            return (same & (r0 <= kr // dil) & (kr // dil < r0 + kernel)
-                    & (c0 <= kc // dil) & (kc // dil < c0 + kernel))
+            rows_g = (height - qr % dh + dh - 1) // dh
+            cols_g = (width - qc % dw + dw - 1) // dw
+            r0 = torch.minimum(torch.clamp(qr // dh - kh // 2, min=0), rows_g - kh)
+            c0 = torch.minimum(torch.clamp(qc // dw - kw // 2, min=0), cols_g - kw)
+            same = (kr % dh == qr % dh) & (kc % dw == qc % dw)
+            return (same & (r0 <= kr // dh) & (kr // dh < r0 + kh)
+                    & (c0 <= kc // dw) & (kc // dw < c0 + kw))
         return None, natten
+    if name in ("natten1d", "natten3d"):
+        if any(params.get(f"causal{x}") for x in ("", "_d", "_h", "_w")):
+            raise NotImplementedError(f"the flex baseline of {name} covers non-causal axes only")
+        if name == "natten1d":
+            axes = [(1, N, params.get("kernel", 7), params.get("dilation", 1))]
+        else:
+            hh, ww = params["height"], params["width"]
+            axes = [(hh * ww, N // (hh * ww), params.get("kernel_d", 3), params.get("dilation_d", 1)),
+                    (ww, hh, params.get("kernel_h", 3), params.get("dilation_h", 1)),
+                    (1, ww, params.get("kernel_w", 3), params.get("dilation_w", 1))]
+
+        def natten_nd(b, h, q, kv):
+            ok = None
+            for stride, length, kk, dd in axes:
+                x, y = q // stride % length, kv // stride % length
+                size = (length - x % dd + dd - 1) // dd
+                start = torch.minimum(torch.clamp(x // dd - kk // 2, min=0), size - kk)
+                axis = (y % dd == x % dd) & (start <= y // dd) & (y // dd < start + kk)
+                ok = axis if ok is None else ok & axis
+            return ok
+        return None, natten_nd
     if name == "document":
         doc = params["doc"]
         return None, lambda b, h, q, kv: doc[b, q] == doc[b, kv]

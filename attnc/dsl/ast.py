@@ -172,7 +172,18 @@ class StageAssign:
     target_span: Span | None = field(default=None, compare=False, repr=False)
 
 
-Stmt = Union[Let, Assign, StageAssign]
+@dataclass(frozen=True)
+class Grid:
+    """``grid (y, x) = (height, width) [dilated (dy, dx)]``: the tokens form a row-major grid."""
+
+    axes: tuple[str, ...]
+    sizes: tuple[Expr, ...]
+    dilated: tuple[Expr, ...] | None
+    span: Span | None = field(default=None, compare=False, repr=False)
+    axes_spans: tuple[Span | None, ...] = field(default=(), compare=False, repr=False)
+
+
+Stmt = Union[Let, Assign, StageAssign, Grid]
 
 # ---------------------------------------------------------------------------- top level
 

@@ -73,9 +73,19 @@ class Loader:
 
     def library_def(self, name: str) -> tuple[ast.Def, Scope] | None:
         scope = self.library_scope(name)
-        if scope is None or name not in scope.defs:
+        if scope is not None:
+            return (scope.defs[name], scope) if name in scope.defs else None
+        # a helper defined beside a variant (natten1d.attn's `neighborhood`): the library file
+        # that defines it, skipping files still being loaded (one of them is asking)
+        if self.library_dir is None or not name.isidentifier():
             return None
-        return scope.defs[name], scope
+        for other in self.library_names():
+            if (self.library_dir / f"{other}.attn").resolve() in self._loading:
+                continue
+            found = self.library_scope(other)
+            if found is not None and name in found.defs:
+                return found.defs[name], found
+        return None
 
     # ---- files and text
     def load_path(self, path: Path | str, *, is_library: bool = False, span: Span | None = None) -> Scope:

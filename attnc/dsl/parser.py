@@ -176,6 +176,19 @@ class _ToAst(Transformer):
             self.bind(name, "stage"), tuple(t.value for t in idx), value, self.sp(meta), self.ts(name).to(self.ts(idx[-1]))
         )
 
+    def grid_stmt(self, meta, c):
+        *names, dilated = c
+        names = [x for x in names if x is not None]
+        axes = [t for t in names if isinstance(t, Token) and t.type == "NAME"]
+        sizes = [x for x in names if not isinstance(x, Token)]
+        for t in axes:
+            self.bind(t, "grid axis")
+        return ast.Grid(tuple(t.value for t in axes), tuple(sizes), dilated, self.sp(meta),
+                        tuple(self.ts(t) for t in axes))
+
+    def grid_dilated(self, meta, c):
+        return tuple(x for x in c if x is not None)
+
     def params(self, meta, c):
         return tuple(p for p in c if p is not None)
 
@@ -266,7 +279,7 @@ _LIBRARY = object()
 # that binds one would be unreadable (and unprintable), so binding sites reject them.
 KEYWORDS = frozenset({
     "mask", "score", "norm", "attention", "let", "from", "import", "for", "if", "else", "and", "or",
-    "not", "int", "float", "bool", "tensor", "library", "True", "False",
+    "not", "int", "float", "bool", "tensor", "library", "True", "False", "grid", "dilated",
 })
 
 _FRIENDLY = {

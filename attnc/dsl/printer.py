@@ -95,6 +95,11 @@ def print_stmt(s: ast.Stmt) -> str:
         return f"{s.target} = {print_expr(s.value)}"
     if isinstance(s, ast.StageAssign):
         return f"{s.name}[{', '.join(s.indices)}] = {print_expr(s.value)}"
+    if isinstance(s, ast.Grid):
+        text = f"grid ({', '.join(s.axes)}) = ({', '.join(print_expr(x) for x in s.sizes)})"
+        if s.dilated is not None:
+            text += f" dilated ({', '.join(print_expr(x) for x in s.dilated)})"
+        return text
     raise TypeError(f"not a statement: {s!r}")
 
 

@@ -90,10 +90,12 @@ class Ctx:
     norm: NormState | None = None
     in_reduce: bool = False
     in_sum: bool = False
+    # the grids declared so far, shared by every context of one cascade: [(grid, span)]
+    grids: list = field(default_factory=list)
 
     def child(self, **kw) -> "Ctx":
         base = dict(kind=self.kind, scope=self.scope, env=self.env, stack=self.stack, norm=self.norm,
-                    in_reduce=self.in_reduce, in_sum=self.in_sum)
+                    in_reduce=self.in_reduce, in_sum=self.in_sum, grids=self.grids)
         base.update(kw)
         return Ctx(**base)
 
@@ -602,7 +604,7 @@ def _call_def(found: tuple[ast.Def, Scope], call: ast.Call, ctx: Ctx) -> n.Expr:
             why = f"it cannot be used in {_a(ctx.kind)}"
         raise SpecError(f"`{d.name}` is {_a(d.kind)}; {why}", call.span)
     env = _builtins(d.kind)
-    inner = Ctx(d.kind, dscope, env, ctx.stack + (key,))
+    inner = Ctx(d.kind, dscope, env, ctx.stack + (key,), grids=[])
     # Arguments are lowered in the caller's context; defaults in the callee's file.
     args = _bind_args(d, dscope, call, ctx)
     env.update(args)
@@ -614,8 +616,11 @@ def _call_def(found: tuple[ast.Def, Scope], call: ast.Call, ctx: Ctx) -> n.Expr:
     memo_key = ("call", key, tuple(sorted((k, v) for k, v in args.items())), env.get("score"))
     memo = dscope.loader.memo
     if memo_key not in memo:
-        memo[memo_key] = _run_body(d, inner)
-    return memo[memo_key]
+        memo[memo_key] = (_run_body(d, inner), tuple(inner.grids))
+    value, grids = memo[memo_key]
+    for grid, span in grids:  # a grid declared inside the definition belongs to its user too
+        _add_grid(ctx, grid, span, at=call.span)
+    return value
 
 
 def _check_new_name(name: str, span, ctx: Ctx, what: str) -> None:
@@ -636,6 +641,8 @@ def _run_body(d: ast.Def, ctx: Ctx) -> n.Expr:
         if isinstance(stmt, ast.Let):
             _check_new_name(stmt.name, stmt.name_span or stmt.span, ctx, "let")
             ctx.env[stmt.name] = Value(lower_expr(stmt.value, ctx), "let")
+        elif isinstance(stmt, ast.Grid) and d.kind in ("mask", "score"):
+            _lower_grid(stmt, ctx)
         elif isinstance(stmt, ast.Assign) and stmt.target == d.kind:
             if d.kind == "mask" and result is not None:
                 raise SpecError(f"mask `{d.name}` assigns `mask` twice; combine the conditions with `and`", stmt.target_span)
@@ -663,7 +670,60 @@ def _lower_part(stmt: ast.Assign, ctx: Ctx) -> n.Expr:
     return _promote(value, n.FLOAT)
 
 
+MAX_GRID_RANK = 3
+
+
+def _lower_grid(stmt: ast.Grid, ctx: Ctx) -> None:
+    """``grid (y, x) = (height, width) [dilated (dy, dx)]``: binds q_y, kv_y, q_x, kv_x."""
+    from .layout import coord
+
+    if any(isinstance(b, Value) and b.what == "grid coordinate" for b in ctx.env.values()):
+        raise SpecError("this body already declares a grid; a body has at most one", stmt.span)
+    rank = len(stmt.axes)
+    if not 1 <= rank <= MAX_GRID_RANK:
+        raise SpecError(f"a grid has 1 to {MAX_GRID_RANK} axes, got {rank}", stmt.span)
+    if len(stmt.sizes) != rank:
+        raise SpecError(f"the grid names {rank} axes ({', '.join(stmt.axes)}) but gives {len(stmt.sizes)} sizes",
+                        stmt.sizes[0].span if stmt.sizes else stmt.span)
+    if stmt.dilated is not None and len(stmt.dilated) != rank:
+        raise SpecError(f"`dilated` needs one value per axis ({rank}), got {len(stmt.dilated)}", stmt.dilated[0].span)
+    if len(set(stmt.axes)) != rank:
+        raise SpecError(f"grid axes must differ, got ({', '.join(stmt.axes)})", stmt.span)
+
+    def size_expr(node: ast.Expr, what: str) -> n.Expr:
+        x = lower_expr(node, ctx)
+        if x.type != n.INT:
+            raise SpecError(f"{what} must be an integer, but `{_describe(node)}` is {_words(x.type)}", node.span)
+        bad = [v for v in n.walk(x) if (isinstance(v, n.Var) and v.name in ("i", "j", "b", "h")) or isinstance(v, n.Load)]
+        if bad:
+            raise SpecError(f"{what} must be the same for every token (scalar parameters and n_q/n_kv), "
+                            f"but `{_describe(node)}` depends on indices or tensors", node.span)
+        return simplify(x)
+
+    sizes = tuple(size_expr(x, "a grid size") for x in stmt.sizes)
+    dilated = tuple(size_expr(x, "a `dilated` value") for x in stmt.dilated) if stmt.dilated else (n.Const(1, n.INT),) * rank
+    spans = stmt.axes_spans or (stmt.span,) * rank
+    for a, (axis, span) in enumerate(zip(stmt.axes, spans, strict=True)):
+        for side, index in (("q", n.Var("i", n.INT)), ("kv", n.Var("j", n.INT))):
+            name = f"{side}_{axis}"
+            _check_new_name(name, span, ctx, "grid coordinate")
+            ctx.env[name] = Value(coord(sizes, index, a), "grid coordinate")
+    _add_grid(ctx, n.Grid(tuple(stmt.axes), sizes, dilated, stmt.span), stmt.span)
+
+
+def _add_grid(ctx: Ctx, grid: n.Grid, span, at=None) -> None:
+    for other, where in ctx.grids:
+        if other != grid:
+            line = f" on line {where.line}" if where is not None else ""
+            what = "this grid" if at is None else "the grid this call brings"
+            raise SpecError(f"{what} differs from the one declared{line}; one cascade has one token grid", at or span)
+    if not ctx.grids:
+        ctx.grids.append((grid, span))
+
+
 def _bad_stmt(stmt, kind: str) -> None:
+    if isinstance(stmt, ast.Grid):
+        raise SpecError(f"a `grid` line belongs in a mask, a score or an attention, not in {_a(kind)}", stmt.span)
     if isinstance(stmt, ast.StageAssign):
         raise SpecError(f"cascade lines like `{stmt.name}[...] = ...` belong in a norm, not in {_a(kind)}", stmt.target_span)
     if isinstance(stmt, ast.Assign):
@@ -807,7 +867,7 @@ def _check_size(e: n.Expr, what: str, span) -> None:
         )
 
 
-def _assemble(name: str, specs, score: n.Expr, mask: n.Expr | None, norm_stages, span) -> n.Cascade:
+def _assemble(name: str, specs, score: n.Expr, mask: n.Expr | None, norm_stages, span, grids=()) -> n.Cascade:
     _check_size(score, "the score", span)
     if mask is not None:
         _check_size(mask, "the mask", span)
@@ -820,7 +880,7 @@ def _assemble(name: str, specs, score: n.Expr, mask: n.Expr | None, norm_stages,
             stages.append(n.Stage("keep", n.PAIR, mask))
     for st in norm_stages:
         stages.append(n.Stage(st.name, st.ranks, simplify(st.expr), st.span))
-    cascade = n.Cascade(name, tuple(specs), tuple(stages), span)
+    cascade = n.Cascade(name, tuple(specs), tuple(stages), span, grids[0][0] if grids else None)
     cascade = _drop_dead(cascade)
     verify(cascade)
     return cascade
@@ -831,7 +891,7 @@ def _drop_dead(c: n.Cascade) -> n.Cascade:
     for st in reversed(c.stages):
         if st.name in live:
             live |= n.refs(st.expr)
-    return n.Cascade(c.name, c.params, tuple(st for st in c.stages if st.name in live), c.span)
+    return n.Cascade(c.name, c.params, tuple(st for st in c.stages if st.name in live), c.span, c.grid)
 
 
 def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
@@ -847,6 +907,8 @@ def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
         if isinstance(stmt, ast.Let):
             _check_new_name(stmt.name, stmt.name_span or stmt.span, ctx, "let")
             env[stmt.name] = Value(lower_expr(stmt.value, ctx), "let")
+        elif isinstance(stmt, ast.Grid):
+            _lower_grid(stmt, ctx)
         elif isinstance(stmt, ast.Assign) and stmt.target == "score":
             score = _lower_part(stmt, ctx)
             env["score"] = Value(score, "built-in")
@@ -864,7 +926,7 @@ def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
         norm_call = _default_norm(d, scope)
     (nd, nscope), call = norm_call
     stages = _lower_norm(nd, nscope, call, ctx)
-    return _assemble(d.name, specs, score, mask, stages, d.span)
+    return _assemble(d.name, specs, score, mask, stages, d.span, ctx.grids)
 
 
 def _default_norm(d: ast.Def, scope: Scope):
@@ -946,4 +1008,4 @@ def lower_def(d: ast.Def, scope: Scope) -> n.Cascade:
         norm = _default_norm(d, scope)
     (nd, nscope), ncall = norm
     stages = _lower_norm(nd, nscope, ncall, ctx)
-    return _assemble(d.name, specs, score, mask, stages, d.span)
+    return _assemble(d.name, specs, score, mask, stages, d.span, ctx.grids)

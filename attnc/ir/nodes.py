@@ -183,11 +183,26 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Grid:
+    """The tokens form a row-major grid (``grid (y, x) = (height, width)``): token ``t`` sits at
+    coordinate ``(t // width, t % width)``. ``sizes`` and ``dilated`` are int expressions over
+    scalar parameters and ``n_q``/``n_kv``, evaluated per call. The grid never changes what a spec
+    means (coordinates are plain index arithmetic in the stages); it lets the runtime permute the
+    tokens into small 2-D/3-D tiles, residues modulo ``dilated`` together (``ir/layout.py``)."""
+
+    axes: tuple[str, ...]
+    sizes: tuple[Expr, ...]
+    dilated: tuple[Expr, ...]
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
 class Cascade:
     name: str
     params: tuple[ParamSpec, ...]
     stages: tuple[Stage, ...]
     span: Span | None = field(default=None, compare=False, repr=False)
+    grid: Grid | None = None
 
     def stage(self, name: str) -> Stage:
         for st in self.stages:

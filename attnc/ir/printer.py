@@ -113,6 +113,10 @@ def cascade_text(c: n.Cascade) -> str:
     lines = [f"cascade {c.name}"]
     for p in c.params:
         lines.append(f"  param {param_text(p)}")
+    if c.grid is not None:
+        g = c.grid
+        lines.append(f"  grid ({', '.join(g.axes)}) = ({', '.join(expr_text(x, {}, False) for x in g.sizes)}) "
+                     f"dilated ({', '.join(expr_text(x, {}, False) for x in g.dilated)})")
     width = max((len(stage_lhs(st)) for st in c.stages), default=0)
     ranks = {st.name: st.ranks for st in c.stages}
     for st in c.stages:

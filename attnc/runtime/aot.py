@@ -513,11 +513,12 @@ class AotJob:
 def library_jobs(variants, capabilities=(80, 90), dtypes=("float16", "float32"), head_dims=(64, 128),
                  all_configs: bool = True) -> list[AotJob]:
     """Every (variant, arch, dtype, D = Dv, config) build; ``all_configs=False``: the first config only."""
+    from ..ir.layout import kernel_cascade
     from .frontend import library_cascade
 
     jobs = []
     for name in variants:
-        cascade = library_cascade(name)
+        cascade = kernel_cascade(library_cascade(name))
         for cap in capabilities:
             for dtype in dtypes:
                 for d in head_dims:
@@ -543,10 +544,11 @@ def library_backward_jobs(variants, capabilities=(80, 90), dtypes=("float16", "b
 
 def run_job(job: AotJob) -> AotResult | str:
     """Build one job; a failure comes back as its message (so a pool never loses the others)."""
+    from ..ir.layout import kernel_cascade
     from .frontend import library_cascade
 
     try:
-        cascade = library_cascade(job.variant)
+        cascade = kernel_cascade(library_cascade(job.variant))
         if job.backward:
             return aot_compile_backward(cascade, job.dtype, job.head_dim, job.head_dim_v, job.capability,
                                         job.config, kernels=(job.function,))[job.function]

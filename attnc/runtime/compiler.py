@@ -33,10 +33,12 @@ from ..codegen.tuning import INTERPRETER_CONFIG, LaunchConfig, bwd_gpu_config, g
 from ..dsl.errors import SpecError
 from ..ir import nodes as n
 from ..ir.backward import derive_backward
+from ..ir.layout import permute
 from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text
 from .frontend import library_spec, spec_from_file, spec_from_text
-from .sparsity import TileCache
+from .layout import GridPlan, gather, grid_dims, scatter
+from .sparsity import TileCache, classify
 from .validate import bind_params, check_inputs, check_int32, sizes_of
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -348,6 +350,8 @@ class Attention:
         # the custom ops' handle on this cascade, made here: torch.compile must not trace it
         self.op_key = register(self)
         self.tile_cache = TileCache()  # runtime tile classifications (masks ir/bounds.py cannot bound)
+        # a grid's tokens run permuted into grid tiles, through this cascade (ir/layout.py)
+        self.permuted = Attention(permute(cascade), origin) if cascade.grid is not None else None
 
     def __repr__(self) -> str:
         params = ", ".join(p.name for p in self.cascade.params)
@@ -367,6 +371,8 @@ class Attention:
         """The cached ``.py`` file of the generated kernel for this dtype/device."""
         if dtype not in _DTYPES:
             raise TypeError(f"`dtype` must be one of {', '.join(str(d) for d in _DTYPES)}, got {dtype}")
+        if self.permuted is not None:  # the kernel a grid variant runs is its permuted cascade's
+            return self.permuted.kernel_path(dtype, device)
         return kernel_for(self.cascade, Specialization(_DTYPES[dtype], device == "cpu")).path
 
     def _kernel_args(self, bound: dict) -> tuple[list, list]:
@@ -407,6 +413,8 @@ class Attention:
 
     def __call__(self, q, k, v, *, scale: float | None = None, return_lse: bool = False, **params):
         sizes, tensors, scalars = self._prepare(q, k, v, scale, return_lse, params)
+        if self.permuted is not None:
+            return self._grid_call(q, k, v, sizes, return_lse, params)
         scale = sizes["scale"]
         grad = self._needs_grad(q, k, v, tensors)
         compiling = torch.compiler.is_compiling()
@@ -417,6 +425,50 @@ class Attention:
         else:
             out, lse, _ = self.launch_forward(q, k, v, tensors, scalars, float(scale), save_stats=False)
         return (out, lse) if return_lse else out
+
+    def _grid_call(self, q, k, v, sizes: dict, return_lse: bool, params: dict):
+        """A grid variant: scatter the tokens into grid tiles, run the permuted cascade with every
+        parameter bound for the caller's sizes (defaults over n_kv must not see the padding),
+        gather the outputs back into the caller's order."""
+        bound = bind_params(self.cascade, params, sizes, q.device)
+        grid_dims(self.cascade, sizes, bound)  # refuse a call that does not fit the grid first
+        if sizes["n_q"] == 0:  # nothing to permute
+            out = q.new_zeros((*q.shape[:3], v.shape[3]))
+            lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+            return (out, lse) if return_lse else out
+        plan = self.grid_plan(q, k, v, *self.permuted._forward_blocks(q, v), _sizes=sizes, _bound=bound)
+        res = self.permuted(scatter(q, plan.q), scatter(k, plan.k), scatter(v, plan.k), scale=float(sizes["scale"]),
+                            return_lse=return_lse, **bound, **plan.hidden(q.device))
+        if return_lse:
+            return gather(res[0], plan.q), gather(res[1], plan.q)
+        return gather(res, plan.q)
+
+    def grid_plan(self, q, k, v, block_m: int, block_n: int, *, scale: float | None = None, _sizes=None,
+                  _bound=None, **params) -> GridPlan:
+        """The token permutation a grid variant's call runs with ``block_m × block_n`` kernel
+        tiles (``runtime/layout.py``): of the tile shapes, the one whose kernel visits the fewest
+        tiles, by the runtime classification of this call's mask."""
+        sizes = _sizes if _sizes is not None else sizes_of(q, k, v, scale)
+        bound = _bound if _bound is not None else bind_params(self.cascade, params, sizes, q.device)
+        cpu = torch.device("cpu")
+
+        def visits(plan: GridPlan) -> int:
+            padded = {"n_q": plan.q.padded, "n_kv": plan.k.padded, "N_Q": plan.q.padded, "N_KV": plan.k.padded}
+            tiles = classify(self.permuted.cascade, {**bound, **plan.hidden(cpu)}, {**sizes, **padded},
+                             block_m, block_n)
+            return int((tiles.classes != 0).sum())
+
+        scalars_key = tuple(sorted((p.name, bound[p.name]) for p in self.cascade.params if p.kind != "tensor"))
+        return GridPlan.for_call(self.cascade, sizes, bound, block_m, block_n, visits, scalars_key)
+
+    def _forward_blocks(self, q, v) -> tuple[int, int]:
+        """The forward kernel's tile sizes for these inputs (a grid's tiles are made to match)."""
+        if q.device.type == "cpu":
+            return _interpreter_config.block_m, _interpreter_config.block_n
+        kernel = kernel_for(self.cascade, Specialization(_DTYPES[q.dtype], False))
+        blocks = max(16, triton.next_power_of_2(q.shape[3])), max(16, triton.next_power_of_2(v.shape[3]))
+        _, config = kernel.launcher((_capability(q.device), *blocks))
+        return (config.block_m, config.block_n) if config is not None else (64, 64)
 
     def _tile_classes(self, q, k, v, scale: float, tensors: list, scalars: list, block_m: int, block_n: int,
                       packed: Packed | None = None):
@@ -437,6 +489,9 @@ class Attention:
         are the sequence's lengths and ``b`` is the sequence's index (tensor parameters over ``B``
         have one row per sequence; ``N_Q``/``N_KV`` dims are the longest lengths). Differentiable
         like a dense call (not through torch.compile: it is not a custom op)."""
+        if self.permuted is not None:
+            raise ValueError(f"{self.name} lays its tokens out as a grid, which packed variable-length "
+                             f"sequences do not have; call it on a dense [B, H, N, D] batch")
         for name, t in (("q", q), ("k", k), ("v", v)):
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")

@@ -44,6 +44,7 @@ import math
 import torch
 
 from ..ir import nodes as n
+from .layout import grid_dims
 from .validate import bind_params, check_inputs, sizes_of
 
 _F64 = torch.float64
@@ -261,6 +262,8 @@ def reference_keep(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torc
     B, Hq, Hkv, Nq, Nkv, D, Dv = check_inputs(q, k, v)
     sizes = sizes_of(q, k, v, scale)
     bound = bind_params(cascade, params, sizes)
+    if cascade.grid is not None:  # a call that does not fit the grid fails as the kernel's would
+        grid_dims(cascade, sizes, bound)
     values = {p.name: _as_tensor(p, bound[p.name]) for p in cascade.params}
     if not cascade.has_mask or Nq == 0 or Nkv == 0:
         return torch.ones(B, Hq, Nq, Nkv, dtype=torch.bool)
@@ -290,6 +293,8 @@ def reference(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     B, Hq, Hkv, Nq, Nkv, D, Dv = check_inputs(q, k, v)
     sizes = sizes_of(q, k, v, scale)
     bound = bind_params(cascade, params, sizes)
+    if cascade.grid is not None:  # a call that does not fit the grid fails as the kernel's would
+        grid_dims(cascade, sizes, bound)
     values = {p.name: _as_tensor(p, bound[p.name]) for p in cascade.params}
 
     # Differentiate (keep the graph and mask unread values, see _Eval.sanitize) when autograd

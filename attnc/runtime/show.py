@@ -88,6 +88,7 @@ class ShowResult:
     plot: tuple[int, int]  # (x, y) of the mask area's top-left pixel
     _col_x: np.ndarray = field(repr=False)  # first pixel of each display column / row, from ``plot``
     _row_y: np.ndarray = field(repr=False)
+    order: str = "token order"  # or, for a grid variant, "positions in grid-tile order"
 
     @property
     def tiles(self) -> int:
@@ -311,6 +312,10 @@ def render_mask(attn: Attention, n_q: int, n_kv: int, block_m: int = 64, block_n
         torch.manual_seed(0)
         q, k, v = _probe(n_q, n_kv)
         keep = reference_keep(attn.cascade, q, k, v, **with_captured(attn, params))[0, 0].numpy()
+    order, tokens_q, tokens_kv = "token order", n_q, n_kv
+    if attn.permuted is not None:  # the kernel runs on the grid's tiles: draw what it sees
+        keep, n_q, n_kv = _permuted_keep(attn, keep, q, k, v, params, block_m, block_n)
+        order = "positions in grid-tile order"
     classes = classify(keep, block_m, block_n)
     counted = None
     if visits:
@@ -318,7 +323,7 @@ def render_mask(attn: Attention, n_q: int, n_kv: int, block_m: int = 64, block_n
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the same q, k, v as _probe above
-            counted = count_tiles(attn, n_q, n_kv, block_m, block_n, **params).visits
+            counted = count_tiles(attn, tokens_q, tokens_kv, block_m, block_n, **params).visits
 
     px, f, gap = _layout(n_q, n_kv, block_m, block_n, pixels)
     pair_class = classes[np.arange(n_q) // block_m][:, np.arange(n_kv) // block_n]
@@ -335,7 +340,8 @@ def render_mask(attn: Attention, n_q: int, n_kv: int, block_m: int = 64, block_n
     shown = _shown(attn, params, given)
     result_args = {"name": attn.name, "n_q": n_q, "n_kv": n_kv, "block_m": block_m, "block_n": block_n,
                    "classes": classes, "visits": counted, "passes": plan_passes(attn.cascade).num_passes,
-                   "pixels": px, "pairs_per_pixel": f, "params": shown, "_col_x": col_x, "_row_y": row_y}
+                   "pixels": px, "pairs_per_pixel": f, "params": shown, "_col_x": col_x, "_row_y": row_y,
+                   "order": order}
     try:
         font = ImageFont.load_default(size=13)  # Pillow >= 10.1 with FreeType
     except (TypeError, ValueError, OSError):
@@ -378,6 +384,15 @@ def render_mask(attn: Attention, n_q: int, n_kv: int, block_m: int = 64, block_n
     return result
 
 
+def _permuted_keep(attn: Attention, keep: np.ndarray, q, k, v, params: dict, block_m: int, block_n: int):
+    """``keep`` in the order a grid variant's kernel sees its tokens (``runtime/layout.py``):
+    rows and columns are positions in grid tiles; padding positions keep nothing."""
+    plan = attn.grid_plan(q, k, v, block_m, block_n, **params)
+    out = np.zeros((plan.q.padded, plan.k.padded), dtype=bool)
+    out[plan.q.pos.numpy()[:, None], plan.k.pos.numpy()[None, :]] = keep
+    return out, plan.q.padded, plan.k.padded
+
+
 def _mark(draw, box: tuple[int, int, int, int], color, cross: bool) -> None:
     """Outline a tile (filled when too small to outline), with a diagonal, or a cross for a miss."""
     x0, y0, x1, y1 = box
@@ -404,10 +419,12 @@ def _header(r: ShowResult) -> list[str]:
     f = r.pairs_per_pixel
     scale = (f"1 pixel = {f}x{f} pairs, kept if any pair in it is kept" if f > 1 else
              "1 pixel = 1 pair" if r.pixels == 1 else f"{r.pixels}x{r.pixels} pixels per pair")
+    what = "i = " if r.order == "token order" else "at grid-tile positions "
     return [f"{r.name}: n_q={r.n_q}, n_kv={r.n_kv}, tiles {r.block_m}x{r.block_n} (batch 0, head 0)",
             f"parameters: {params}",
             counts,
-            f"rows: queries i = 0..{r.n_q - 1} (down); columns: keys j = 0..{r.n_kv - 1} (right); {scale}"]
+            f"rows: queries {what}0..{r.n_q - 1} (down); columns: keys {what.replace('i = ', 'j = ')}"
+            f"0..{r.n_kv - 1} (right); {scale}"]
 
 
 def _legend(r: ShowResult) -> list[tuple[str, str]]:

@@ -5,7 +5,10 @@ product the forward kernel computes is recorded with the program's query tile an
 covers. The key tile is read from the data itself — ``k[..., 0]`` holds ``j + 1`` and ``q[..., 0]``
 is 0, so the product's right operand names its keys and the scores are unchanged by the tag — so a
 count can never agree with the planner by construction. A tile is *needed* when it holds at least
-one pair the float64 reference's mask keeps.
+one pair the float64 reference's mask keeps. A grid variant's kernel runs on the tokens permuted
+into grid tiles (``runtime/layout.py``); its tiles are counted in that order, keys tagged with
+their permuted positions (a tile of padding alone carries no tag and would go uncounted; the
+kernels never visit one, as padding is masked off).
 
     from attnc.testing.tiles import count_tiles
     c = count_tiles(attnc.load("causal"), n_q=1024, n_kv=1024, block_m=64, block_n=64)
@@ -98,13 +101,20 @@ def count_tiles(attn: Attention, n_q: int, n_kv: int, block_m: int = 64, block_n
     k = torch.randn(1, 1, n_kv, HEAD_DIM)
     v = torch.randn(1, 1, n_kv, HEAD_DIM_V)
     q[..., 0] = 0.0
-    k[..., 0] = torch.arange(1, n_kv + 1, dtype=torch.float32)  # exact in fp32 below 2**24
-    tiles_m, tiles_n = -(-n_q // block_m), -(-n_kv // block_n)
+    # a grid variant runs on its tokens permuted into grid tiles (runtime/layout.py): tiles are
+    # counted in that order, so keys are tagged with their permuted positions
+    pos_q, pos_k = torch.arange(n_q), torch.arange(n_kv)
+    rows, cols = n_q, n_kv
+    if attn.permuted is not None:
+        plan = attn.grid_plan(q, k, v, block_m, block_n, **params)
+        pos_q, pos_k, rows, cols = plan.q.pos, plan.k.pos, plan.q.padded, plan.k.padded
+    k[..., 0] = (pos_k + 1).to(torch.float32)  # exact in fp32 below 2**24
+    tiles_m, tiles_n = -(-rows // block_m), -(-cols // block_n)
     visits = np.zeros((tiles_m, tiles_n), dtype=np.int64)
     with _lock, torch.no_grad(), interpreter_tiles(block_m, block_n), _recording(block_m, block_n, visits):
         attn(q, k, v, **params)
     keep = reference_keep(attn.cascade, q, k, v, **with_captured(attn, params))[0, 0]
     padded = torch.zeros(tiles_m * block_m, tiles_n * block_n, dtype=torch.bool)
-    padded[:n_q, :n_kv] = keep
+    padded[pos_q[:, None], pos_k[None, :]] = keep
     needed = padded.view(tiles_m, block_m, tiles_n, block_n).any(3).any(1).numpy()
     return TileCount(block_m, block_n, plan_passes(attn.cascade).num_passes, visits, needed)

@@ -137,6 +137,19 @@ KNOWN_FORWARD_SPILLS = {
     # this tile; measured 12 B. One list loop instead of two still spilled 4 B, and the other
     # fp32 tiles at D = 128 spill more in other variants.
     ("natten2d", 90, "float32", 128): 16,
+    # The grid variants (issue 6) read per-position tables and keep each axis's window bounds per
+    # query row live across the key loop (a dozen row vectors for natten3d): at BLOCK_M = 128 on
+    # sm_80 and at the fp32 tiles they spill. Measured on the final code; variant-aware tiles in
+    # codegen/tuning.py are the fix, not done yet (docs/performance.md).
+    ("natten1d", 90, "float32", 128): 16,
+    ("natten2d", 80, "float16", 64): 400,
+    ("natten2d", 80, "float16", 128): 16,
+    ("natten2d", 90, "float32", 64): 80,
+    ("natten3d", 80, "float16", 64): 900,
+    ("natten3d", 80, "float16", 128): 300,
+    ("natten3d", 90, "float16", 64): 320,
+    ("natten3d", 90, "float16", 128): 80,
+    ("natten3d", 90, "float32", 64): 160,
 }
 
 

@@ -8,11 +8,15 @@ comments and from the papers/NATTEN sources they cite, so they can serve as inde
 * ``problems``    — a ``Problem``: sizes plus float64 q, k, v drawn from a seeded generator.
 * ``*_params``    — parameter dictionaries for the library variants, drawn relative to a shape.
 * ``natten_*``    — an independent NATTEN window reference (explicit loops over NATTEN's own
-                    ``get_window_start``) and a strategy for valid 2-D NATTEN problems.
+                    ``get_window_start``) and a strategy for valid 2-D NATTEN problems; an N-D
+                    brute force from NATTEN's definition (per-axis windows with dilation groups,
+                    even kernels and causal axes: ``natten_axis_allowed``, ``natten_nd_mask``) and
+                    strategies for 1-D/2-D/3-D cases (``natten_nd_cases``).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -211,6 +215,161 @@ def natten_cases(draw, kernels=(3, 5, 7), dilations=(1, 2, 3), max_extra: int = 
     return NattenCase(height, width, kernel, dilation)
 
 
+# ----------------------------------------------------------------------------- NATTEN, N-D (independent)
+#
+# Written from NATTEN's definition of a neighborhood (natten/backends/flex.py's mask with stride 1:
+# per axis a window size left and right of a centre that is clamped into the dilation group; for
+# causal axes the window ends at the query), with explicit loops over positions. Nothing here is
+# taken from attnc/library/natten*.attn.
+
+
+def natten_axis_allowed(length: int, kernel: int, dilation: int = 1, causal: bool = False) -> list[list[int]]:
+    """For each position x of an axis of ``length`` positions, the sorted positions it may attend
+    to, per NATTEN:
+
+    * x belongs to dilation group ``x mod dilation`` — the positions g, g + d, g + 2d, … < length —
+      and only keys of its own group are candidates;
+    * causal: key k is allowed iff k <= x and x − k <= (kernel − 1)·dilation: the window ends at
+      the query and is truncated (never shifted) at the start of the axis;
+    * non-causal: ⌊kernel/2⌋ group positions left of a centre and kernel − 1 − ⌊kernel/2⌋ right
+      of it (one fewer on the right for an even kernel); the centre is the query's place in its
+      group, moved (clamped) so that the whole window fits inside the group — shifted, not
+      truncated, at the borders. A group shorter than the kernel has no such centre: the clamp's
+      upper bound wins (``torch.clamp`` with min > max gives max, as NATTEN's flex mask does) and
+      the query sees its whole group.
+    """
+    assert dilation >= 1 and kernel >= 0 and length >= 0
+    out = []
+    for x in range(length):
+        group = [p for p in range(length) if p % dilation == x % dilation]
+        keys = []
+        if causal:
+            for k in group:
+                if k <= x and x - k <= (kernel - 1) * dilation:
+                    keys.append(k)
+        else:
+            left = kernel // 2
+            right = kernel - 1 - left
+            # clamp(place, left, len − 1 − right), the upper bound applied last (it wins)
+            centre = min(max(group.index(x), left), len(group) - 1 - right)
+            for t, k in enumerate(group):
+                if centre - left <= t <= centre + right:
+                    keys.append(k)
+        out.append(keys)
+    return out
+
+
+def natten_axis_keep(length: int, kernel: int, dilation: int = 1, causal: bool = False) -> torch.Tensor:
+    """``natten_axis_allowed`` as a bool [length, length] matrix (query, key)."""
+    m = torch.zeros(length, length, dtype=torch.bool)
+    for x, keys in enumerate(natten_axis_allowed(length, kernel, dilation, causal)):
+        for k in keys:
+            m[x, k] = True
+    return m
+
+
+def _per_axis(value, ndim: int, what: str) -> tuple:
+    if isinstance(value, (tuple, list)):
+        assert len(value) == ndim, f"{what}: {len(value)} values for {ndim} axes"
+        return tuple(value)
+    return (value,) * ndim
+
+
+def natten_nd_mask(shape: tuple, kernels, dilations=1, causals=False) -> torch.Tensor:
+    """keep [n, n] for tokens laid out row-major on a grid of ``shape`` (last axis fastest,
+    n = prod(shape)): query i keeps key j iff on every axis j's coordinate is allowed for i's
+    (``natten_axis_allowed``). ``kernels``/``dilations``/``causals``: one per axis, or one for all."""
+    shape = tuple(shape)
+    ndim = len(shape)
+    kernels, dilations = _per_axis(kernels, ndim, "kernels"), _per_axis(dilations, ndim, "dilations")
+    causals = _per_axis(causals, ndim, "causals")
+    coords = list(itertools.product(*(range(L) for L in shape)))  # row-major
+    n = len(coords)
+    keep = torch.ones(n, n, dtype=torch.bool)
+    for a in range(ndim):
+        axis = natten_axis_keep(shape[a], kernels[a], dilations[a], causals[a])
+        c = torch.tensor([crd[a] for crd in coords], dtype=torch.long)
+        keep &= axis[c[:, None], c[None, :]]
+    return keep
+
+
+AXIS_SUFFIXES = {1: ("",), 2: ("_h", "_w"), 3: ("_d", "_h", "_w")}
+
+
+def natten_params(shape: tuple, kernels, dilations=1, causals=False) -> tuple[str, dict]:
+    """(library variant, its parameters) for a 1-D/2-D/3-D grid: natten1d(kernel, dilation,
+    causal), natten2d(width, kernel_h, …, causal_w), natten3d(height, width, kernel_d, …)."""
+    ndim = len(shape)
+    kernels, dilations = _per_axis(kernels, ndim, "kernels"), _per_axis(dilations, ndim, "dilations")
+    causals = _per_axis(causals, ndim, "causals")
+    params: dict = {}
+    if ndim == 3:
+        params["height"] = shape[1]
+    if ndim >= 2:
+        params["width"] = shape[-1]
+    for sfx, k, d, c in zip(AXIS_SUFFIXES[ndim], kernels, dilations, causals, strict=True):
+        params[f"kernel{sfx}"] = k
+        params[f"dilation{sfx}"] = d
+        params[f"causal{sfx}"] = c
+    return f"natten{ndim}d", params
+
+
+@dataclass(frozen=True)
+class NattenNDCase:
+    shape: tuple  # grid sizes, row-major (1-D: (n,), 2-D: (height, width), 3-D: (depth, height, width))
+    kernels: tuple
+    dilations: tuple
+    causals: tuple
+
+    @property
+    def n(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def name(self) -> str:
+        return f"natten{len(self.shape)}d"
+
+    @property
+    def params(self) -> dict:
+        return natten_params(self.shape, self.kernels, self.dilations, self.causals)[1]
+
+    def mask(self) -> torch.Tensor:
+        return natten_nd_mask(self.shape, self.kernels, self.dilations, self.causals)
+
+
+@st.composite
+def natten_nd_cases(draw, dims=(1, 2, 3), max_tokens: int = 64, kernels=(1, 2, 3, 4, 5), dilations=(1, 2, 3),
+                    causal=(False, True), short_groups: bool = False) -> NattenNDCase:
+    """A 1-D/2-D/3-D NATTEN grid of at most ``max_tokens`` tokens with per-axis kernel (odd or
+    even), dilation and causal flag. Unless ``short_groups``, a non-causal axis is at least
+    kernel·dilation long, so each of its dilation groups holds ≥ kernel positions (NATTEN's own
+    precondition; with ``short_groups`` any length ≥ 1). Axes are sized in turn, each from a fair
+    share of the tokens the earlier axes left, so 3-D grids are not squeezed into one axis."""
+    ndim = draw(st.sampled_from(dims))
+    shape, ks, ds, cs = [], [], [], []
+    budget = max_tokens
+    for a in range(ndim):
+        remaining = ndim - a  # this axis and the ones after it
+        share = budget if remaining == 1 else max(1, round(budget ** (1.0 / remaining)))
+        c = draw(st.sampled_from(causal))
+        if c or short_groups:
+            d = draw(st.sampled_from(dilations))
+            k = draw(st.sampled_from(kernels))
+            lo = 1
+        else:
+            d = draw(st.sampled_from([x for x in dilations if min(kernels) * x <= share] or [1]))
+            k = draw(st.sampled_from([x for x in kernels if x * d <= share] or [min(kernels)]))
+            lo = k * d
+        hi = max(lo, min(budget, share + 1))
+        length = draw(st.integers(lo, hi))
+        shape.append(length)
+        ks.append(k)
+        ds.append(d)
+        cs.append(c)
+        budget = max(1, budget // length)
+    return NattenNDCase(tuple(shape), tuple(ks), tuple(ds), tuple(cs))
+
+
 # ----------------------------------------------------------------------------- comparisons
 
 
@@ -274,7 +433,7 @@ def no_params(s: Shape):
     return st.just({})
 
 
-# library variant -> parameter strategy (natten2d needs its own shapes: see natten_kernel_problems)
+# library variant -> parameter strategy (natten1d/2d/3d need their own shapes: see natten_kernel_problems)
 LIBRARY_PARAMS = {
     "alibi": no_params, "causal": no_params, "full": no_params, "none": no_params, "softmax": no_params,
     "softmax_off_by_one": no_params,
@@ -287,19 +446,35 @@ LIBRARY_PARAMS = {
 
 
 @st.composite
-def natten_kernel_problems(draw, heads=(1, 2), max_extra: int = 1):
-    """A valid 2-D NATTEN image (see ``natten_cases``) as a kernel problem: kernel 3 with dilation
-    1 or 2, or kernel 5 undilated (images of 9–49 tokens); Nq = Nkv = height·width, B = 1 (the
-    mask costs the interpreter most), and the ``natten2d`` parameters."""
-    case = draw(st.one_of(natten_cases(kernels=(3,), dilations=(1, 2), max_extra=max_extra),
-                          natten_cases(kernels=(5,), dilations=(1,), max_extra=max_extra)))
+def natten_kernel_problems(draw, heads=(1, 2), max_extra: int = 1, name: str = "natten2d"):
+    """A valid NATTEN grid as a kernel problem, B = 1 (the mask costs the interpreter most),
+    Nq = Nkv = the grid's token count, and the variant's parameters.
+
+    * natten2d: an image (see ``natten_cases``) with kernel 3 and dilation 1 or 2, or kernel 5
+      undilated, on both axes (9–49 tokens);
+    * natten1d: ``natten_nd_cases`` on 1–40 tokens (kernels 1–5, dilations 1–3, causal or not);
+    * natten3d: ``natten_nd_cases`` on at most 48 tokens (kernels 1–3, dilations 1–2, per-axis
+      causal flags)."""
+    if name == "natten2d":
+        case = draw(st.one_of(natten_cases(kernels=(3,), dilations=(1, 2), max_extra=max_extra),
+                              natten_cases(kernels=(5,), dilations=(1,), max_extra=max_extra)))
+        n = case.height * case.width
+        params = {"width": case.width, "kernel_h": case.kernel, "kernel_w": case.kernel,
+                  "dilation_h": case.dilation, "dilation_w": case.dilation}
+    elif name == "natten1d":
+        nd = draw(natten_nd_cases(dims=(1,), max_tokens=40))
+        n, params = nd.n, nd.params
+    elif name == "natten3d":
+        nd = draw(natten_nd_cases(dims=(3,), max_tokens=48, kernels=(1, 2, 3), dilations=(1, 2)))
+        n, params = nd.n, nd.params
+    else:
+        raise ValueError(f"not a NATTEN variant: {name}")
     Hq = draw(st.sampled_from(heads))
     Hkv = draw(st.sampled_from([h for h in (1, 2, 4) if h <= Hq and Hq % h == 0]))
     D = draw(st.sampled_from([16, 16, 24]))
     Dv = draw(st.sampled_from([D, 8]))
-    n = case.height * case.width
     shape = Shape(1, Hq, Hkv, n, n, D, Dv)
-    return shape, {"width": case.width, "kernel": case.kernel, "dilation": case.dilation}
+    return shape, params
 
 
 # Scalar parameters at the edges of their meaning — zero and negative windows, chunks, prefixes

@@ -338,7 +338,8 @@ def test_natten2d_matches_flex(case, data):
     p = data.draw(S.problems(st.just(shape)), label="problem")
     keep = S.natten2d_mask(case.height, case.width, case.kernel, case.dilation)
     side = TorchSide(mask_mod=lambda b, h, i, j: keep[i, j])
-    params = {"width": case.width, "kernel": case.kernel, "dilation": case.dilation}
+    params = {"width": case.width, "kernel_h": case.kernel, "kernel_w": case.kernel,
+              "dilation_h": case.dilation, "dilation_w": case.dilation}
     _, _, rows = check_against("natten2d", p, _library("natten2d"), params, side)
     assert rows.all()
 

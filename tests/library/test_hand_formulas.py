@@ -328,7 +328,7 @@ def test_natten_reference_helper_is_sane():
 def test_natten2d_mask_matches_natten(case):
     H, W, K, d = case.height, case.width, case.kernel, case.dilation
     n = H * W
-    weights = attnc_weights(_library("natten2d"), n, width=W, kernel=K, dilation=d)
+    weights = attnc_weights(_library("natten2d"), n, width=W, kernel_h=K, kernel_w=K, dilation_h=d, dilation_w=d)
     keep = weights > 0
     want = S.natten2d_mask(H, W, K, d)
     bad = (keep != want).nonzero()
@@ -349,6 +349,7 @@ def test_natten2d_outputs(case, seed, heads):
     keep = S.natten2d_mask(H, W, K, d)
     s = logits(p).masked_fill(~keep, -math.inf)
     want = torch.softmax(s, -1) @ values(p)
-    out, lse = attnc.reference(_library("natten2d"), q, k, v, return_lse=True, width=W, kernel=K, dilation=d)
+    out, lse = attnc.reference(_library("natten2d"), q, k, v, return_lse=True, width=W, kernel_h=K, kernel_w=K,
+                                dilation_h=d, dilation_w=d)
     _check("natten2d", "out", out, want)
     _check("natten2d", "lse", lse, torch.logsumexp(s, -1))

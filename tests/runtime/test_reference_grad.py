@@ -374,7 +374,10 @@ def test_a_dropped_division_by_zero_gives_no_nan():
 
 LIBRARY_PARAMS = {
     "alibi": {}, "causal": {}, "chunked": {"chunk": 2}, "clipped_softmax": {}, "dilated_window": {"window": 1},
-    "document": {"doc": torch.tensor([[0, 0, 1, 1, 1, 2]])}, "full": {}, "natten2d": {"width": 3, "kernel": 1},
+    "document": {"doc": torch.tensor([[0, 0, 1, 1, 1, 2]])}, "full": {},
+    "natten1d": {"kernel": 3, "dilation": 2, "causal": True},
+    "natten2d": {"width": 3, "kernel_h": 1, "kernel_w": 1},
+    "natten3d": {"height": 1, "width": 3, "kernel_d": 2, "kernel_h": 1, "kernel_w": 2, "causal_d": True},
     "none": {}, "prefix_lm": {"prefix": 2}, "relative_bias": {"table": torch.randn(2, 9, dtype=F64)},
     "relu": {}, "sigmoid": {}, "sigmoid_attention": {}, "sink_window": {"sinks": 1, "window": 2},
     "sliding_window": {"window": 2}, "softcap": {"cap": 2.0}, "softmax": {}, "softmax_off_by_one": {},
@@ -391,7 +394,8 @@ def test_library_covers_every_variant():
 def test_values_with_grad_are_bit_identical(name):
     """Differentiating only masks values nothing reads; every returned value is unchanged,
     and the gradients are finite."""
-    q, k, v = qkv(1, 2, 1, 4, 6, 4, seed=41, spread=3.0)
+    nq = 6 if name.startswith("natten") else 4  # a NATTEN grid needs n_q = n_kv (6 tokens here)
+    q, k, v = qkv(1, 2, 1, nq, 6, 4, seed=41, spread=3.0)
     params = {key: (t.clone().requires_grad_() if t.dtype == F64 else t) if torch.is_tensor(t) else t
               for key, t in LIBRARY_PARAMS[name].items()}
     cascade = lib(name)

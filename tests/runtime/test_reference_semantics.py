@@ -219,7 +219,7 @@ def test_param_dtype_errors_are_type_errors(name, param, bad):
     ("sink_window", {"sinks": 1}, "window"),
     ("softmax_sink", {}, "sink"),
     ("document", {}, "doc"),
-    ("natten2d", {"kernel": 3}, "width"),
+    ("natten2d", {"kernel_h": 3, "kernel_w": 3}, "width"),
 ])
 def test_missing_param_is_type_error(name, kw, missing):
     q, k, v = _qkv()

@@ -71,13 +71,14 @@ def test_classification_is_sound_for_unsorted_documents(data, tiles):
        tiles=TILES)
 def test_classification_is_sound_for_natten2d(width, height, kernel, dilation, tiles):
     n = width * height
-    got, want = _classes("natten2d", n, n, *tiles, width=width, kernel=kernel, dilation=dilation)
+    got, want = _classes("natten2d", n, n, *tiles, width=width, kernel_h=kernel, kernel_w=kernel,
+                         dilation_h=dilation, dilation_w=dilation)
     assert not ((got == EMPTY) & (want != EMPTY)).any()
     assert not ((got == FULL) & (want != FULL)).any()
 
 
 def test_natten2d_with_image_rows_as_tiles_is_exact():
-    got, want = _classes("natten2d", 256, 256, 16, 16, width=16, kernel=5)
+    got, want = _classes("natten2d", 256, 256, 16, 16, width=16, kernel_h=5, kernel_w=5)
     assert torch.equal(got, want)
 
 

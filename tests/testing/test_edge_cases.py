@@ -425,7 +425,7 @@ def test_library_masks_with_empty_rows(name, dtype, Nkv, extra, seed):
 def test_natten_kernel_zero_leaves_every_row_empty(dilation):
     q, k, v = draw_qkv(7, 1, 2, 2, 20, 20, F32)
     out, lse, _, _ = run(LIB["natten2d"], q, k, v, keep=torch.zeros(20, 20, dtype=torch.bool),
-                         width=5, kernel=0, dilation=dilation)
+                         width=5, kernel_h=0, kernel_w=0, dilation_h=dilation, dilation_w=dilation)
     assert (out == 0).all() and torch.isneginf(lse).all()
 
 
@@ -586,7 +586,8 @@ def test_natten2d_boundaries(case, dtype, seed):
     N = height * width
     q, k, v = _qkv_for(seed, N, N, dtype)
     keep = S.natten2d_mask(height, width, kernel, dilation)
-    out, _, _, _ = run(LIB["natten2d"], q, k, v, keep=keep, width=width, kernel=kernel, dilation=dilation)
+    out, _, _, _ = run(LIB["natten2d"], q, k, v, keep=keep, width=width, kernel_h=kernel, kernel_w=kernel,
+                       dilation_h=dilation, dilation_w=dilation)
     if kernel == 1:
         assert_close(out, expand(v, 2), TOLERANCE[dtype], "natten kernel 1 is not v[i]")
     if kernel == height == width and dilation == 1:
