@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -352,6 +353,7 @@ class Attention:
         self.tile_cache = TileCache()  # runtime tile classifications (masks ir/bounds.py cannot bound)
         # a grid's tokens run permuted into grid tiles, through this cascade (ir/layout.py)
         self.permuted = Attention(permute(cascade), origin) if cascade.grid is not None else None
+        self.grid_plans: OrderedDict = OrderedDict()  # GridPlan.for_call's choices for this variant
 
     def __repr__(self) -> str:
         params = ", ".join(p.name for p in self.cascade.params)
@@ -459,7 +461,7 @@ class Attention:
             return int((tiles.classes != 0).sum())
 
         scalars_key = tuple(sorted((p.name, bound[p.name]) for p in self.cascade.params if p.kind != "tensor"))
-        return GridPlan.for_call(self.cascade, sizes, bound, block_m, block_n, visits, scalars_key)
+        return GridPlan.for_call(self.cascade, sizes, bound, block_m, block_n, visits, self.grid_plans, scalars_key)
 
     def _forward_blocks(self, q, v) -> tuple[int, int]:
         """The forward kernel's tile sizes for these inputs (a grid's tiles are made to match)."""

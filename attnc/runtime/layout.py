@@ -5,9 +5,9 @@ grid tiles: ``GridPlan.for_call`` picks a tile shape of exactly the kernel's til
 two over the axes) and builds the position of every token in the padded, permuted order. Which
 shape is best depends on the mask (a 7×7 window in 16×16 frames wants flat tiles, a 13×13 window
 square ones), so the runtime classifies the mask for every shape and keeps the one whose kernel
-visits the fewest tiles (milliseconds, once per sizes and scalar parameters). Queries, keys and values are scattered into that order
-(padding rows are zeros and are masked off), the permuted cascade runs, and the outputs are
-gathered back: the caller sees its own token order. Both moves are ``index_copy`` /
+visits the fewest tiles (milliseconds, once per sizes and scalar parameters). Queries, keys and
+values are scattered into that order (padding rows are zeros and are masked off), the permuted
+cascade runs, and the outputs are gathered back: the caller sees its own token order. Both moves are ``index_copy`` /
 ``index_select``, so autograd goes through them.
 """
 
@@ -136,39 +136,35 @@ def grid_dims(c: n.Cascade, sizes: dict, values: dict) -> tuple[tuple[int, ...],
 class GridPlan:
     """The permutation of one call's grid: hidden parameter values and both sides' positions."""
 
-    _cache: OrderedDict = OrderedDict()
-
     def __init__(self, sizes, groups, q: Side, k: Side):
         self.sizes, self.groups, self.q, self.k = sizes, groups, q, k
         self._tables: dict = {}  # device → the position tables there
 
     @classmethod
-    def for_call(cls, c: n.Cascade, sizes: dict, values: dict, block_m: int, block_n: int,
-                 count=None, count_key=()) -> "GridPlan":
-        """The plan of one call. With ``count`` (plan → tiles the kernel would visit), every tile
-        shape is tried and the one visiting the fewest tiles wins (ties: the static preference);
-        the choice is cached under ``count_key`` (what it depends on beyond the sizes)."""
+    def for_call(cls, c: n.Cascade, sizes: dict, values: dict, block_m: int, block_n: int, count,
+                 cache: OrderedDict, count_key=()) -> "GridPlan":
+        """The plan of one call of ``c``: every tile shape is tried and the one whose kernel visits
+        the fewest tiles (``count``: plan → tiles) wins, ties to the static preference. The choice
+        is kept in ``cache`` (the variant's own) under the sizes, tiles and ``count_key`` (what
+        the count depends on beyond them)."""
         dims, groups = grid_dims(c, sizes, values)
         groups = tuple(min(d, s) for d, s in zip(groups, dims, strict=True))  # more groups than cells: singletons
-        key = (dims, groups, block_m, block_n, count is not None, count_key)
-        plan = cls._cache.get(key)
+        key = (dims, groups, block_m, block_n, count_key)
+        plan = cache.get(key)
         if plan is not None:
-            cls._cache.move_to_end(key)
+            cache.move_to_end(key)
             return plan
-        shapes = tile_shapes(block_m, _lengths(dims, groups))
-        if count is None:
-            shapes = shapes[:1]
         best = None
-        for rank_, ext in enumerate(shapes):
+        for rank_, ext in enumerate(tile_shapes(block_m, _lengths(dims, groups))):
             q = _side(dims, groups, ext)
             k = q if block_n == block_m else _side(dims, groups, _rescale(ext, block_n))
             candidate = cls(dims, groups, q, k)
-            score = (count(candidate) if count is not None else 0, rank_)
+            score = (count(candidate), rank_)
             if best is None or score < best[0]:
                 best = (score, candidate)
-        plan = cls._cache[key] = best[1]
-        while len(cls._cache) > 32:
-            cls._cache.popitem(last=False)
+        plan = cache[key] = best[1]
+        while len(cache) > 32:
+            cache.popitem(last=False)
         return plan
 
     def hidden(self, device) -> dict:

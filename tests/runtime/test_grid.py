@@ -220,6 +220,5 @@ def test_grid_tiles_visit_exactly_the_needed_tiles(name, n, params, never_worse)
     assert c.visits.shape[0] * 64 == attn.grid_plan(q, q, q, 64, 64, **params).q.padded
     rm = count_tiles(_row_major(attn), n, n, 64, 64, **params)
     assert rm.missed == 0
-    print(name, params, "grid", c.visited, "token order", rm.visited)
     if never_worse:
         assert c.visited <= rm.visited, (c.visited, rm.visited)
