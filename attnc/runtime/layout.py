@@ -37,9 +37,12 @@ def tile_shapes(block: int, lengths: tuple[int, ...]) -> list[tuple[int, ...]]:
         if sum(exps) != k:
             continue
         ext = tuple(1 << e for e in exps)
-        padded = math.prod(-(-max(L, 1) // e) * e for L, e in zip(lengths, ext, strict=True))
-        shapes.append(((padded, max(exps) - min(exps), tuple(-e for e in reversed(exps))), ext))
+        shapes.append(((_padded(lengths, ext), max(exps) - min(exps), tuple(-e for e in reversed(exps))), ext))
     return [ext for _, ext in sorted(shapes)]
+
+
+def _padded(lengths: tuple[int, ...], ext: tuple[int, ...]) -> int:
+    return math.prod(-(-max(L, 1) // e) * e for L, e in zip(lengths, ext, strict=True))
 
 
 def tile_shape(block: int, lengths: tuple[int, ...]) -> tuple[int, ...]:
@@ -154,8 +157,14 @@ class GridPlan:
         if plan is not None:
             cache.move_to_end(key)
             return plan
+        lengths = _lengths(dims, groups)
+        shapes = tile_shapes(block_m, lengths)
+        # shapes padding the grid much more than the least padded one cost memory and time for
+        # nothing (their padding is empty tiles): not tried
+        least = _padded(lengths, shapes[0])
+        shapes = [ext for ext in shapes if 4 * _padded(lengths, ext) <= 5 * least]
         best = None
-        for rank_, ext in enumerate(tile_shapes(block_m, _lengths(dims, groups))):
+        for rank_, ext in enumerate(shapes):
             q = _side(dims, groups, ext)
             k = q if block_n == block_m else _side(dims, groups, _rescale(ext, block_n))
             candidate = cls(dims, groups, q, k)

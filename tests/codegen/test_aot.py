@@ -8,15 +8,15 @@ stack frame, which ``LOCAL`` does not count) and fit the architecture's shared m
 
 How much is built (``ATTNC_AOT``; a build takes about 10 s of CPU):
 
-* ``ci``: half of the matrix. Every variant in four of the eight (arch, dtype, D)
+* ``ci`` (default): half of the matrix. Every variant in four of the eight (arch, dtype, D)
   cases — on each arch both dtypes, with D = 64 for one and 128 for the other, swapped on the
   other arch and from one variant to the next — so every case is built for ten variants and
   every variant meets both archs, dtypes and head dims. First config of
   ``codegen.tuning.gpu_configs`` (the one the runtime uses when it does not autotune).
-  80 builds: about 1½–2½ minutes on CI's two cores (a build takes 1–2 s of CPU when it does
-  not spill, 3–10 s when ptxas fights spills).
-* ``first`` (default): every variant in every case, first config — 160 builds, about 2½
-  minutes on two cores with the spill-free configs.
+  88 builds (22 variants) on CI's two cores: a build takes 1–2 s of CPU when it does not spill,
+  3–10 s when ptxas fights spills. The default since the suite neared CI's 30 minutes.
+* ``first``: every variant in every case, first config — 176 builds, about 3½ minutes on two
+  cores (with the backward sample: 321 s). Run it (``ATTNC_AOT=first``) after changing codegen.
 * ``full`` (or ``ATTNC_AOT_FULL=1``): every config of every case — the acceptance sweep, about
   twice ``first``. ``benchmarks/bench_forward.py`` records the ``first`` sweep in
   ``docs/performance.md``.
@@ -54,7 +54,7 @@ from attnc.runtime.aot import (BACKWARD_KERNELS, AotResult, library_backward_job
 CAPABILITIES = (80, 90)
 DTYPES = ("float16", "float32")
 HEAD_DIMS = (64, 128)
-MODE = "full" if os.environ.get("ATTNC_AOT_FULL", "") not in ("", "0") else os.environ.get("ATTNC_AOT", "first")
+MODE = "full" if os.environ.get("ATTNC_AOT_FULL", "") not in ("", "0") else os.environ.get("ATTNC_AOT", "ci")
 if MODE not in ("ci", "first", "full"):
     raise ValueError(f"ATTNC_AOT must be ci, first or full, got {MODE!r}")
 VARIANTS = attnc.library.names()
