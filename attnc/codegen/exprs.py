@@ -47,6 +47,9 @@ class ExprPrinter:
 
     _wide = False
     rows = "offs_m"  # the query positions; key ranges use their own int64 vector
+    # How the raw score scale·qk prints. The forward kernel folds scale's sign into q (so its
+    # qk is sign(scale)·q·k) and prints the raw score as |scale|·qk: the same value, exactly.
+    score_scale = "scale"
 
     def key_range_expr(self, e: n.Expr) -> str:
         """``e`` (free of j) per row of the key-range computation, in int64 (see ``wide``)."""
@@ -91,6 +94,8 @@ class ExprPrinter:
             x = self.p(e.operand, ctx)
             return f"({x} == 0)" if e.op == "not" else f"(-{x})"
         if isinstance(e, n.Binary):
+            if self.score_scale != "scale" and is_raw_score(e):
+                return f"({self.score_scale} * {self.names['qk']})"
             return self.binary(e, ctx)
         if isinstance(e, n.Select):
             return f"tl.where({self.p(e.cond, ctx)}, {self.p(e.then, ctx)}, {self.p(e.other, ctx)})"
@@ -112,6 +117,11 @@ class ExprPrinter:
         if op == "**":
             return f"_pow({a}, {b})"
         if op == "/" and e.type == n.FLOAT:
+            if ctx == "pair" and "j" in n.free_ranks(e.left, self.stage_ranks) and \
+                    "j" not in n.free_ranks(e.right, self.stage_ranks):
+                # a divisor that is the same along a row: one reciprocal per row (or kernel),
+                # then a multiply per element, not a division sequence per element
+                return f"({a} * (1.0 / {b}))"
             return f"({a} / {b})"
         return f"({a} {op} {b})"
 
@@ -155,6 +165,8 @@ class ExprPrinter:
         """
         if isinstance(e, n.Const):
             return _const(n.Const(float(e.value) * LOG2E, n.FLOAT))
+        if is_raw_score(e):
+            return f"(({self.score_scale} * {LOG2E_TEXT}) * {self.names['qk']})"
         if isinstance(e, n.Unary) and e.op == "-":
             return f"(-{self.log2e_times(e.operand, ctx)})"
         if isinstance(e, n.Binary) and e.op in ("+", "-") and e.type == n.FLOAT:
@@ -173,6 +185,30 @@ class ExprPrinter:
                     isinstance(x, n.Dot) or (isinstance(x, n.Ref) and x.stage == "qk") for x in (inner.left, inner.right)):
                 return self.log2e_times(inner, ctx)  # s = c·qk: fold into c rather than rescale s
         return f"({self.p(e, ctx)} * {LOG2E_TEXT})"
+
+
+RAW_SCORE = n.Binary("*", n.Var("scale", n.FLOAT), n.Ref("qk", n.FLOAT), n.FLOAT)
+
+
+def is_raw_score(e: n.Expr) -> bool:
+    """``scale·qk`` (either order): the score before any score function."""
+    return isinstance(e, n.Binary) and e.op == "*" and e in (RAW_SCORE, n.Binary("*", RAW_SCORE.right, RAW_SCORE.left, n.FLOAT))
+
+
+def qk_only_in_raw_score(exprs) -> bool:
+    """Whether ``exprs`` read q·k only through the raw score ``scale·qk``."""
+    seen: set[int] = set()
+
+    def ok(e: n.Expr) -> bool:
+        if id(e) in seen:
+            return True
+        seen.add(id(e))
+        if is_raw_score(e):
+            return True
+        if isinstance(e, (n.Ref, n.Running)) and e.stage == "qk":
+            return False
+        return all(ok(k) for k in n.children(e))
+    return all(ok(e) for e in exprs)
 
 
 LOG2E = 1.4426950408889634

@@ -22,7 +22,7 @@ from ..ir.names import kernel_ident
 from ..ir.passes import PassPlan, plan_passes
 from ..ir.printer import cascade_text
 from ..ir.ranges import weight_range
-from .exprs import ExprPrinter
+from .exprs import ExprPrinter, is_raw_score, qk_only_in_raw_score
 
 CODEGEN_VERSION = "10"
 KERNEL_NAME = "attnc_fwd"
@@ -74,6 +74,8 @@ def _env() -> jinja2.Environment:
 
 
 class _Builder:
+    fold_sign = False  # the forward folds scale's sign into q (generate() decides)
+
     def __init__(self, c: n.Cascade, plan: PassPlan):
         self.c = c
         self.plan = plan
@@ -159,7 +161,10 @@ class _Builder:
                        for x in n.walk(r.rescale) if isinstance(x, n.Running) and x.when == "old"})
         body = [f"{self.names[name]}_old = {self.names[name]}" for name in olds]
         if masked and self.bounds.interval_mask:  # the rows' intervals are the mask, exactly
-            keep = "(offs_n[None, :] >= lo_r32[:, None]) & (offs_n[None, :] < hi_r32[:, None])"
+            # relative to the tile: int32 row offsets against the constant 0..BLOCK_N-1, two
+            # compares per element (absolute offsets let LLVM widen them to 64-bit compares)
+            body += ["lo_rel = lo_r32 - start_n", "hi_rel = hi_r32 - start_n"]
+            keep = "(rel_n[None, :] >= lo_rel[:, None]) & (rel_n[None, :] < hi_rel[:, None])"
         elif masked:
             mask = self.stages["keep"].expr if "keep" in self.stages else None
             keep = "col_ok[None, :]" + (f" & {self.full(mask, n.PAIR)}" if mask is not None else "")
@@ -167,6 +172,7 @@ class _Builder:
             residual = self.bounds.full_residual
             keep = self.full(functools.reduce(lambda a, b: n.Binary("and", a, b, n.BOOL), residual), n.PAIR) if residual else None
         self.keep = keep
+        keep_at = len(body)
         for st in self.c.stages[1:]:
             if st.name not in need and st.name not in ("s",):
                 continue
@@ -180,10 +186,32 @@ class _Builder:
             else:
                 body.append(f"{var} = {self.full(st.expr, st.ranks)}")
         if keep is not None:
-            body.insert(len(olds), f"keep = {keep}")
-        if k == 1:
+            body.insert(keep_at, f"keep = {keep}")
+        if k == 1 and self.counts_keys:
             body.append("n_kept += tl.sum(keep.to(tl.int32), 1)" if keep is not None else "n_kept += BLOCK_N")
         return body
+
+    @property
+    def counts_keys(self) -> bool:
+        """Whether the key loops count each row's kept keys (the empty-row rule needs to know
+        which rows kept none): not when the rows' intervals are the mask, nor without a mask —
+        then the intervals, or n_kv, say it once, before the loops."""
+        return self.bounds.masked and not self.bounds.intervals_only
+
+    def has_key(self) -> str:
+        """The epilogue's per-row "kept at least one key"."""
+        if self.counts_keys:
+            return "n_kept > 0"
+        if not self.bounds.masked:
+            return "tl.zeros([BLOCK_M], dtype=tl.int32) + n_kv > 0"
+        count = len(self.bounds.clauses)
+        return "row_has_key" if count == 1 else " | ".join(f"row_has_key_{k}" for k in range(1, count + 1))
+
+    def _raw(self, e: n.Expr) -> bool:
+        """Whether ``e`` is the raw score scale·qk, directly or as a stage holding it."""
+        if isinstance(e, n.Ref) and e.stage in self.stages and self.stages[e.stage].ranks == n.PAIR:
+            e = self.stages[e.stage].expr
+        return is_raw_score(e)
 
     def _kept(self, x: str, fill: str) -> str:
         return x if self.keep is None else f"tl.where(keep, {x}, {fill})"
@@ -215,6 +243,17 @@ class _Builder:
             return lines
         body = self.full(st.expr.body, n.PAIR)
         op = st.expr.op
+        if op in ("max", "min") and self.fold_sign and self._raw(st.expr.body):
+            # max_j |scale|·qk = |scale|·max_j qk (a multiply by |scale| >= 0 is monotone, also
+            # after rounding): one compare per element, not a multiply and a compare
+            fill = 'float("-inf")' if op == "max" else 'float("inf")'
+            red = "tl.max" if op == "max" else "tl.min"
+            comb = "tl.maximum" if op == "max" else "tl.minimum"
+            shifted = f"{var} + {fac}" if fac else var
+            lines.append(f"{var}_tile = {red}({self._kept('qk', fill)}, 1)")
+            lines.append(f"{var}_tile = tl.where({var}_tile == {fill}, {fill}, {var}_tile * scale_pos)  # an empty row stays {fill[7:-2]}")
+            lines.append(f"{var} = {comb}({shifted}, {var}_tile)")
+            return lines
         if op == "sum":
             lines.append(f"{var} = {var + ' * ' + fac if fac else var} + tl.sum({self._kept(body, '0.0')}, 1)")
         else:
@@ -247,13 +286,18 @@ class _Builder:
         if len(clauses) == 1:
             return lines + self._clause_lines(clauses[0], "", full=True, refine=refine) + _tile_lines("")
         for k, clause in enumerate(clauses, 1):
-            lines += self._clause_lines(clause, f"_{k}", full=False, refine=refine)
+            lines += self._clause_lines(clause, f"_{k}", full=clause.interval, refine=refine)
             lines += [f"lo_t_{k} = (lo_{k} // BLOCK_N) * BLOCK_N",
                       f"end_{k} = tl.where(hi_{k} > lo_{k}, ((hi_{k} + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, lo_t_{k})"]
+            if clause.interval:  # tiles inside this clause's interval for every row: full
+                lines += [f"mid_lo_{k} = ((full_lo_{k} + BLOCK_N - 1) // BLOCK_N) * BLOCK_N",
+                          f"mid_hi_{k} = tl.maximum((full_hi_{k} // BLOCK_N) * BLOCK_N, mid_lo_{k})"]
+            else:  # its tiles evaluate the mask
+                lines += [f"mid_lo_{k} = lo_t_{k}", f"mid_hi_{k} = lo_t_{k}"]
         # The clauses' tile ranges as disjoint pieces: sorted by start, each piece begins where
-        # the ranges before it end, so no tile is visited twice. Every tile of a piece is a
-        # boundary tile (the mask is evaluated): no full-tile loops, which cost registers.
-        fields = ("lo_t", "end")
+        # the ranges before it end, so no tile is visited twice. A piece's full tiles are those
+        # of its own clause's full range (the mask is an `or`: one clause holding is enough).
+        fields = ("lo_t", "end", "mid_lo", "mid_hi")
         count = len(clauses)
         for a in range(1, count):
             for b in range(count, a, -1):
@@ -267,7 +311,9 @@ class _Builder:
         for k in range(1, count + 1):
             lines += [f"piece_lo_{k} = tl.maximum(lo_t_{k}, cursor)",
                       f"piece_hi_{k} = tl.maximum(end_{k}, piece_lo_{k})",
-                      f"cursor = tl.maximum(cursor, end_{k})"]
+                      f"cursor = tl.maximum(cursor, end_{k})",
+                      f"full_a_{k} = tl.minimum(tl.maximum(mid_lo_{k}, piece_lo_{k}), piece_hi_{k})",
+                      f"full_b_{k} = tl.maximum(tl.minimum(mid_hi_{k}, piece_hi_{k}), full_a_{k})"]
         return lines
 
     def _clause_lines(self, clause, sfx: str, full: bool, refine: bool = True) -> list[str]:
@@ -309,7 +355,9 @@ class _Builder:
             f"lo{sfx} = tl.min(tl.where(some, lo_r, n_kv), 0).to(tl.int32)",
             f"hi{sfx} = tl.max(tl.where(some, hi_r, 0), 0).to(tl.int32)",
         ]
-        if not full:  # one of several clauses: its tiles are all boundary tiles
+        if self.bounds.intervals_only:  # whether the row keeps any key, from the intervals alone
+            lines.append(f"row_has_key{sfx} = some")
+        if not full:  # one of several clauses, not an interval: its tiles are all boundary tiles
             return lines
         lines += [f"full_lo{sfx} = tl.max(tl.where(rows_ok, lo_r, 0), 0).to(tl.int32)",
                   f"full_hi{sfx} = tl.min(tl.where(rows_ok, hi_r, n_kv), 0).to(tl.int32)"]
@@ -344,11 +392,17 @@ class _Builder:
             for k in range(count - 1, 0, -1):
                 out = f"tl.where(piece == {k - 1}, {field}_{k}, {out})"
             return out
-        return [{"head": [f"for piece in range(0, {count}):  # the disjoint pieces of the clauses' ranges",
-                          f"    piece_lo = {pick('piece_lo')}",
-                          f"    piece_hi = {pick('piece_hi')}",
-                          "    for start_n in range(piece_lo, piece_hi, BLOCK_N):  # boundary tiles"],
-                 "pad": "    ", "full": False}]
+
+        def inner(lo, hi, full):
+            kind = "full" if full else "boundary"
+            return {"head": [f"    for start_n in range({lo}, {hi}, BLOCK_N):  # {kind} tiles"], "pad": "    ", "full": full}
+        first = inner("piece_lo", "full_a", False)
+        first["head"] = [f"for piece in range(0, {count}):  # the disjoint pieces of the clauses' ranges",
+                         f"    piece_lo = {pick('piece_lo')}",
+                         f"    piece_hi = {pick('piece_hi')}",
+                         f"    full_a = {pick('full_a')}",
+                         f"    full_b = {pick('full_b')}"] + first["head"]
+        return [first, inner("full_a", "full_b", True), inner("full_b", "piece_hi", False)]
 
     def kv_range(self) -> tuple[list[str], str]:
         """Lines deciding whether the dK/dV kernel's key tile (``start_n``) meets query tile
@@ -384,6 +438,26 @@ def _tile_lines(sfx: str) -> list[str]:
     ]
 
 
+def specialize_lines(dtype: str, strided: dict[str, tuple[str, ...]]) -> list[str]:
+    """The kernel's first lines: under ``ALIGNED`` (chosen by the runtime only when it holds), the
+    strides of each tensor in ``strided`` ({tensor: its stride names, head-dim stride last}) and
+    the head dims are rewritten as the multiples of 16 bytes they are, and the head-dim strides as
+    the constant 1. The values do not change; Triton's alignment analysis then proves the tile
+    loads contiguous and 16-byte aligned (vector loads, cp.async, pipelining), which it cannot for
+    unspecialized integer arguments."""
+    per16 = 16 // (4 if dtype == "float32" else 2)  # elements per 16 bytes of the inputs
+    lines = [f"if ALIGNED:  # strides and head dims are multiples of {per16} elements, head-dim strides 1"]
+    for names in strided.values():
+        lines += [f"    {s} = ({s} // {per16}) * {per16}" for s in names[:-1]]
+        lines.append(f"    {names[-1]} = 1")
+    lines += [f"    head_dim = (head_dim // {per16}) * {per16}", f"    head_dim_v = (head_dim_v // {per16}) * {per16}"]
+    return lines
+
+
+FORWARD_STRIDES = {t: tuple(f"stride_{t}{a}" for a in axes) for t, axes in
+                   (("q", "bhmd"), ("k", "bhnd"), ("v", "bhnd"), ("o", "bhmd"))}
+
+
 def _floor_div(x: str, k: int) -> str:
     return x if k == 1 else f"_idiv({x}, {k})"
 
@@ -398,6 +472,10 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
     plan = plan or plan_passes(c)
     b = _Builder(c, plan)
     b.bounds = tile_bounds(c)
+    # q·k read only as scale·qk: fold scale's sign into the query tile (see exprs.ExprPrinter)
+    b.fold_sign = qk_only_in_raw_score([st.expr for st in c.stages[1:]])
+    if b.fold_sign:
+        b.printer.score_scale = "scale_pos"
     b.dot_precision = ', input_precision="ieee"' if spec.upcast else ""
     b.fp16_dot = spec.dtype == "float16" and not spec.upcast
     passes = [b.pass_block(k) for k in range(1, plan.num_passes + 1)]
@@ -409,6 +487,7 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         plan_summary=f"{plan.num_passes} pass{'es' if plan.num_passes != 1 else ''} over the keys",
         cascade_lines=cascade_text(c).rstrip("\n").split("\n"),
         kernel_name=KERNEL_NAME,
+        specialize=specialize_lines(spec.dtype, FORWARD_STRIDES),
         tensors=[{"ident": kernel_ident(p.name), "ndim": len(p.dims)} for p in tensors],
         scalars=[kernel_ident(p.name) for p in scalars],
         passes=passes,
@@ -418,6 +497,9 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         key_range=b.key_range(),
         segments=b.segments(),
         runtime_tiles=b.bounds.runtime,
+        fold_sign=b.fold_sign,
+        counts_keys=b.counts_keys,
+        has_key=b.has_key(),
         out_var=b.names["out"],
         lse_var=b.names["lse"] if c.has_lse else None,
         stats=[b.names[st.name] for st in c.stages if isinstance(st.expr, n.Reduce)],

@@ -1,15 +1,22 @@
 """Launch configurations (tile sizes, warps, pipeline stages) per GPU architecture.
 
-The runtime autotunes over ``gpu_configs(...)`` on CUDA; the ahead-of-time test compiles every
-config for sm_80 and sm_90 and asserts that none spills. The interpreter (CPU) runs one small
-config, ``INTERPRETER_CONFIG``: its cost grows with the tile, and tests want ragged edges.
+The runtime autotunes over ``gpu_configs(...)`` on CUDA (the first is the one it takes untimed);
+the interpreter (CPU) runs one small config, ``INTERPRETER_CONFIG``: its cost grows with the tile,
+and tests want ragged edges.
 
-Why these numbers: they are the largest tiles found (by ahead-of-time builds with ptxas's
-spill report) at which no library kernel spills. FlashAttention-style 128×64 tiles spilled for
-every variant, 8 B to 3 KB. The tiles are therefore narrower in keys than FlashAttention's;
-lowering register pressure in the generated code (integer mask arithmetic, three copies of the
-key loop) is what would allow larger ones, and only a GPU run can say what the small tiles cost.
-Hopper (sm_90) takes one more software-pipeline stage for one-pass plans.
+Two families, chosen by the runtime from the inputs (``runtime/compiler.py: fast_path``):
+
+* ``aligned`` (the fast path: unit head-dim stride, 16-byte multiples elsewhere, 16-bit inputs):
+  FlashAttention-sized tiles, 16 query rows per warp (so one warpgroup owns 64 rows on sm_90 and
+  never two the same), chosen by the static performance model (``runtime/perf.py``,
+  ``python -m attnc.runtime.aot --perf``): the largest key tile whose main loop keeps no spill
+  instruction and reaches the issue-bound ceiling. sm_90: 128×128 at D ≤ 64 (128×64 is issue-bound
+  at 81 %: the per-iteration overhead is spread over half the work), 128×64 at D ≤ 128 (128×128
+  spills in its boundary loop); sm_80: 128×64 on 8 warps at D ≤ 64, 64×64 on 4 at D ≤ 128 (128×64
+  spills there).
+* the general path (transposed or odd strides, fp32): scalar loads whose 64-bit addresses are
+  registers; the small tiles found, by ahead-of-time builds, not to spill for any library kernel.
+  FlashAttention-style 128×64 tiles spilled there for every variant, 8 B to 3 KB.
 """
 
 from __future__ import annotations
@@ -31,17 +38,28 @@ class LaunchConfig:
 INTERPRETER_CONFIG = LaunchConfig(16, 16, 1, 1)
 
 
-def gpu_configs(capability: int, dtype: str, block_d: int, block_dv: int, num_passes: int = 1) -> list[LaunchConfig]:
-    """Autotuning candidates for a compute capability (80, 90, ...), dtype and padded head dims.
+def gpu_configs(capability: int, dtype: str, block_d: int, block_dv: int, num_passes: int = 1,
+                aligned: bool = True) -> list[LaunchConfig]:
+    """Autotuning candidates for a compute capability (80, 90, ...), dtype and padded head dims;
+    ``aligned``: the fast path's (see the module docstring), else the general path's.
 
-    Every candidate compiles without register spills for every library kernel (no LOCAL, no
-    stack frame, no ptxas spill stores; checked ahead of time by ``tests/codegen/test_aot.py``
-    over 20 variants × sm_80/sm_90 × fp16/bf16/fp32 × D 64/128). The first is the one used when
-    tuning is off. The tiles are small where the masks' integer arithmetic (NATTEN, dilated
-    windows) or fp32 dots (``input_precision="ieee"``, no tensor cores) raise register
-    pressure; larger tiles spilled for at least one library variant.
+    The first candidate is the one used when tuning is off. Every candidate is built ahead of time
+    by ``tests/codegen/test_perf.py`` (fast path) and ``tests/codegen/test_aot.py`` (general).
     """
     wide, hopper = max(block_d, block_dv), capability >= 90
+    if aligned and dtype != "float32":
+        stages = 3 if num_passes == 1 else 2
+        if hopper:
+            if wide <= 64:
+                return [LaunchConfig(128, 128, 8, stages), LaunchConfig(128, 64, 8, stages)]
+            if wide <= 128:
+                return [LaunchConfig(128, 64, 8, stages), LaunchConfig(128, 128, 8, 2)]
+            return [LaunchConfig(128, 32, 8, 2), LaunchConfig(64, 32, 4, 2)]
+        if wide <= 64:
+            return [LaunchConfig(128, 64, 8, 2), LaunchConfig(64, 64, 4, 2)]
+        if wide <= 128:
+            return [LaunchConfig(64, 64, 4, 2), LaunchConfig(128, 64, 8, 2)]
+        return [LaunchConfig(64, 32, 4, 2)]
     if dtype == "float32":
         if wide <= 64:
             # sm_90: 8 warps since the per-row key ranges of issue 6 (4 warps spilled 8–32 B in
@@ -62,7 +80,7 @@ def gpu_configs(capability: int, dtype: str, block_d: int, block_dv: int, num_pa
     return [LaunchConfig(64, 16, 4, 2)]
 
 
-def bwd_gpu_config(capability: int, dtype: str, block_d: int, block_dv: int) -> LaunchConfig:
+def bwd_gpu_config(capability: int, dtype: str, block_d: int, block_dv: int, aligned: bool = True) -> LaunchConfig:
     """The backward kernels' tiles (one config for both kernels, not tuned). BLOCK_M tiles the
     queries, BLOCK_N the keys; ``attnc_bwd_rows`` and ``attnc_bwd_kv`` are launched with the same.
 

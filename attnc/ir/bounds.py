@@ -73,6 +73,11 @@ class Clause:
     def lower_bounded(self) -> bool:
         return any(c.b > 0 for c in self.constraints) or bool(self.congruences)
 
+    @property
+    def interval(self) -> bool:
+        """Whether each row's key interval is exactly this clause (constraints and conditions only)."""
+        return self.bounded and not (self.residual or self.congruences or self.opaque)
+
 
 @dataclass(frozen=True)
 class TileBounds:
@@ -93,8 +98,13 @@ class TileBounds:
     def interval_mask(self) -> bool:
         """Whether each row's key interval is the mask itself (one clause of constraints and
         conditions only): boundary tiles then test ``lo_r <= j < hi_r`` instead of the mask."""
-        cl = self.clauses[0]
-        return len(self.clauses) == 1 and cl.bounded and not (cl.residual or cl.congruences or cl.opaque)
+        return len(self.clauses) == 1 and self.clauses[0].interval
+
+    @property
+    def intervals_only(self) -> bool:
+        """Whether every clause is exactly its rows' intervals: a row keeps a key iff one of its
+        intervals is not empty, and a tile inside one clause's intervals for every row is full."""
+        return all(cl.interval for cl in self.clauses)
 
     @property
     def runtime(self) -> bool:

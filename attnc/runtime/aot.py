@@ -95,6 +95,8 @@ class AotResult:
     signature: dict = field(default_factory=dict, compare=False, repr=False)
     ptxas_log: str = field(default="", compare=False, repr=False)
     function: str = KERNEL_NAME  # the kernel: attnc_fwd, or the backward's attnc_bwd_rows / attnc_bwd_kv
+    fast: bool = False  # built for the fast path (ALIGNED, EVEN_D where D is a power of two)
+    perf: object = field(default=None, compare=False, repr=False)  # perf.KernelPerf, when asked for
 
     @property
     def spilled_bytes(self) -> int:
@@ -129,6 +131,7 @@ class AotResult:
         d["config"] = asdict(self.config)
         d.pop("ptxas_log")
         d.pop("signature")
+        d.pop("perf")
         return d
 
 
@@ -385,16 +388,28 @@ def _cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
+def path_constexprs(fast: bool, head_dim: int, head_dim_v: int) -> dict[str, bool]:
+    """The fast-path flags the runtime passes for inputs of these head dims (``fast``: contiguous,
+    aligned inputs, as ``runtime/compiler.py: fast_path`` checks), else the general path's."""
+    import triton
+
+    even = head_dim == max(16, triton.next_power_of_2(head_dim)) and head_dim_v == max(16, triton.next_power_of_2(head_dim_v))
+    return {"ALIGNED": fast, "EVEN_D": fast and even}
+
+
 def _build(fn, function: str, cascade: n.Cascade, dtype: str, head_dim: int, head_dim_v: int, capability: int,
            config: LaunchConfig, constexprs: dict | None, extra_types: dict[str, str] | None,
-           compile_options: dict | None = None) -> AotResult:
-    """Compile one jitted kernel ``fn`` (named ``function`` in the cubin) and read its resources."""
+           compile_options: dict | None = None, fast: bool = False, source_text: str | None = None,
+           perf: bool = False) -> AotResult:
+    """Compile one jitted kernel ``fn`` (named ``function`` in the cubin) and read its resources;
+    with ``perf``, the static performance model's figures of its SASS too (``runtime/perf.py``)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     sig = signature_for(fn, cascade, dtype, extra_types)
-    consts = _constexpr_values(fn, config, head_dim, head_dim_v, constexprs)
+    consts = _constexpr_values(fn, config, head_dim, head_dim_v,
+                               {**path_constexprs(fast, head_dim, head_dim_v), **(constexprs or {})})
     index = {name: i for i, name in enumerate(fn.arg_names)}
     attrs = {(index[a],): [["tt.divisibility", 16]] for a, t in sig.items() if t.startswith("*")}
     src = ASTSource(fn, sig, {(index[k],): v for k, v in consts.items()}, attrs)
@@ -409,6 +424,11 @@ def _build(fn, function: str, cascade: n.Cascade, dtype: str, head_dim: int, hea
     usage = resource_usage(compiled.asm["cubin"], function)
     ptxas = parse_ptxas_log(log.getvalue())
     ptx = compiled.asm["ptx"]
+    model = None
+    if perf:
+        from .perf import analyze
+
+        model = analyze(compiled.asm["cubin"], source_text, function, capability, config.num_warps)
     return AotResult(
         kernel=cascade.name, capability=capability, dtype=dtype, head_dim=head_dim, head_dim_v=head_dim_v,
         config=config, registers=usage["REG"], local_bytes=usage.get("LOCAL", 0),
@@ -416,15 +436,19 @@ def _build(fn, function: str, cascade: n.Cascade, dtype: str, head_dim: int, hea
         spill_loads=ptxas.get("spill_loads"), shared_bytes=int(getattr(compiled.metadata, "shared", 0) or 0),
         static_shared_bytes=usage.get("SHARED", 0), compile_seconds=seconds, compile_cpu_seconds=cpu,
         ptx_bytes=len(ptx.encode() if isinstance(ptx, str) else ptx), cubin_bytes=len(compiled.asm["cubin"]),
-        signature=sig, ptxas_log=log.getvalue(), function=function,
+        signature=sig, ptxas_log=log.getvalue(), function=function, fast=fast, perf=model,
     )
 
 
 def aot_compile(cascade: n.Cascade, dtype: str, head_dim: int, head_dim_v: int, capability: int,
                 config: LaunchConfig, *, constexprs: dict | None = None,
                 extra_types: dict[str, str] | None = None, source_transform=None,
-                compile_options: dict | None = None) -> AotResult:
+                compile_options: dict | None = None, fast: bool = True, perf: bool = False) -> AotResult:
     """Compile ``cascade``'s CUDA kernel for ``sm_<capability>`` and report its resource usage.
+
+    ``fast`` builds the fast path the runtime takes for contiguous, aligned inputs (``ALIGNED``,
+    and ``EVEN_D`` when the head dims are powers of two), else the general path; ``perf`` adds the
+    static performance model's figures (``AotResult.perf``).
 
     ``constexprs`` / ``extra_types`` supply values / signature types for kernel arguments this
     module does not know (see the module docstring); ``source_transform`` is passed to
@@ -437,21 +461,22 @@ def aot_compile(cascade: n.Cascade, dtype: str, head_dim: int, head_dim_v: int, 
     dtype = _dtype_name(dtype)
     fn, source, _ = load_kernel(cascade, dtype, source_transform)
     return _build(fn, source.kernel_name, cascade, dtype, head_dim, head_dim_v, capability, config,
-                  constexprs, extra_types, compile_options)
+                  constexprs, extra_types, compile_options, fast, source.text, perf)
 
 
-def backward_config(capability: int, dtype: str, head_dim: int, head_dim_v: int) -> LaunchConfig:
+def backward_config(capability: int, dtype: str, head_dim: int, head_dim_v: int, fast: bool = True) -> LaunchConfig:
     """The launch config the runtime gives the backward kernels (``codegen.tuning.bwd_gpu_config``)."""
     import triton
 
     return bwd_gpu_config(capability, _dtype_name(dtype), max(16, triton.next_power_of_2(head_dim)),
-                          max(16, triton.next_power_of_2(head_dim_v)))
+                          max(16, triton.next_power_of_2(head_dim_v)), aligned=fast)
 
 
 def aot_compile_backward(cascade: n.Cascade, dtype: str, head_dim: int, head_dim_v: int, capability: int,
                          config: LaunchConfig | None = None, *, kernels: tuple[str, ...] = BACKWARD_KERNELS,
                          constexprs: dict | None = None, extra_types: dict[str, str] | None = None,
-                         source_transform=None, compile_options: dict | None = None) -> dict[str, AotResult]:
+                         source_transform=None, compile_options: dict | None = None, fast: bool = True,
+                         perf: bool = False) -> dict[str, AotResult]:
     """Compile ``cascade``'s backward kernels for ``sm_<capability>``: {kernel name: AotResult}
     for ``attnc_bwd_rows`` and ``attnc_bwd_kv`` (or those ``kernels`` names).
 
@@ -459,7 +484,7 @@ def aot_compile_backward(cascade: n.Cascade, dtype: str, head_dim: int, head_dim
     ``GRAD_<param>`` constexprs keep their default (True: every gradient computed, the most
     registers); ``constexprs`` overrides them or any other. DO, DQ, DK, DV are pointers of the
     input dtype, DL / Stats / Coef and the ``<param>_grad`` buffers fp32, ``<param>_gstrideK`` i32.
-    ``source_transform`` and ``compile_options`` as for ``aot_compile``.
+    ``source_transform``, ``compile_options``, ``fast`` and ``perf`` as for ``aot_compile``.
     """
     problem = toolchain_problem(capability)
     if problem:
@@ -468,21 +493,22 @@ def aot_compile_backward(cascade: n.Cascade, dtype: str, head_dim: int, head_dim
     unknown = set(kernels) - set(BACKWARD_KERNELS)
     if unknown:
         raise ValueError(f"backward kernels are {', '.join(BACKWARD_KERNELS)}, got {', '.join(sorted(unknown))}")
-    config = config or backward_config(capability, dtype, head_dim, head_dim_v)
-    fns, _, _ = load_backward_kernels(cascade, dtype, source_transform)
+    config = config or backward_config(capability, dtype, head_dim, head_dim_v, fast)
+    fns, source, _ = load_backward_kernels(cascade, dtype, source_transform)
     return {name: _build(fns[name], name, cascade, dtype, head_dim, head_dim_v, capability, config,
-                         constexprs, extra_types, compile_options) for name in kernels}
+                         constexprs, extra_types, compile_options, fast, source.text, perf) for name in kernels}
 
 
 # ---------------------------------------------------------------------------- sweeps
 
 
-def configs_for(cascade: n.Cascade, capability: int, dtype: str, head_dim: int, head_dim_v: int) -> list[LaunchConfig]:
+def configs_for(cascade: n.Cascade, capability: int, dtype: str, head_dim: int, head_dim_v: int,
+                fast: bool = True) -> list[LaunchConfig]:
     """The launch configs the runtime may pick for this kernel (``codegen.tuning.gpu_configs``)."""
     import triton
 
     return gpu_configs(capability, _dtype_name(dtype), max(16, triton.next_power_of_2(head_dim)),
-                       max(16, triton.next_power_of_2(head_dim_v)), plan_passes(cascade).num_passes)
+                       max(16, triton.next_power_of_2(head_dim_v)), plan_passes(cascade).num_passes, aligned=fast)
 
 
 @dataclass(frozen=True)
@@ -497,6 +523,8 @@ class AotJob:
     head_dim_v: int
     config: LaunchConfig
     function: str = KERNEL_NAME
+    fast: bool = True  # the fast path (contiguous, aligned inputs) or the general one
+    perf: bool = False  # also run the static performance model
 
     @property
     def backward(self) -> bool:
@@ -506,13 +534,15 @@ class AotJob:
     def label(self) -> str:
         c = self.config
         kind = f"-{self.function.removeprefix('attnc_')}" if self.backward else ""
-        return (f"{self.variant}{kind}-sm{self.capability}-{self.dtype}-D{self.head_dim}-"
+        path = "" if self.fast else "-general"
+        return (f"{self.variant}{kind}-sm{self.capability}-{self.dtype}-D{self.head_dim}{path}-"
                 f"{c.block_m}x{c.block_n}w{c.num_warps}s{c.num_stages}")
 
 
 def library_jobs(variants, capabilities=(80, 90), dtypes=("float16", "float32"), head_dims=(64, 128),
-                 all_configs: bool = True) -> list[AotJob]:
-    """Every (variant, arch, dtype, D = Dv, config) build; ``all_configs=False``: the first config only."""
+                 all_configs: bool = True, fast: bool = True, perf: bool = False) -> list[AotJob]:
+    """Every (variant, arch, dtype, D = Dv, config) build; ``all_configs=False``: the first config only;
+    ``fast``: the fast path's kernels and configs, else the general path's."""
     from ..ir.layout import kernel_cascade
     from .frontend import library_cascade
 
@@ -522,14 +552,15 @@ def library_jobs(variants, capabilities=(80, 90), dtypes=("float16", "float32"),
         for cap in capabilities:
             for dtype in dtypes:
                 for d in head_dims:
-                    configs = configs_for(cascade, cap, dtype, d, d)
+                    configs = configs_for(cascade, cap, dtype, d, d, fast)
                     for config in configs if all_configs else configs[:1]:
-                        jobs.append(AotJob(name, cap, _dtype_name(dtype), d, d, config))
+                        jobs.append(AotJob(name, cap, _dtype_name(dtype), d, d, config, fast=fast, perf=perf))
     return jobs
 
 
 def library_backward_jobs(variants, capabilities=(80, 90), dtypes=("float16", "bfloat16", "float32"),
-                          head_dims=(64, 128), kernels: tuple[str, ...] = BACKWARD_KERNELS) -> list[AotJob]:
+                          head_dims=(64, 128), kernels: tuple[str, ...] = BACKWARD_KERNELS, fast: bool = True,
+                          perf: bool = False) -> list[AotJob]:
     """Every (variant, arch, dtype, D = Dv, backward kernel) build, with the one config the runtime
     launches the backward with (``bwd_gpu_config``). One job per kernel, so a pool spreads them."""
     jobs = []
@@ -537,8 +568,8 @@ def library_backward_jobs(variants, capabilities=(80, 90), dtypes=("float16", "b
         for cap in capabilities:
             for dtype in dtypes:
                 for d in head_dims:
-                    config = backward_config(cap, dtype, d, d)
-                    jobs += [AotJob(name, cap, _dtype_name(dtype), d, d, config, fn) for fn in kernels]
+                    config = backward_config(cap, dtype, d, d, fast)
+                    jobs += [AotJob(name, cap, _dtype_name(dtype), d, d, config, fn, fast, perf) for fn in kernels]
     return jobs
 
 
@@ -551,8 +582,10 @@ def run_job(job: AotJob) -> AotResult | str:
         cascade = kernel_cascade(library_cascade(job.variant))
         if job.backward:
             return aot_compile_backward(cascade, job.dtype, job.head_dim, job.head_dim_v, job.capability,
-                                        job.config, kernels=(job.function,))[job.function]
-        return aot_compile(cascade, job.dtype, job.head_dim, job.head_dim_v, job.capability, job.config)
+                                        job.config, kernels=(job.function,), fast=job.fast,
+                                        perf=job.perf)[job.function]
+        return aot_compile(cascade, job.dtype, job.head_dim, job.head_dim_v, job.capability, job.config,
+                           fast=job.fast, perf=job.perf)
     except Exception as err:  # noqa: BLE001 - reported to the caller with the job
         return f"{type(err).__name__}: {err}"
 

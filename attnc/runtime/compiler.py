@@ -189,13 +189,13 @@ class _Kernel:
         self._tuned: dict[tuple, object] = {}
 
     def launcher(self, config_key: tuple):
-        """The kernel to launch for (capability, BLOCK_D, BLOCK_DV): interpreted, or autotuned
-        over ``gpu_configs`` (``ATTNC_AUTOTUNE=0`` takes the first config without timing)."""
+        """The kernel to launch for (capability, BLOCK_D, BLOCK_DV, aligned): interpreted, or
+        autotuned over ``gpu_configs`` (``ATTNC_AUTOTUNE=0`` takes the first config untimed)."""
         if self.interpret:
             return self.fn, _interpreter_config
         if config_key not in self._tuned:
-            capability, block_d, block_dv = config_key
-            configs = gpu_configs(capability, self.dtype, block_d, block_dv, self.num_passes)
+            capability, block_d, block_dv, aligned = config_key
+            configs = gpu_configs(capability, self.dtype, block_d, block_dv, self.num_passes, aligned)
             # A runtime tile classification is made for one tile size: the first config, untimed.
             fixed = self.source.runtime_tiles or os.environ.get("ATTNC_AUTOTUNE", "1") == "0"
             if fixed or len(configs) == 1:
@@ -208,6 +208,23 @@ class _Kernel:
                 )(self.fn)
                 self._tuned[config_key] = (fn, None)
         return self._tuned[config_key]
+
+
+def fast_path(tensors, head_dim: int, head_dim_v: int) -> dict[str, bool]:
+    """The fast-path flags a launch passes (the kernels' ``ALIGNED`` / ``EVEN_D`` constexprs,
+    ``codegen/generate.py: specialize_lines``): ``ALIGNED`` when every tensor has unit stride on
+    its last (head) dim, its other strides, its start and both head dims are multiples of 16
+    bytes; ``EVEN_D`` when the head dims are the padded block sizes (no column masks)."""
+    per16 = 16 // tensors[0].element_size()
+    aligned = head_dim % per16 == 0 and head_dim_v % per16 == 0 and all(
+        (t.stride(-1) == 1 or t.shape[-1] == 1) and t.data_ptr() % 16 == 0
+        and all(st % per16 == 0 for st in t.stride()[:-1]) for t in tensors)
+    return {"ALIGNED": aligned, "EVEN_D": head_dim == _block(head_dim) and head_dim_v == _block(head_dim_v)}
+
+
+def _block(d: int) -> int:
+    """The padded (power of two, at least 16) block of a head dim."""
+    return max(16, triton.next_power_of_2(d))
 
 
 def kernel_for(c: n.Cascade, spec: Specialization) -> _Kernel:
@@ -468,8 +485,10 @@ class Attention:
         if q.device.type == "cpu":
             return _interpreter_config.block_m, _interpreter_config.block_n
         kernel = kernel_for(self.cascade, Specialization(_DTYPES[q.dtype], False))
-        blocks = max(16, triton.next_power_of_2(q.shape[3])), max(16, triton.next_power_of_2(v.shape[3]))
-        _, config = kernel.launcher((_capability(q.device), *blocks))
+        D, Dv = q.shape[3], v.shape[3]
+        # the permuted tokens are fresh contiguous tensors: aligned when the head dims are
+        aligned = D % (16 // q.element_size()) == 0 and Dv % (16 // q.element_size()) == 0
+        _, config = kernel.launcher((_capability(q.device), _block(D), _block(Dv), aligned))
         return (config.block_m, config.block_n) if config is not None else (64, 64)
 
     def _tile_classes(self, q, k, v, scale: float, tensors: list, scalars: list, block_m: int, block_n: int,
@@ -560,9 +579,10 @@ class Attention:
             Nq, Nkv = packed.max_q, packed.max_k
         if Nq == 0 or B == 0 or Hq == 0:
             return out, lse, stats
-        block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
+        block_d, block_dv = _block(D), _block(Dv)
         capability = 0 if interpret else _capability(q.device)
-        fn, config = kernel.launcher((capability, block_d, block_dv))
+        flags = fast_path((q, k, v, out), D, Dv)
+        fn, config = kernel.launcher((capability, block_d, block_dv, flags["ALIGNED"]))
         if config is None:  # autotuned: the tuner picks the tile sizes
             grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)
             launch = {}
@@ -583,7 +603,8 @@ class Attention:
                 q, k, v, out, lse, *targs, *scalars,
                 *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *cu,
                 Nq, Nkv, Hq, Hkv, D, Dv, float(scale), st, *st_strides,
-                BLOCK_D=block_d, BLOCK_DV=block_dv, SAVE_STATS=save_stats, VARLEN=packed is not None, **launch,
+                BLOCK_D=block_d, BLOCK_DV=block_dv, SAVE_STATS=save_stats, VARLEN=packed is not None, **flags,
+                **launch,
             )
         return out, lse, stats
 

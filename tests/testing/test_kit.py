@@ -62,7 +62,7 @@ def test_an_injected_off_by_one_is_caught_with_a_shrunk_report(monkeypatch):
 
     def broken(c, spec, plan=None):
         src = real(c, spec, plan)
-        text = src.text.replace("(offs_n[None, :] < hi_r32[:, None])", "(offs_n[None, :] < hi_r32[:, None] - 1)")
+        text = src.text.replace("(rel_n[None, :] < hi_rel[:, None])", "(rel_n[None, :] < hi_rel[:, None] - 1)")
         assert text != src.text, "the injection point moved; update this test"
         return dataclasses.replace(src, text=text)
 
