@@ -26,7 +26,11 @@ from ..ir.names import kernel_ident
 from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text
 from .exprs import ExprPrinter
-from .generate import CODEGEN_VERSION, Specialization, _Builder, _env
+from ..ir.ranges import weight_range
+from .generate import CODEGEN_VERSION, FORWARD_STRIDES, FP16_MAX, Specialization, _Builder, _env, specialize_lines
+
+_DO_DQ = {t: tuple(f"stride_{t}{a}" for a in "bhmd") for t in ("do", "dq")}
+_DO_DK_DV = {"do": _DO_DQ["do"], **{t: tuple(f"stride_{t}{a}" for a in "bhnd") for t in ("dk", "dv")}}
 
 ROWS_KERNEL = "attnc_bwd_rows"
 KV_KERNEL = "attnc_bwd_kv"
@@ -41,6 +45,9 @@ class BackwardSource:
     num_stats: int  # columns of the forward's Stats (the reductions, then has_key)
     num_coefs: int  # columns of Coef
     runtime_tiles: bool  # takes the runtime tile classification (``runtime/sparsity.py``)
+    operand_modes: tuple[tuple[str, str], ...] = ()  # ("ds" | "w", mode): ``_BwdBuilder.operand_mode``
+    qtile_cols: int = 2  # QTiles columns: the key range, then a scale exponent per scaled operand
+    needs_vnorm: bool = False  # the rows kernel takes max_j ‖v_j‖ per (batch, kv head)
 
 
 def bwd_ident(name: str) -> str:
@@ -70,15 +77,128 @@ class _BwdBuilder(_Builder):
         self.grad_params = {g.load.tensor for g in bplan.load_grads}
 
     # -- helpers
-    def mm(self, a: str, b: str) -> str:
+    def mm(self, a: str, b: str, sixteen: bool = True) -> str:
         """``tl.dot`` of an fp32 tile of gradients with an input tile: fp32 operands when the
-        inputs are fp32 (or upcast), bf16 operands for bf16; for fp16 the fp32 operands (tf32 on
-        GPUs), since a gradient tile is not bounded by 65504."""
+        inputs are fp32 (or upcast); else 16-bit operands (the inputs' type) when ``sixteen`` —
+        bf16 always holds a gradient tile, fp16 only one the caller bounded or scaled into range —
+        and fp32 operands (tf32 on GPUs) otherwise."""
         if self.spec.upcast:
             return f"tl.dot({a}, {b}{self.dot_precision})"
-        if self.spec.dtype == "bfloat16":
-            return f"tl.dot(({a}).to(tl.bfloat16), {b})"
+        if self.spec.dtype == "bfloat16" or sixteen:
+            return f"tl.dot(({a}).to({b}.dtype), {b})"
         return f"tl.dot({a}, ({b}).to(tl.float32))"
+
+    # -- fp16 gradient operands: dS (for dQ and dK) and the value weights W (for dV) are scaled by
+    # powers of two into fp16's range when the codegen can print a per-row bound of them
+    TARGET = 16384.0  # 2^14: a scaled operand stays this far under fp16's 65504
+    ACC = {"ds": "dk", "w": "dv"}  # the dK/dV kernel's accumulator each operand feeds
+
+    def operand_mode(self, name: str) -> str:
+        """How the dots take operand ``name`` ("ds": dqk, "w": the value weights): "direct" (fp32 or
+        bf16 kernels, or fp16 when ``ir/ranges.py`` bounds it within fp16), "scaled" (fp16, scaled
+        per row / per key tile by powers of two from the bound ``operand_bound`` prints) or "fp32"
+        (fp16 without a bound: fp32 operands, tf32 dots)."""
+        if self.spec.upcast or self.spec.dtype != "float16":
+            return "direct"
+        lo, hi = weight_range(self.c, self._operand_expr(name))
+        if max(-lo, hi) <= FP16_MAX:
+            return "direct"
+        return "scaled" if self.operand_bound(name) is not None else "fp32"
+
+    def _operand_expr(self, name: str) -> n.Expr:
+        return self.bp.dqk if name == "ds" else self.bp.dv_weight
+
+    @property
+    def scaled(self) -> list[str]:
+        """The operands scaled into fp16, in QTiles column order (columns 2, 3, ...)."""
+        return [name for name in ("ds", "w") if self.operand_mode(name) == "scaled"]
+
+    def operand_bound(self, name: str) -> str | None:
+        """Kernel text (per query row) of an upper bound of the operand's magnitude over every key,
+        or None. Interval facts first (``ir/ranges.py``: softmax's exp(s − m) ≤ 1), then
+        |a ± b| ≤ |a| + |b|, |a·b| ≤ |a|·|b|, |a / r| ≤ |a| / |r| for a per-row r, and
+        |dO_i·v_j| ≤ ‖dO_i‖·max_j ‖v_j‖."""
+        cache = self.__dict__.setdefault("_bounds", {})
+        if name not in cache:
+            cache[name] = self._bound(self._operand_expr(name), 0)
+        return cache[name]
+
+    @property
+    def needs_vnorm(self) -> bool:
+        return any("do_norm" in self.operand_bound(name) for name in self.scaled)
+
+    def rows_scale_lines(self) -> list[str]:
+        """The rows kernel's exponents: per row, the largest power of two keeping each scaled
+        operand's bound under TARGET (clamped), stored per query tile (its smallest) for the dK/dV
+        kernel; dS's scales dQ's dot here too."""
+        lines = []
+        if self.needs_vnorm:
+            lines += ["do_norm = tl.sqrt(tl.sum(do_tile.to(tl.float32) * do_tile.to(tl.float32), 1))",
+                      "v_norm = tl.load(VNorm + off_b * stride_vnb + off_hkv * stride_vnh)"]
+        for col, name in enumerate(self.scaled, 2):
+            lines += [f"{name}_exp = tl.floor(tl.log2({self.TARGET} / tl.maximum({self.operand_bound(name)}, 1e-30)))",
+                      f"{name}_exp = tl.minimum(tl.maximum(tl.where({name}_exp == {name}_exp, {name}_exp, 0.0), -120.0), 120.0)",
+                      f"tl.store(qt_ptr + {col}, tl.min(tl.where(row_ok, {name}_exp, 120.0), 0).to(tl.int32))"]
+        if "ds" in self.scaled:
+            lines.append("ds_scale = tl.exp2(ds_exp)  # exact: a power of two")
+        return lines
+
+    def kv_scale_lines(self) -> dict[str, list[str]]:
+        """The dK/dV kernel's side: each accumulator a scaled operand feeds holds 2^e times its sum,
+        e the smallest exponent of the query tiles seen (exact rescales when it drops)."""
+        out = {"init": [], "scan_init": [], "scan": [], "head": [], "finish": []}
+        for col, name in enumerate(self.scaled, 2):
+            acc = self.ACC[name]
+            out["init"].append(f"{acc}_exp = n_qt * 0 + 120  # {acc} holds 2^{acc}_exp times its sum")
+            out["scan_init"].append(f"{name}_exp_h = n_qt * 0 + 120")
+            out["scan"] += [f"{name}_exps = tl.load(QTiles + off_b * stride_qtb + off_h * stride_qth + t * stride_qtm + {col}, "
+                            f"mask=t_ok, other=120)",
+                            f"{name}_exp_h = tl.minimum({name}_exp_h, tl.min(tl.where(meets, {name}_exps, 120), 0))"]
+            out["head"] += [f"new_exp = tl.minimum({acc}_exp, {name}_exp_h)",
+                            f"{acc} = {acc} * tl.exp2((new_exp - {acc}_exp).to(tl.float32))  # exact: a power of two",
+                            f"{acc}_exp = new_exp",
+                            f"{name}_sigma = tl.exp2({acc}_exp.to(tl.float32))"]
+            out["finish"].append(f"{acc} = {acc} * tl.exp2(-{acc}_exp.to(tl.float32))")
+        return out
+
+    def _bound(self, e: n.Expr, depth: int) -> str | None:
+        from ..ir.ranges import weight_range
+
+        if depth > 40:
+            return None
+        temps = dict(self.bp.temps)
+        free = n.free_ranks(e, self.ranks)
+        if isinstance(e, n.Ref) and e.stage == bw.DOV:
+            return "(do_norm * v_norm)"
+        if isinstance(e, n.Ref) and e.stage == bw.DS:
+            return self._bound(self.bp.ds, depth + 1)
+        if isinstance(e, n.Ref) and e.stage in temps:
+            return self._bound(temps[e.stage], depth + 1)
+        if "j" not in free and e.type != n.VEC and not any(isinstance(x, n.Ref) and x.stage in (bw.DOV, bw.DS)
+                                                          for x in n.walk(e)):
+            return f"tl.abs({self.full(e, n.ROW)})"  # a per-row (or scalar) value: itself
+        if not any(isinstance(x, n.Ref) and (x.stage.startswith("bwd.")) for x in n.walk(e)):
+            lo, hi = weight_range(self.c, e)  # a forward pair value with a static bound
+            if max(-lo, hi) < float("inf"):
+                return repr(float(max(-lo, hi)))
+        if isinstance(e, n.Ref) and e.stage in self.stages and self.stages[e.stage].ranks == n.PAIR:
+            return self._bound(self.stages[e.stage].expr, depth + 1)
+        if isinstance(e, n.Unary) and e.op == "-":
+            return self._bound(e.operand, depth + 1)
+        if isinstance(e, n.Binary) and e.op in ("+", "-", "*"):
+            a, b = self._bound(e.left, depth + 1), self._bound(e.right, depth + 1)
+            if a is None or b is None:
+                return None
+            return f"({a} {'*' if e.op == '*' else '+'} {b})"
+        if isinstance(e, n.Binary) and e.op == "/" and "j" not in n.free_ranks(e.right, self.ranks):
+            a = self._bound(e.left, depth + 1)
+            return None if a is None else f"({a} / tl.abs({self.full(e.right, n.ROW)}))"
+        if isinstance(e, n.Select):
+            a, b = self._bound(e.then, depth + 1), self._bound(e.other, depth + 1)
+            return None if a is None or b is None else f"tl.maximum({a}, {b})"
+        if isinstance(e, n.Call) and e.fn == "abs":
+            return self._bound(e.args[0], depth + 1)
+        return None
 
     def reads(self, exprs: list[n.Expr]) -> set[str]:
         """The names ``exprs`` read, directly or through the shared temporaries they read."""
@@ -115,11 +235,16 @@ class _BwdBuilder(_Builder):
         return bw.DOV in self.reads(exprs)
 
     def keep_line(self, masked: bool, rows: bool) -> str | None:
+        """The mask on a tile: a boundary tile of the rows kernel (``masked``) tests the rows' exact
+        key intervals when they are the mask (``ir/bounds.py``), relative to the tile as the
+        forward does; the dK/dV kernel (``rows``: its query rows may run past n_q) evaluates the
+        mask itself, having no per-row intervals."""
         if masked:
             parts = (["row_ok[:, None]"] if rows else []) + ["col_ok[None, :]"]
-            if self.bounds.interval_mask:  # the rows' exact key intervals (ir/bounds.py)
-                parts = parts[:-1] + ["(offs_n[None, :] >= lo_r32[:, None])", "(offs_n[None, :] < hi_r32[:, None])"]
-            elif self.mask is not None:
+            if self.bounds.interval_mask and not rows:
+                return ("lo_rel = lo_r32 - start_n\nhi_rel = hi_r32 - start_n\n"
+                        "keep = (rel_n[None, :] >= lo_rel[:, None]) & (rel_n[None, :] < hi_rel[:, None])")
+            if self.mask is not None:
                 parts.append(self.full(self.mask, n.PAIR))
             return f"keep = {' & '.join(parts)}"
         residual = self.bounds.full_residual
@@ -149,7 +274,7 @@ class _BwdBuilder(_Builder):
 
     def jsum_tile(self, jsums, masked: bool) -> list[str]:
         keep = self.keep_line(masked, rows=False)
-        lines = [keep] if keep else []
+        lines = keep.split("\n") if keep else []
         lines += self.pair_stages([j.body for j in jsums])
         for j in jsums:
             var = self.names[j.name]
@@ -159,11 +284,13 @@ class _BwdBuilder(_Builder):
     def dq_tile(self, masked: bool) -> list[str]:
         keep = self.keep_line(masked, rows=False)
         k = keep and "keep"
-        lines = [keep] if keep else []
+        lines = keep.split("\n") if keep else []
         lines += self.pair_stages([self.bp.ds, self.bp.dqk])
         lines.append(f"ds = {self.kept(self.full(self.bp.ds, n.PAIR), k)}")
         lines.append(f"dqk = {self.kept(self.full(self.bp.dqk, n.PAIR), k)}")
-        lines.append(f"dq += {self.mm('dqk', 'k_tile')}")
+        mode = self.operand_mode("ds")
+        ds = "dqk * ds_scale[:, None]" if mode == "scaled" else "dqk"
+        lines.append(f"dq += {self.mm(ds, 'k_tile', mode != 'fp32')}  # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_D]")
         return lines
 
     def row_passes(self) -> list[dict]:
@@ -212,8 +339,12 @@ class _BwdBuilder(_Builder):
         lines.append(f"ds = {self.kept(self.full(bp.ds, n.PAIR), 'keep')}")
         lines.append(f"dqk = {self.kept(self.full(bp.dqk, n.PAIR), 'keep')}")
         lines.append(f"w = {self.kept(self.full(bp.dv_weight, n.PAIR), 'keep')}")
-        lines.append(f"dv += {self.mm('tl.trans(w)', 'do_tile')}")
-        lines.append(f"dk += {self.mm('tl.trans(dqk)', 'q_tile')}")
+        for name, var, other, shape in (("w", "dv", "do_tile", "[BLOCK_N, BLOCK_M] x [BLOCK_M, BLOCK_DV]"),
+                                         ("ds", "dk", "q_tile", "[BLOCK_N, BLOCK_M] x [BLOCK_M, BLOCK_D]")):
+            mode = self.operand_mode(name)
+            x = {"w": "w", "ds": "dqk"}[name]
+            x = f"{x} * {name}_sigma" if mode == "scaled" else x
+            lines.append(f"{var} += {self.mm(f'tl.trans({x})', other, mode != 'fp32')}  # {shape}")
         for g in pair_grads:
             t = kernel_ident(g.load.tensor)
             ranks = set()
@@ -249,9 +380,24 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
     passes = bplan.num_row_passes
     summary = (f"{passes} pass{'es' if passes != 1 else ''} over the keys for per-row sums, then dQ; "
                f"dK/dV over the query tiles")
-    kv_lines, kv_visit = b.kv_range()
     dq_loop = {"loads_v": b.reads_dov([bplan.ds, bplan.dqk]),
                "body": b.dq_tile(True), "full_body": b.dq_tile(False)}
+    if b.bounds.runtime:  # the runtime classification's column of this key tile
+        first = end = "0"
+        scan_what = "the runtime tile classification's column of this key tile"
+        scan_lines = ["cls = tl.load(TileCls + off_b * stride_tcb + off_h * stride_tch + t * stride_tcm + pid_n, "
+                      "mask=t_ok, other=0)",
+                      "meets = t_ok & (cls != 0)"]
+    else:
+        clauses = len(b.bounds.clauses)
+        first, end = ("lo_t", "end") if clauses == 1 else ("lo_t_1", "cursor")
+        scan_what = "the key ranges the rows kernel stored"
+        scan_lines = ["qt_ptrs = QTiles + off_b * stride_qtb + off_h * stride_qth + t * stride_qtm",
+                      "first = tl.load(qt_ptrs, mask=t_ok, other=0)",
+                      "end = tl.load(qt_ptrs + 1, mask=t_ok, other=0)",
+                      "meets = t_ok & (start_n < end) & (start_n + BLOCK_N > first)"]
+    kv_scale = b.kv_scale_lines()
+    scan_lines += kv_scale["scan"]
     text = _env().get_template("backward.py.jinja").render(
         version=CODEGEN_VERSION,
         cascade_name=c.name,
@@ -271,8 +417,12 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         key_range=b.key_range(),
         segments=b.segments(),
         runtime_tiles=b.bounds.runtime,
-        kv_range=kv_lines,
-        kv_visit=kv_visit,
+        range_first=first,
+        range_end=end,
+        scan_what=scan_what,
+        scan_lines=scan_lines,
+        rows_specialize=specialize_lines(spec.dtype, {**FORWARD_STRIDES, **_DO_DQ}),
+        kv_specialize=specialize_lines(spec.dtype, {**{t: FORWARD_STRIDES[t] for t in "qkv"}, **_DO_DK_DV}),
         row_passes=b.row_passes(),
         coef_stores=[f"tl.store(cf_ptrs + {k} * stride_cc, {b.names[name]}, mask=row_ok)"
                      for k, name in enumerate(bplan.coefs)],
@@ -280,6 +430,12 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         dq_loop=dq_loop,
         kv_loads=b.kv_loads(),
         kv_body=b.kv_body(),
+        needs_vnorm=b.needs_vnorm,
+        scaled=b.scaled,
+        rows_scale_lines=b.rows_scale_lines(),
+        kv_scale=kv_scale,
     )
     return BackwardSource(text, tuple(tensors), tuple(scalars), tuple(grads), len(bplan.stats) + 1,
-                          len(bplan.coefs), b.bounds.runtime)
+                          len(bplan.coefs), b.bounds.runtime,
+                          tuple((name, b.operand_mode(name)) for name in ("ds", "w")), 2 + len(b.scaled),
+                          b.needs_vnorm)

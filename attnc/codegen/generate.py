@@ -264,11 +264,9 @@ class _Builder:
             lines.append(f"{var} = {comb}({shifted}, {red}({self._kept(body, fill)}, 1))")
         return lines
 
-    def key_range(self, refine: bool = True) -> list[str]:
+    def key_range(self) -> list[str]:
         """Scalar lines computing the key tiles this query tile visits (see ``ir/bounds.py``);
-        ``segments()`` names the loops over them. ``refine=False`` skips the congruences' int64
-        modulo work (the dK/dV kernel, which evaluates the whole mask on every tile anyway, visits
-        at most the edge tiles they would have trimmed; it pushed a build there into spilling)."""
+        ``segments()`` names the loops over them."""
         clauses = self.bounds.clauses
         if self.bounds.runtime:  # this query tile's row of the runtime classification
             return ["tile_row = TileList + off_b * stride_tb + off_h * stride_th + pid_m * stride_tm",
@@ -284,9 +282,9 @@ class _Builder:
             ] + _tile_lines("")
         lines = ["rows = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)", "rows_ok = rows < n_q"]
         if len(clauses) == 1:
-            return lines + self._clause_lines(clauses[0], "", full=True, refine=refine) + _tile_lines("")
+            return lines + self._clause_lines(clauses[0], "", full=True) + _tile_lines("")
         for k, clause in enumerate(clauses, 1):
-            lines += self._clause_lines(clause, f"_{k}", full=clause.interval, refine=refine)
+            lines += self._clause_lines(clause, f"_{k}", full=clause.interval)
             lines += [f"lo_t_{k} = (lo_{k} // BLOCK_N) * BLOCK_N",
                       f"end_{k} = tl.where(hi_{k} > lo_{k}, ((hi_{k} + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, lo_t_{k})"]
             if clause.interval:  # tiles inside this clause's interval for every row: full
@@ -316,7 +314,7 @@ class _Builder:
                       f"full_b_{k} = tl.maximum(tl.minimum(mid_hi_{k}, piece_hi_{k}), full_a_{k})"]
         return lines
 
-    def _clause_lines(self, clause, sfx: str, full: bool, refine: bool = True) -> list[str]:
+    def _clause_lines(self, clause, sfx: str, full: bool) -> list[str]:
         """One clause: each row's key interval [lo_r, hi_r) first, then the tile's — the hull
         over the rows whose interval is not empty (a hull of the corners would visit a tile when
         every row is empty, e.g. a window of 0) and, for full tiles, the intersection over the
@@ -337,7 +335,7 @@ class _Builder:
             lines.append(f"hi_r = tl.where({self.printer.key_range_expr(cond)}, hi_r, 0)")
         lines += ["lo_r = tl.minimum(tl.maximum(lo_r, 0), n_kv)",
                   "hi_r = tl.maximum(tl.minimum(hi_r, n_kv), 0)"]
-        for cg in clause.congruences if refine else ():
+        for cg in clause.congruences:
             # keys j ≡ t (mod m), t = -s·g: move both ends onto such keys (for m > 0)
             t = f"(-({self.printer.key_range_expr(cg.g)}))" if cg.s == 1 else f"({self.printer.key_range_expr(cg.g)})"
             m = self.printer.key_range_expr(cg.m)
@@ -348,7 +346,7 @@ class _Builder:
                       f"lo_r = tl.where({m} > 0, lo_r + tl.where(res_t < res_d, res_t - res_d + {m}, res_t - res_d), lo_r)",
                       f"res_d = _fmod(hi_r - 1, {m})",
                       f"hi_r = tl.where({m} > 0, hi_r - tl.where(res_d < res_t, res_d - res_t + {m}, res_d - res_t), hi_r)"]
-        if clause.congruences and refine:  # moved ends can leave [0, n_kv]: the tile bounds below are int32
+        if clause.congruences:  # moved ends can leave [0, n_kv]: the tile bounds below are int32
             lines += ["lo_r = tl.minimum(tl.maximum(lo_r, 0), n_kv)", "hi_r = tl.maximum(tl.minimum(hi_r, n_kv), 0)"]
         lines += [
             "some = rows_ok & (lo_r < hi_r)",
@@ -403,20 +401,6 @@ class _Builder:
                          f"    full_a = {pick('full_a')}",
                          f"    full_b = {pick('full_b')}"] + first["head"]
         return [first, inner("full_a", "full_b", True), inner("full_b", "piece_hi", False)]
-
-    def kv_range(self) -> tuple[list[str], str]:
-        """Lines deciding whether the dK/dV kernel's key tile (``start_n``) meets query tile
-        ``pid_m``, and the condition."""
-        if self.bounds.runtime:
-            return (["visit = tl.load(TileCls + off_b * stride_tcb + off_h * stride_tch + pid_m * stride_tcm + pid_n)"],
-                    "visit != 0")
-        return self.key_range(refine=False), self.visits("start_n")
-
-    def visits(self, start: str) -> str:
-        """Whether the key tile at ``start`` meets this query tile's range (the dK/dV kernel)."""
-        count = len(self.bounds.clauses)
-        sfxs = [""] if count == 1 else [f"_{k}" for k in range(1, count + 1)]
-        return " | ".join(f"(({start} < hi{s}) & ({start} + BLOCK_N > lo{s}))" for s in sfxs)
 
     def epilogue(self) -> list[str]:
         lines = []

@@ -84,33 +84,26 @@ def bwd_gpu_config(capability: int, dtype: str, block_d: int, block_dv: int, ali
     """The backward kernels' tiles (one config for both kernels, not tuned). BLOCK_M tiles the
     queries, BLOCK_N the keys; ``attnc_bwd_rows`` and ``attnc_bwd_kv`` are launched with the same.
 
-    Chosen by ahead-of-time builds of both kernels of the 20 library variants × sm_80/sm_90 ×
-    D = Dv 64/128 (``attnc.runtime.aot.aot_compile_backward``; ``tests/codegen/test_aot.py``
-    checks a sample, ``ATTNC_AOT_BWD=full`` all 480): for fp16 and bf16 no build spills (no LOCAL,
-    no stack frame, no ptxas spill stores) at these tiles, which are the largest found that way.
-    Nearby configs spilled 8–170 bytes in 1–13 variants: at D = 64, 32×32 on 4 warps and 64×32 on
-    8 (sm_80), 16×16 / 16×32 / 32×16 on 4 warps and 16×32 / 32×64 / 64×64 on 8 (sm_90); at
-    D = 128, 16×16 on 4 or 8 warps, 32×32 and 64×32 on 8 (sm_90), 16×32 on 8 (sm_90, bf16).
+    The fast path (``aligned``, 16-bit inputs): 64-row and 64-key tiles at least, so every dot is a
+    warpgroup MMA on sm_90, two pipeline stages, chosen by the static performance model
+    (``runtime/perf.py``) over causal/full at D = 64/128: sm_90 64×64 on 4 warps at D ≤ 64
+    (128×64 on 8 leaves the dK/dV loop at 61 %), 128×64 on 8 at D ≤ 128 (64×64 on 4 spills 160
+    instructions in the fp16 dK/dV loop), 32×64 on 8 above (64×64 spills there); sm_80 64×64 on 4
+    at D ≤ 64, on 8 at D ≤ 128. Measured figures: ``docs/performance.md``.
 
-    Why it is this irregular: the rows kernel keeps q and dO live across its key loops, and
-    ptxas, given no register limit, caps a kernel that needs a little more than an occupancy step
-    (128 / 168 registers on 4 warps, 64 / 80 / 128 on 8) at that step and spills the rest — so a
-    *smaller* tile can spill where a larger one does not, the answer differs by arch and dtype
-    (bf16's gradient dots differ from fp16's), and a codegen change can move a kernel across a
-    step (commit e41f934, which simplified per-row backward values, turned two clean cases into
-    8–20 byte spills). Re-run the sweep after changing the backward codegen.
-
-    fp32 has no spill-free config: at every one tried (16–64 × 16–64 tiles, 4 and 8 warps) some
-    builds spill. 16×16 on 8 warps spills least (≤ 64 bytes; 54 of the 160 fp32 builds spill, the
-    most in the dK/dV kernel at D = 128, which ptxas caps at 80 registers; the fp32 rows
-    kernel at D = 128 genuinely needs more than 255 registers on sm_80 for natten2d and on sm_90
-    for most variants: its IEEE dots run without tensor cores and hold fp32 operands), and at
-    D = 64 on sm_80 16×32 on 8 warps spills only 8 bytes in three row kernels. Removing those
-    needs codegen (fewer live fp32 operands in the rows kernel). The 4-warp 16×32 tiles used
-    before spilled 1–2 KB in every fp32 D = 128 rows kernel. Head dims above 128 are not checked;
-    they take 16×16 tiles on 8 warps.
+    The general path and fp32 keep the tiles chosen before the fast path existed: the largest at
+    which ahead-of-time builds did not spill (fp16/bf16), or spilled least (fp32, ≤ 64 bytes; its
+    IEEE dots run without tensor cores and hold fp32 operands), over the library × sm_80/sm_90 ×
+    D = 64/128. Why so irregular: ptxas caps a kernel that needs a little more than an occupancy
+    step at that step and spills the rest, so a smaller tile can spill where a larger one does not.
     """
     wide, hopper = max(block_d, block_dv), capability >= 90
+    if aligned and dtype != "float32":
+        if wide <= 64:
+            return LaunchConfig(64, 64, 4, 2)
+        if wide <= 128:
+            return LaunchConfig(128, 64, 8, 2) if hopper else LaunchConfig(64, 64, 8, 2)
+        return LaunchConfig(32, 64, 8, 2)
     if wide > 128:
         return LaunchConfig(16, 16, 8, 1)
     if dtype == "float32":

@@ -303,7 +303,7 @@ def signature_for(fn, cascade: n.Cascade, dtype: str, extra_types: dict[str, str
     elem = _ELEM[_dtype_name(dtype)]
     known: dict[str, str] = {"Q": f"*{elem}", "K": f"*{elem}", "V": f"*{elem}", "Out": f"*{elem}",
                              "Lse": "*fp32", "Stats": "*fp32", "DL": "*fp32", "Coef": "*fp32", "scale": "fp32",
-                             "TileList": "*i32", "TileCls": "*i8",
+                             "TileList": "*i32", "TileCls": "*i8", "QTiles": "*i32", "VNorm": "*fp32",
                              "CuQ": "*i32", "CuK": "*i32"}
     for p in cascade.params:
         ident = kernel_ident(p.name)
@@ -629,6 +629,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dims", default="64,128", help="head dims (D = Dv)")
     ap.add_argument("--all-configs", action="store_true", help="forward: every gpu_configs candidate, not the first")
     ap.add_argument("--workers", type=int, default=0, help="processes (default: ATTNC_AOT_WORKERS or one per CPU)")
+    ap.add_argument("--perf", action="store_true",
+                    help="the static performance model (runtime/perf.py): forward and backward fast-path kernels, "
+                         "fp16/bf16, each main loop's cost and the issue-15 targets; exit status 1 on a miss")
+    ap.add_argument("--general", action="store_true", help="with --perf: the general path (unaligned inputs) instead")
+    ap.add_argument("--markdown", metavar="FILE", help="with --perf: write the tables into FILE between "
+                                                       "<!-- perf:begin --> and <!-- perf:end -->")
     args = ap.parse_args(argv)
     problem = toolchain_problem(80) or toolchain_problem(90)
     if problem:
@@ -639,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variants or attnc.library.names()
     caps = tuple(int(c) for c in args.caps.split(","))
     dims = tuple(int(d) for d in args.dims.split(","))
+    if args.perf:
+        return _perf_main(aot, args, variants, caps, dims)
     if args.backward:
         dtypes = tuple((args.dtypes or "float16,bfloat16,float32").split(","))
         jobs = aot.library_backward_jobs(variants, caps, dtypes, dims)
@@ -657,6 +665,51 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED {job.label}: {r}")
     print(f"{len(jobs)} builds, {bad} failed or spilled, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 1 if bad else 0
+
+
+def _perf_main(aot, args, variants, caps, dims) -> int:
+    """``--perf``: build with the model, print a line per build, optionally write the tables."""
+    from . import perf
+
+    dtypes = tuple((args.dtypes or "float16,bfloat16").split(","))
+    fast = not args.general
+    jobs = [] if args.backward else aot.library_jobs(variants, caps, dtypes, dims, all_configs=False, fast=fast,
+                                                    perf=True)
+    jobs += aot.library_backward_jobs(variants, caps, dtypes, dims, fast=fast, perf=True)
+    t0 = time.perf_counter()
+    results = aot.run_jobs(jobs, args.workers or None)
+    misses = 0
+    for job, r in results.items():
+        line = perf.describe(job, r)
+        misses += line.startswith(("MISS", "FAILED"))
+        print(line)
+    seconds = time.perf_counter() - t0
+    print(f"{len(jobs)} builds, {misses} failed or missed a target, {seconds:.0f} s", file=sys.stderr)
+    if args.markdown:
+        _write_section(Path(args.markdown), "perf", _perf_header(len(jobs), seconds, fast) + perf.markdown(results))
+    return 1 if misses else 0
+
+
+def _perf_header(count: int, seconds: float, fast: bool) -> str:
+    import platform
+
+    import triton
+
+    return (f"- command: `python -m attnc.runtime.aot --perf{'' if fast else ' --general'} --markdown docs/performance.md`"
+            f" ({count} builds, {seconds:.0f} s on {os.cpu_count()} CPUs)\n"
+            f"- versions: triton {triton.__version__}, Python {platform.python_version()}; no GPU: ptxas/nvdisasm "
+            f"bundled with Triton\n\n")
+
+
+def _write_section(path: Path, name: str, body: str) -> None:
+    """Replace the text between ``<!-- {name}:begin -->`` and ``<!-- {name}:end -->`` in ``path``."""
+    text = path.read_text(encoding="utf-8")
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path} has no {begin} ... {end} section to write")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{begin}\n{body}\n{end}{tail}", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -247,8 +247,10 @@ class _BackwardKernels:
         self.dtype = dtype
         self.fns = _kernel_fns(module, (ROWS_KERNEL, KV_KERNEL), interpret)
 
-    def config(self, capability: int, block_d: int, block_dv: int):
-        return _interpreter_config if self.interpret else bwd_gpu_config(capability, self.dtype, block_d, block_dv)
+    def config(self, capability: int, block_d: int, block_dv: int, aligned: bool = True):
+        if self.interpret:
+            return _interpreter_config
+        return bwd_gpu_config(capability, self.dtype, block_d, block_dv, aligned)
 
 
 def backward_kernels_for(c: n.Cascade, spec: Specialization) -> _BackwardKernels:
@@ -638,12 +640,22 @@ class Attention:
         coef = rows((B, Hq, Nq, max(1, src.num_coefs)), torch.float32)
         if packed:  # the kernels see each sequence's own lengths; the grids cover the longest
             Nq, Nkv = packed.max_q, packed.max_k
-        block_d, block_dv = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(Dv))
-        config = kernels.config(0 if interpret else _capability(q.device), block_d, block_dv)
+        block_d, block_dv = _block(D), _block(Dv)
+        flags = fast_path((q, k, v, out, dout, dq, dk, dv), D, Dv)
+        config = kernels.config(0 if interpret else _capability(q.device), block_d, block_dv, flags["ALIGNED"])
         launch = {**config.kwargs(), "BLOCK_D": block_d, "BLOCK_DV": block_dv,
                   **({} if interpret else {"num_warps": config.num_warps, "num_stages": config.num_stages})}
+        # each query tile's key range, written by the rows kernel, scanned by the dK/dV kernel
+        # (and, for fp16 score gradients scaled into range, the tile's smallest scale exponent)
+        qtiles = torch.empty((B, Hq, triton.cdiv(Nq, config.block_m), src.qtile_cols), dtype=torch.int32,
+                             device=q.device)
+        vnorm = ()
+        if src.needs_vnorm:  # max_j ‖v_j‖ per (batch, kv head): bounds dO·v for the dS scale
+            norms = (torch.linalg.vector_norm(v, dim=-1, dtype=torch.float32).amax(dim=-1) if v.shape[2]
+                     else v.new_zeros(v.shape[:2], dtype=torch.float32))
+            vnorm = (norms, *norms.stride())
         dummy = torch.zeros(1, dtype=torch.float32, device=q.device)
-        gargs, flags = [], {}
+        gargs = []
         for p in src.grad_params:
             g = grads.get(p.name)
             gargs += [g if g is not None else dummy, *(g.stride() if g is not None else (0,) * len(p.dims))]
@@ -660,11 +672,12 @@ class Attention:
             kernels.fns[ROWS_KERNEL][(triton.cdiv(Nq, config.block_m), B * Hq)](
                 q, k, v, out, dout, dlse, stats, coef, dq, *targs, *gargs, *scalars,
                 *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dlse.stride(),
-                *stats.stride(), *coef.stride(), *dq.stride(), *rows_tiles, *sizes, **launch, **flags)
+                *stats.stride(), *coef.stride(), *dq.stride(), qtiles, *qtiles.stride()[:3], *vnorm, *rows_tiles, *sizes,
+                **launch, **flags)
             kernels.fns[KV_KERNEL][(triton.cdiv(Nkv, config.block_n), B * Hkv)](
                 q, k, v, dout, stats, coef, dk, dv, *targs, *gargs, *scalars,
                 *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *stats.stride(), *coef.stride(),
-                *dk.stride(), *dv.stride(), *kv_tiles, *sizes, **launch, **flags)
+                *dk.stride(), *dv.stride(), qtiles, *qtiles.stride()[:3], *kv_tiles, *sizes, **launch, **flags)
         return result()
 
 

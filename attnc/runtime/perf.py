@@ -157,7 +157,7 @@ class LoopCost:
     instructions: int
     mma: int
     mma_flop: int
-    operands: str  # "16-bit" | "tf32" | "" (no MMA)
+    tf32_flop: int  # the part of mma_flop done on tf32 operands (half rate)
     mma_kind: str  # "HGMMA" | "HMMA" | ""
     mufu: int
     spills: int  # LDL/STL instructions
@@ -170,15 +170,24 @@ class LoopCost:
     def nonmma_per_kflop(self) -> float:
         return (self.instructions - self.mma) / (self.mma_flop / 1000) if self.mma_flop else float("inf")
 
+    @property
+    def operands(self) -> str:
+        """"16-bit", "tf32", "mixed" or "" (no MMA)."""
+        if not self.mma_flop:
+            return ""
+        return "16-bit" if not self.tf32_flop else "tf32" if self.tf32_flop == self.mma_flop else "mixed"
+
     def cycles(self, capability: int) -> dict[str, float]:
         """Per-warp shares of the SM's cycles (multiply by the warps for a CTA's)."""
-        peak = MMA_PEAK.get(capability, 2048) / (2 if self.operands == "tf32" else 1)
-        return {"tensor": self.mma_flop / peak, "issue": self.instructions / ISSUE_PER_CLOCK,
+        peak = MMA_PEAK.get(capability, 2048)
+        tensor = (self.mma_flop - self.tf32_flop) / peak + self.tf32_flop / (peak / 2)
+        return {"tensor": tensor, "issue": self.instructions / ISSUE_PER_CLOCK,
                 "mufu": self.mufu * WARP / MUFU_PER_CLOCK}
 
     def ceiling(self, capability: int) -> float:
+        """The fraction of 16-bit tensor-core peak the loop can reach (tf32 work counts double)."""
         c = self.cycles(capability)
-        return c["tensor"] / max(c.values()) if c["tensor"] else 0.0
+        return self.mma_flop / MMA_PEAK.get(capability, 2048) / max(c.values()) if self.mma_flop else 0.0
 
     def bound(self, capability: int) -> str:
         c = self.cycles(capability)
@@ -213,7 +222,7 @@ def combine(loops: list[LoopCost], name: str) -> LoopCost:
         for k, v in lp.loads.items():
             loads[k] = loads.get(k, 0) + v
     return LoopCost(name, None, -1, sum(lp.instructions for lp in loops), sum(lp.mma for lp in loops),
-                    sum(lp.mma_flop for lp in loops), loops[-1].operands, loops[-1].mma_kind,
+                    sum(lp.mma_flop for lp in loops), sum(lp.tf32_flop for lp in loops), loops[-1].mma_kind,
                     sum(lp.mufu for lp in loops), sum(lp.spills for lp in loops), sum(lp.barriers for lp in loops),
                     sum(lp.branches for lp in loops), loads, all(lp.wgmma_carried for lp in loops if lp.mma_kind == "HGMMA"))
 
@@ -280,8 +289,8 @@ def _name(body: list[Instr], src_loops) -> tuple[str, int | None, int]:
 
 
 def _cost(body: list[Instr], name: str, line: int | None, section: int) -> LoopCost:
-    instructions = mma = flop = mufu = spills = barriers = branches = 0
-    operands = kind = ""
+    instructions = mma = flop = tf32 = mufu = spills = barriers = branches = 0
+    kind = ""
     loads: dict[str, int] = {}
     last_mma = -1
     waits_after: list[int] = []
@@ -293,7 +302,7 @@ def _cost(body: list[Instr], name: str, line: int | None, section: int) -> LoopC
         if f:
             mma += 1
             flop += f[0]
-            operands = f[1]
+            tf32 += f[0] if f[1] == "tf32" else 0
             kind = ins.base
             last_mma = i
         elif ins.base == "MUFU":
@@ -310,7 +319,7 @@ def _cost(body: list[Instr], name: str, line: int | None, section: int) -> LoopC
         if ins.opcode.startswith("WARPGROUP.DEPBAR") and re.search(r",\s*0x0\b", ins.text):
             waits_after.append(i)
     carried = kind == "HGMMA" and not any(w > last_mma for w in waits_after)
-    return LoopCost(name, line, section, instructions, mma, flop, operands, kind, mufu, spills, barriers, branches, loads,
+    return LoopCost(name, line, section, instructions, mma, flop, tf32, kind, mufu, spills, barriers, branches, loads,
                     carried)
 
 
@@ -348,3 +357,133 @@ def _one_per_pass(loops: list[LoopCost]) -> list[LoopCost]:
 def analyze(cubin: bytes, source: str, function: str, capability: int, num_warps: int) -> KernelPerf:
     """The model's figures for ``function`` in ``cubin`` built from the generated ``source``."""
     return KernelPerf(function, capability, num_warps, tuple(loop_costs(disassemble(cubin), source, function)))
+
+
+# ---------------------------------------------------------------------------- targets (issue 15)
+
+CORE = ("full", "causal", "sliding_window", "document")  # the variants FlexAttention users time first
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the model must show for one kind of build."""
+
+    min_ceiling: float
+    max_per_kflop: float | None = None
+    fast_loads: bool = False  # K/V by TMA or 16-byte cp.async
+    carried: bool = False  # the iteration's last wgmma still in flight at the back edge
+    no_loop_spills: bool = False
+    wgmma: bool = False
+    min_stages: int = 1
+
+
+def target_for(variant: str, function: str, capability: int, dtype: str, head_dim: int) -> Target | None:
+    """The target of a build of a library variant (None: nothing is promised for it)."""
+    if dtype not in ("float16", "bfloat16") or head_dim not in (64, 128):
+        return None
+    if function == "attnc_fwd":
+        if capability == 90:
+            return Target(0.90, 1.0, True, True, True) if variant in CORE else Target(0.60)
+        return Target(0.90) if capability == 80 and variant in CORE else None
+    if capability == 90 and variant in ("causal", "full"):
+        return Target(0.60, wgmma=True, min_stages=2)
+    return None
+
+
+def target_problems(target: Target, kernel: KernelPerf, num_stages: int) -> list[str]:
+    """How ``kernel``'s main loop misses ``target`` (empty when it meets it)."""
+    m = kernel.main
+    if m is None:
+        return ["no loop with matrix instructions"]
+    cap = kernel.capability
+    out = []
+    if m.ceiling(cap) < target.min_ceiling:
+        out.append(f"issue-bound ceiling {m.ceiling(cap):.0%} < {target.min_ceiling:.0%} ({m.bound(cap)}-bound)")
+    if target.max_per_kflop is not None and m.nonmma_per_kflop > target.max_per_kflop:
+        out.append(f"{m.nonmma_per_kflop:.2f} non-MMA instructions per 1k MMA FLOP > {target.max_per_kflop}")
+    if target.fast_loads and not m.fast_loads:
+        out.append(f"K/V loads are {m.kv_loads}, not TMA or 16-byte cp.async")
+    if target.carried and not m.wgmma_carried:
+        out.append("the wgmma is waited inside the iteration")
+    if target.no_loop_spills and m.spills:
+        out.append(f"{m.spills} spill instructions in the loop")
+    if target.wgmma and not all(lp.mma_kind == "HGMMA" for lp in kernel.loops):
+        out.append("a loop uses HMMA, not wgmma")
+    if num_stages < target.min_stages:
+        out.append(f"{num_stages} pipeline stage(s) < {target.min_stages}")
+    return out
+
+
+# ---------------------------------------------------------------------------- reports
+
+def describe(job, result) -> str:
+    """One line per build: the main loop's figures and the target's verdict."""
+    c = job.config
+    head = (f"{job.variant} {job.function.removeprefix('attnc_')} sm_{job.capability} {job.dtype} D={job.head_dim} "
+            f"{c.block_m}x{c.block_n} w{c.num_warps} s{c.num_stages}")
+    if isinstance(result, str):
+        return f"FAILED {head}: {result}"
+    kp: KernelPerf = result.perf
+    m = kp.main
+    if m is None:
+        return f"NO-MMA {head}"
+    target = target_for(job.variant, job.function, job.capability, job.dtype, job.head_dim)
+    problems = target_problems(target, kp, c.num_stages) if target else []
+    verdict = "MISS " if problems else ("ok   " if target else "     ")
+    return (f"{verdict}{head}: {m.name} {m.instructions} instr/iter, {m.mma} {m.mma_kind or 'no MMA'} "
+            f"({m.operands}), {m.nonmma_per_kflop:.2f} per 1k FLOP, ceiling {m.ceiling(kp.capability):.0%} "
+            f"({m.bound(kp.capability)}), wgmma {'carried' if m.wgmma_carried else 'waited' if m.mma_kind == 'HGMMA' else '-'}, "
+            f"loads {m.kv_loads}, loop spills {m.spills}, REG {result.registers}, spilled {result.spilled_bytes} B"
+            + (f" — {'; '.join(problems)}" if problems else ""))
+
+
+def markdown(results: dict) -> str:
+    """The model's tables for ``docs/performance.md``: per kernel kind, the main loop's ceiling and
+    non-MMA instructions per 1k MMA FLOP for each (arch, dtype, D); then every build in detail."""
+    builds = [(job, r) for job, r in results.items()]
+    kinds = sorted({job.function for job, _ in builds}, key=lambda f: (f != "attnc_fwd", f))
+    cases = sorted({(job.capability, job.dtype, job.head_dim) for job, _ in builds}, key=lambda t: (-t[0], t[1], t[2]))
+    out = []
+    for fn in kinds:
+        out += [f"**{fn}** — main loop: ceiling / non-MMA instructions per 1k MMA FLOP "
+                f"(**bold**: below its target; `*` spill instructions in the loop)", ""]
+        header = "| variant | " + " | ".join(f"sm_{c} {'fp16' if d == 'float16' else 'bf16' if d == 'bfloat16' else d} D{h}"
+                                            for c, d, h in cases) + " |"
+        out += [header, "|---|" + "---:|" * len(cases)]
+        for variant in sorted({job.variant for job, _ in builds if job.function == fn}):
+            cells = []
+            for case in cases:
+                hit = [(job, r) for job, r in builds if job.function == fn and job.variant == variant
+                       and (job.capability, job.dtype, job.head_dim) == case]
+                if not hit:
+                    cells.append("")
+                    continue
+                job, r = hit[0]
+                if isinstance(r, str) or r.perf.main is None:
+                    cells.append("failed" if isinstance(r, str) else "no MMA")
+                    continue
+                m = r.perf.main
+                cell = f"{m.ceiling(job.capability):.0%} / {m.nonmma_per_kflop:.2f}" + ("*" if m.spills else "")
+                target = target_for(job.variant, fn, job.capability, job.dtype, job.head_dim)
+                if target and target_problems(target, r.perf, job.config.num_stages):
+                    cell = f"**{cell}**"
+                cells.append(cell)
+            out.append(f"| {variant} | " + " | ".join(cells) + " |")
+        out.append("")
+    out += ["<details><summary>Every build: tile, loop, instructions per iteration, MMA, loads, spills</summary>", "",
+            "| build | tile | loop | instr/iter | MMA | operands | wgmma | K/V loads | loop spills | REG | spilled B | smem B | per 1k | ceiling | bound |",
+            "|---|---|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for job, r in builds:
+        c = job.config
+        label = f"{job.variant} {job.function.removeprefix('attnc_')} sm_{job.capability} {job.dtype} D{job.head_dim}"
+        tile = f"{c.block_m}×{c.block_n} w{c.num_warps} s{c.num_stages}"
+        if isinstance(r, str) or r.perf.main is None:
+            out.append(f"| {label} | {tile} | {'failed' if isinstance(r, str) else 'no MMA'} |" + " |" * 12)
+            continue
+        m = r.perf.main
+        wg = "carried" if m.wgmma_carried else "waited" if m.mma_kind == "HGMMA" else "—"
+        out.append(f"| {label} | {tile} | {m.name} | {m.instructions} | {m.mma} {m.mma_kind} | {m.operands} | {wg} | "
+                   f"{m.kv_loads} | {m.spills} | {r.registers} | {r.spilled_bytes} | {r.shared_bytes} | "
+                   f"{m.nonmma_per_kflop:.2f} | {m.ceiling(job.capability):.0%} | {m.bound(job.capability)} |")
+    out += ["", "</details>"]
+    return "\n".join(out)
