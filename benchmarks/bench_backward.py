@@ -29,7 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forward import (  # noqa: E402 - the forward benchmark's shapes, parameters and helpers
-    DEFAULT_OUT, cases, flex_block_mask, flex_mods, fmt_ms, header, kept_pairs, log, timing, variant_inputs, write_section,
+    DEFAULT_OUT, Budget, cases, flash_backend, flex_block_mask, flex_mods, fmt_ms, header, kept_pairs, log, timing,
+    variant_inputs, write_section,
 )
 
 DEFAULT_VARIANTS = ("softmax", "causal", "sliding_window", "document", "alibi", "softcap", "relative_bias",
@@ -40,8 +41,12 @@ def bench_train(args) -> list[str]:
     import torch
 
     device, flex, tokens, model_dim, bench = timing(args, repeats=2)
+    flash, flash_why = flash_backend(flex, device)
+    budget = Budget(args.budget)
     rows = []
     for dname, D, N, B, H, name, attn, (q, k, v, do) in cases(args, device, tokens, model_dim, 4, "train"):
+        if budget.over(f"{name} {dname} D={D} N={N}"):
+            continue
         for t in (q, k, v):
             t.requires_grad_(True)
         params = variant_inputs(name, B, H, N, device)
@@ -74,6 +79,11 @@ def bench_train(args) -> list[str]:
                 step_flex()
                 t = bench(step_flex) * 1e-3
                 row["flex_tf"] = flops / t / 1e12
+                if flash:
+                    opts = {"BACKEND": "FLASH"}
+                    t = bench(lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask,
+                                           kernel_options=opts).backward(do)) * 1e-3
+                    row["flash_tf"] = flops / t / 1e12
             except Exception as err:  # noqa: BLE001
                 log(f"  flex failed: {type(err).__name__}: {err}")
         if name in ("softmax", "full", "causal"):
@@ -93,10 +103,12 @@ def bench_train(args) -> list[str]:
         f"Forward + backward (one training step of the attention op). B·N = {tokens} tokens, H·D = {model_dim}; "
         "parameters as in the forward table. FLOPs = 3.5 · 4·B·H·D·(kept pairs) (the backward counted as "
         "2.5 forwards, FlashAttention's convention); ratio = attnc TFLOP/s ÷ baseline (> 1: attnc faster). "
-        "`—`: the baseline cannot express the variant.",
+        "`—`: the baseline cannot express the variant. Flex FLASH backend: "
+        + ("timed in its column." if flash else f"not available here ({flash_why or 'not tried'})."),
         "",
-        "| variant | dtype | D | N | attnc ms | attnc TFLOP/s | flex TFLOP/s | SDPA TFLOP/s | ratio vs flex |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | dtype | D | N | attnc ms | attnc TFLOP/s | flex TFLOP/s | flex FLASH TFLOP/s | SDPA TFLOP/s "
+        "| ratio vs flex |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ratios: dict[str, list[float]] = {}
     for r in rows:
@@ -106,13 +118,14 @@ def bench_train(args) -> list[str]:
             ratios.setdefault(r["variant"], []).append(rf)
         ms = fmt_ms(r["attnc_s"]) if "attnc_s" in r else f"failed: {r.get('attnc_err', '')}"
         lines.append(f"| {r['variant']} | {r['dtype']} | {r['D']} | {r['N']} | {ms} | {cell(a)} | "
-                     f"{cell(r.get('flex_tf'))} | {cell(r.get('sdpa_tf'))} | {cell(rf, '{:.2f}')} |")
+                     f"{cell(r.get('flex_tf'))} | {cell(r.get('flash_tf'))} | {cell(r.get('sdpa_tf'))} | "
+                     f"{cell(rf, '{:.2f}')} |")
     lines += ["", "| variant | geometric mean ratio vs flex |", "|---|---:|"]
     for name in args.variants:
         xs = ratios.get(name)
         gm = math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
         lines.append(f"| {name} | {cell(gm, '{:.2f}')} |")
-    return lines
+    return lines + budget.note()
 
 
 def main(argv=None) -> int:
@@ -125,6 +138,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=25)
     ap.add_argument("--rep", type=int, default=100)
     ap.add_argument("--dry-run-cpu", type=int, default=0, metavar="TOKENS")
+    ap.add_argument("--budget", type=float, default=0, help="start no case after this many seconds (0: no limit)")
     args = ap.parse_args(argv)
     args.variants = [x for x in args.variants.split(",") if x]
     args.seqlens = [int(x) for x in args.seqlens.split(",")]

@@ -329,6 +329,43 @@ def timing(args, repeats: int = 3):
     return torch.device("cuda"), torch.compile(flex_attention, dynamic=False), TOKENS, MODEL_DIM, bench
 
 
+def flash_backend(flex, device):
+    """Whether flex_attention takes ``kernel_options={"BACKEND": "FLASH"}`` here (torch's
+    FlashAttention-4 backend: newer torch with flash-attn-4 installed, Hopper or Blackwell), and
+    why not. Tried once on a small problem."""
+    import torch
+
+    if device.type != "cuda":
+        return False, "no CUDA device"
+    try:
+        q = torch.randn(1, 2, 256, 64, device=device, dtype=torch.bfloat16)
+        flex(q, q, q, kernel_options={"BACKEND": "FLASH"})
+        torch.cuda.synchronize()
+        return True, ""
+    except Exception as err:  # noqa: BLE001 - the reason is reported in the table's notes
+        return False, f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+
+
+class Budget:
+    """Stops a benchmark from starting cases after ``seconds`` (0: no limit); skipped cases are
+    listed in the output, never left out silently."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.t0, self.skipped = seconds, time.perf_counter(), []
+
+    def over(self, label: str) -> bool:
+        if self.seconds and time.perf_counter() - self.t0 > self.seconds:
+            self.skipped.append(label)
+            return True
+        return False
+
+    def note(self) -> list[str]:
+        if not self.skipped:
+            return []
+        return ["", f"Not run ({len(self.skipped)} cases: the `--budget` of {self.seconds:.0f} s was spent): "
+                + ", ".join(self.skipped) + "."]
+
+
 def bench_cuda(args) -> list[str]:
     import torch
 
@@ -336,8 +373,12 @@ def bench_cuda(args) -> list[str]:
         if hasattr(torch._dynamo.config, knob):
             setattr(torch._dynamo.config, knob, max(getattr(torch._dynamo.config, knob), 4096))
     device, flex, tokens, model_dim, bench = timing(args)
+    flash, flash_why = flash_backend(flex, device)
+    budget = Budget(args.budget)
     rows, ratios = [], {}
     for dname, D, N, B, H, name, attn, (q, k, v) in cases(args, device, tokens, model_dim, 3, "gpu"):
+        if budget.over(f"{name} {dname} D={D} N={N}"):
+            continue
         params = variant_inputs(name, B, H, N, device)
         mods = flex_mods(name, params, H, N)
         # (every library variant with a mask has a softmax norm, so flex expresses its mask)
@@ -363,6 +404,10 @@ def bench_cuda(args) -> list[str]:
                 row["flex_tf"] = flops / t / 1e12
                 if out is not None:
                     row["max_err"] = float((out.float() - ref.float()).abs().max())
+                if flash:
+                    opts = {"BACKEND": "FLASH"}
+                    t = bench(lambda: flex(q, k, v, score_mod=score_mod, block_mask=block_mask, kernel_options=opts)) * 1e-3
+                    row["flash_tf"] = flops / t / 1e12
             except Exception as err:  # noqa: BLE001
                 log(f"  flex failed: {type(err).__name__}: {err}")
         if name in ("softmax", "full", "causal"):
@@ -387,9 +432,12 @@ def bench_cuda(args) -> list[str]:
         "Times are of the Python call as a user makes it, so they include each library's launch overhead "
         "(input checks, parameter binding, dynamo guards), which matters at N = 1k.",
         "",
-        "| variant | dtype | D | N | attnc ms | attnc TFLOP/s | flex TFLOP/s | SDPA TFLOP/s | ratio vs flex "
-        "| ratio vs SDPA | max abs diff vs flex |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Flex FLASH backend (`kernel_options={\"BACKEND\": \"FLASH\"}`): "
+        + ("timed in its column." if flash else f"not available here ({flash_why or 'not tried'})."),
+        "",
+        "| variant | dtype | D | N | attnc ms | attnc TFLOP/s | flex TFLOP/s | flex FLASH TFLOP/s | SDPA TFLOP/s "
+        "| ratio vs flex | ratio vs SDPA | max abs diff vs flex |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         a = r.get("attnc_tf")
@@ -401,8 +449,8 @@ def bench_cuda(args) -> list[str]:
             ratios.setdefault((r["variant"], "sdpa"), []).append(rs)
         ms = fmt_ms(r["attnc_s"]) if "attnc_s" in r else f"failed: {r.get('attnc_err', '')}"
         lines.append(f"| {r['variant']} | {r['dtype']} | {r['D']} | {r['N']} | {ms} | {cell(a)} | "
-                     f"{cell(r.get('flex_tf'))} | {cell(r.get('sdpa_tf'))} | {cell(rf, '{:.2f}')} | "
-                     f"{cell(rs, '{:.2f}')} | {cell(r.get('max_err'), '{:.1e}')} |")
+                     f"{cell(r.get('flex_tf'))} | {cell(r.get('flash_tf'))} | {cell(r.get('sdpa_tf'))} | "
+                     f"{cell(rf, '{:.2f}')} | {cell(rs, '{:.2f}')} | {cell(r.get('max_err'), '{:.1e}')} |")
     lines += ["", "Geometric mean of the ratio per variant over every dtype, D and N:", "",
               "| variant | vs flex | vs SDPA |", "|---|---:|---:|"]
     for name in args.variants:
@@ -410,6 +458,7 @@ def bench_cuda(args) -> list[str]:
         s = ratios.get((name, "sdpa"))
         gm = lambda xs: math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None  # noqa: E731
         lines.append(f"| {name} | {cell(gm(f), '{:.2f}')} | {cell(gm(s), '{:.2f}')} |")
+    lines += budget.note()
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return lines
@@ -640,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aot-dtypes", default="float16,float32", help="dtypes of the AOT table")
     ap.add_argument("--aot-workers", type=int, default=0, help="processes for AOT builds (default: one per CPU)")
     ap.add_argument("--latency-repeats", type=int, default=5)
+    ap.add_argument("--no-latency", action="store_true", help="skip the compile-latency section")
+    ap.add_argument("--budget", type=float, default=0, help="GPU timing: start no case after this many seconds")
     ap.add_argument("--json", help="also write raw results as JSON to this path")
     ap.add_argument("--_latency-worker", dest="latency_worker", help=argparse.SUPPRESS)
     ap.add_argument("--_repeats", dest="repeats", type=int, default=5, help=argparse.SUPPRESS)
@@ -675,9 +726,10 @@ def main(argv: list[str] | None = None) -> int:
         write_section(out, "gpu", "GPU forward throughput", header(device, command) + [""] + lines)
         log(f"wrote GPU section of {out}")
     device = f"{cpu_name()}" + ("" if cuda else ", no CUDA device")
-    log("[latency] compile latency per variant")
-    write_section(out, "latency", "Compile latency", header(device, command) + [""] + bench_latency(args))
-    log(f"wrote compile-latency section of {out}")
+    if not args.no_latency:
+        log("[latency] compile latency per variant")
+        write_section(out, "latency", "Compile latency", header(device, command) + [""] + bench_latency(args))
+        log(f"wrote compile-latency section of {out}")
     if aot:
         lines = bench_aot(args)
         write_section(out, "aot", "Ahead-of-time register and spill table", header(device, command) + [""] + lines)

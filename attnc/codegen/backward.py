@@ -239,21 +239,13 @@ class _BwdBuilder(_Builder):
         key intervals when they are the mask (``ir/bounds.py``), relative to the tile as the
         forward does; the dK/dV kernel (``rows``: its query rows may run past n_q) evaluates the
         mask itself, having no per-row intervals."""
-        if masked:
-            parts = (["row_ok[:, None]"] if rows else []) + ["col_ok[None, :]"]
-            if self.bounds.interval_mask and not rows:
-                return ("lo_rel = lo_r32 - start_n\nhi_rel = hi_r32 - start_n\n"
-                        "keep = (rel_n[None, :] >= lo_rel[:, None]) & (rel_n[None, :] < hi_rel[:, None])")
+        if masked and rows:
+            parts = ["row_ok[:, None]", "col_ok[None, :]"]
             if self.mask is not None:
                 parts.append(self.full(self.mask, n.PAIR))
             return f"keep = {' & '.join(parts)}"
-        residual = self.bounds.full_residual
-        if not residual:
-            return None
-        expr = residual[0]
-        for r in residual[1:]:
-            expr = n.Binary("and", expr, r, n.BOOL)
-        return f"keep = {self.full(expr, n.PAIR)}"
+        lines, keep = self.tile_keep(masked)  # the forward's (codegen/generate.py)
+        return None if keep is None else "\n".join([*lines, f"keep = {keep}"])
 
     def kept(self, x: str, keep: str | None) -> str:
         return x if keep is None else f"tl.where(keep, {x}, 0.0)"

@@ -160,17 +160,8 @@ class _Builder:
         olds = sorted({x.stage for r in reductions.values() if r.rescale is not None
                        for x in n.walk(r.rescale) if isinstance(x, n.Running) and x.when == "old"})
         body = [f"{self.names[name]}_old = {self.names[name]}" for name in olds]
-        if masked and self.bounds.interval_mask:  # the rows' intervals are the mask, exactly
-            # relative to the tile: int32 row offsets against the constant 0..BLOCK_N-1, two
-            # compares per element (absolute offsets let LLVM widen them to 64-bit compares)
-            body += ["lo_rel = lo_r32 - start_n", "hi_rel = hi_r32 - start_n"]
-            keep = "(rel_n[None, :] >= lo_rel[:, None]) & (rel_n[None, :] < hi_rel[:, None])"
-        elif masked:
-            mask = self.stages["keep"].expr if "keep" in self.stages else None
-            keep = "col_ok[None, :]" + (f" & {self.full(mask, n.PAIR)}" if mask is not None else "")
-        else:
-            residual = self.bounds.full_residual
-            keep = self.full(functools.reduce(lambda a, b: n.Binary("and", a, b, n.BOOL), residual), n.PAIR) if residual else None
+        lines, keep = self.tile_keep(masked)
+        body += lines
         self.keep = keep
         keep_at = len(body)
         for st in self.c.stages[1:]:
@@ -192,11 +183,68 @@ class _Builder:
         return body
 
     @property
+    def interval_tests(self) -> bool:
+        """Whether tiles test each row's exact key interval [lo_r, hi_r) (and the congruences
+        opened by the bounds, ``congruence_lines``) instead of evaluating the mask: one clause
+        of constraints, conditions and congruences (``ir/bounds.py``)."""
+        b = self.bounds
+        return len(b.clauses) == 1 and b.clauses[0].exact_ends and not b.runtime
+
+    def tile_keep(self, masked: bool) -> tuple[list[str], str | None]:
+        """(lines, the keep expression) of a key tile: a boundary tile (``masked``) tests the rows'
+        intervals relative to the tile — int32 row offsets against the constant 0..BLOCK_N-1, two
+        compares per element (absolute offsets let LLVM widen them to 64-bit compares) — and the
+        congruences, or evaluates the mask; a full tile only the residual atoms (congruences in
+        their two-instruction form)."""
+        cl = self.bounds.clauses[0]
+        if masked and self.interval_tests:
+            lines = ["lo_rel = lo_r32 - start_n", "hi_rel = hi_r32 - start_n"]
+            keep = ["(rel_n[None, :] >= lo_rel[:, None]) & (rel_n[None, :] < hi_rel[:, None])"]
+            for k in range(len(cl.congruences)):
+                lines += self.congruence_lines(k)
+                keep.append(f"cg_keep_{k}")
+            return lines, " & ".join(keep)
+        if masked:
+            mask = self.stages["keep"].expr if "keep" in self.stages else None
+            return [], "col_ok[None, :]" + (f" & {self.full(mask, n.PAIR)}" if mask is not None else "")
+        residual = self.bounds.full_residual
+        if not residual:
+            return [], None
+        lines, parts = [], []
+        for atom in residual:
+            if self.interval_tests and atom in cl.congruence_atoms:
+                k = cl.congruence_atoms.index(atom)
+                lines += self.congruence_lines(k)
+                parts.append(f"cg_keep_{k}")
+            else:
+                parts.append(self.full(atom, n.PAIR))
+        return lines, " & ".join(parts)
+
+    def congruence_lines(self, k: int) -> list[str]:
+        """Congruence k of the clause on a tile: j ≡ t (mod mm) (mm = |m|; mm = 0 keeps j = t), with
+        the rows' t mod mm from ``_clause_lines``. Per element one multiply-add and one unsigned
+        compare (Lemire's divisibility test: for x < 2^16 and 1 < d < 2^16, d | x iff
+        (x·⌈2^32/d⌉ mod 2^32) < ⌈2^32/d⌉): x = rel + (mm − u), u the row's offset of its kept
+        keys within the tile, for mm < BLOCK_N; for a larger mm (or 0) at most one key of the tile
+        is kept, rel = u, tested as divisibility of rel + BLOCK_N − u by BLOCK_N (a power of two)."""
+        c = f"cg_{k}"
+        return [
+            f"{c}_u = tl.where({c}_mm > 0, {c}_t - (start_n % tl.maximum({c}_mm, 1)), {c}_t - start_n)",
+            f"{c}_u = tl.where(({c}_mm > 0) & ({c}_u < 0), {c}_u + {c}_mm, {c}_u)",
+            f"{c}_in = ({c}_u >= 0) & ({c}_u < BLOCK_N)",
+            f"{c}_c = tl.where({c}_small, {c}_cm, tl.where({c}_in, 4294967296 // BLOCK_N, 1)).to(tl.uint32)",
+            f"{c}_w = tl.where({c}_small, {c}_mm - {c}_u, tl.where({c}_in, BLOCK_N - {c}_u, 1)).to(tl.uint32)",
+            f"{c}_wc = {c}_w * {c}_c",
+            f"{c}_lim = {c}_c - 1",
+            f"cg_keep_{k} = (rel_u[None, :] * {c}_c[:, None] + {c}_wc[:, None]) <= {c}_lim[:, None]",
+        ]
+
+    @property
     def counts_keys(self) -> bool:
         """Whether the key loops count each row's kept keys (the empty-row rule needs to know
         which rows kept none): not when the rows' intervals are the mask, nor without a mask —
         then the intervals, or n_kv, say it once, before the loops."""
-        return self.bounds.masked and not self.bounds.intervals_only
+        return self.bounds.masked and not self.bounds.exact_rows
 
     def has_key(self) -> str:
         """The epilogue's per-row "kept at least one key"."""
@@ -335,17 +383,28 @@ class _Builder:
             lines.append(f"hi_r = tl.where({self.printer.key_range_expr(cond)}, hi_r, 0)")
         lines += ["lo_r = tl.minimum(tl.maximum(lo_r, 0), n_kv)",
                   "hi_r = tl.maximum(tl.minimum(hi_r, n_kv), 0)"]
-        for cg in clause.congruences:
-            # keys j ≡ t (mod m), t = -s·g: move both ends onto such keys (for m > 0)
+        for k, cg in enumerate(clause.congruences):
+            # keys j ≡ t (mod |m|), t = -s·g: move both ends onto such keys (m = 0: x % 0 is x,
+            # so the key j = t alone)
             t = f"(-({self.printer.key_range_expr(cg.g)}))" if cg.s == 1 else f"({self.printer.key_range_expr(cg.g)})"
-            m = self.printer.key_range_expr(cg.m)
+            m = f"tl.abs({self.printer.key_range_expr(cg.m)})"
             # (t − lo_r) mod m from residues of values that each fit int32 (t is a checked mask
             # sub-expression, lo_r and hi_r lie in [0, n_kv]): their difference would not
-            lines += [f"res_t = _fmod({t}, {m})",
-                      f"res_d = _fmod(lo_r, {m})",
-                      f"lo_r = tl.where({m} > 0, lo_r + tl.where(res_t < res_d, res_t - res_d + {m}, res_t - res_d), lo_r)",
-                      f"res_d = _fmod(hi_r - 1, {m})",
-                      f"hi_r = tl.where({m} > 0, hi_r - tl.where(res_d < res_t, res_d - res_t + {m}, res_d - res_t), hi_r)"]
+            lines += [f"cg_m = {m}",
+                      f"cg_t = {t}",
+                      "res_t = _fmod(cg_t, cg_m)",
+                      "res_d = _fmod(lo_r, cg_m)",
+                      "lo_r = tl.where(cg_m > 0, lo_r + tl.where(res_t < res_d, res_t - res_d + cg_m, res_t - res_d), "
+                      "tl.maximum(lo_r, cg_t))",
+                      "res_d = _fmod(hi_r - 1, cg_m)",
+                      "hi_r = tl.where(cg_m > 0, hi_r - tl.where(res_d < res_t, res_d - res_t + cg_m, res_d - res_t), "
+                      "tl.minimum(hi_r, cg_t + 1))"]
+            if full and self.interval_tests:  # the rows' residues for the tiles' two-instruction test
+                c = f"cg_{k}"
+                lines += [f"{c}_mm = cg_m.to(tl.int32)",
+                          f"{c}_t = tl.where(cg_m > 0, res_t, tl.minimum(tl.maximum(cg_t, -1), n_kv)).to(tl.int32)",
+                          f"{c}_small = ({c}_mm > 0) & ({c}_mm < BLOCK_N)",
+                          f"{c}_cm = (4294967295 // tl.maximum(cg_m, 1) + 1).to(tl.uint32)  # ⌈2^32 / mm⌉ (mm = 1: 0)"]
         if clause.congruences:  # moved ends can leave [0, n_kv]: the tile bounds below are int32
             lines += ["lo_r = tl.minimum(tl.maximum(lo_r, 0), n_kv)", "hi_r = tl.maximum(tl.minimum(hi_r, n_kv), 0)"]
         lines += [
@@ -353,13 +412,13 @@ class _Builder:
             f"lo{sfx} = tl.min(tl.where(some, lo_r, n_kv), 0).to(tl.int32)",
             f"hi{sfx} = tl.max(tl.where(some, hi_r, 0), 0).to(tl.int32)",
         ]
-        if self.bounds.intervals_only:  # whether the row keeps any key, from the intervals alone
+        if self.bounds.exact_rows:  # whether the row keeps any key, from the intervals alone
             lines.append(f"row_has_key{sfx} = some")
         if not full:  # one of several clauses, not an interval: its tiles are all boundary tiles
             return lines
         lines += [f"full_lo{sfx} = tl.max(tl.where(rows_ok, lo_r, 0), 0).to(tl.int32)",
                   f"full_hi{sfx} = tl.min(tl.where(rows_ok, hi_r, n_kv), 0).to(tl.int32)"]
-        if self.bounds.interval_mask:  # boundary tiles test j against the rows' exact intervals
+        if self.interval_tests:  # boundary tiles test j against the rows' exact intervals
             lines += ["lo_r32 = lo_r.to(tl.int32)", "hi_r32 = hi_r.to(tl.int32)"]
         return lines
 

@@ -64,6 +64,7 @@ class Clause:
     congruences: tuple[Congruence, ...] = ()
     residual: tuple[n.Expr, ...] = ()  # atoms evaluated on every visited tile of this clause
     opaque: bool = False  # a residual atom of indices and inputs only: classified at run time
+    congruence_atoms: tuple[n.Expr, ...] = ()  # the residual atom of each congruence, in order
 
     @property
     def bounded(self) -> bool:
@@ -77,6 +78,12 @@ class Clause:
     def interval(self) -> bool:
         """Whether each row's key interval is exactly this clause (constraints and conditions only)."""
         return self.bounded and not (self.residual or self.congruences or self.opaque)
+
+    @property
+    def exact_ends(self) -> bool:
+        """Whether the clause is its constraints, conditions and congruences only: each row's
+        interval ends, moved onto kept keys, hold a kept key exactly when the row keeps one."""
+        return self.bounded and not self.opaque and set(self.residual) <= set(self.congruence_atoms)
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,12 @@ class TileBounds:
         """Whether every clause is exactly its rows' intervals: a row keeps a key iff one of its
         intervals is not empty, and a tile inside one clause's intervals for every row is full."""
         return all(cl.interval for cl in self.clauses)
+
+    @property
+    def exact_rows(self) -> bool:
+        """Whether a row keeps a key exactly when one of its clause intervals is not empty (every
+        clause is intervals and congruences only, ``Clause.exact_ends``)."""
+        return all(cl.exact_ends for cl in self.clauses)
 
     @property
     def runtime(self) -> bool:
@@ -347,7 +360,7 @@ def _floordiv(op: str, inner, c: n.Expr, y: n.Expr) -> tuple[list[Constraint], l
 
 def _clause(atoms: list[n.Expr]) -> Clause | None:
     """The clause of a conjunction; None when it is constantly false."""
-    constraints, conditions, congruences, residual = [], [], [], []
+    constraints, conditions, congruences, residual, cong_atoms = [], [], [], [], []
     opaque = False
     for atom in atoms:
         if isinstance(atom, n.Const) and atom.type == n.BOOL:
@@ -365,10 +378,12 @@ def _clause(atoms: list[n.Expr]) -> Clause | None:
         elif kind == "congruence":
             congruences.append(what)
             residual.append(atom)
+            cong_atoms.append(atom)
         else:
             residual.append(what)
             opaque = opaque or not _reads_stages(what)
-    return Clause(tuple(constraints), tuple(conditions), tuple(congruences), tuple(residual), opaque)
+    return Clause(tuple(constraints), tuple(conditions), tuple(congruences), tuple(residual), opaque,
+                  tuple(cong_atoms))
 
 
 def _reads_stages(e: n.Expr) -> bool:

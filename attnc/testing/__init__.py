@@ -16,7 +16,10 @@
 with Hq % Hkv == 0, Nq and Nkv (1 and the tile edges 15, 16, 17 included), D and Dv, the dtype,
 and the definition's own parameters from their declared types — ints and floats in ranges you
 can narrow per parameter, tensors of the declared shape and element type. Scalar parameters with
-a default keep it unless named in ``params=`` or ``defaults=False`` is passed.
+a default keep it unless named in ``params=`` or ``defaults=False`` is passed. ``layouts=`` draws
+the memory layout of q, k, v too (``LAYOUTS``: contiguous, ``bshd`` as after a fused qkv
+projection, ``padded`` rows whose strides force the kernels' general path), and a ``Problem``
+with ``device="cuda"`` runs the compiled kernels (the reference runs there too).
 
 Properties (``PROPERTIES``; ``check(attn, properties=(...))`` or one ``assert_*`` each):
 
@@ -59,12 +62,13 @@ bound, or how many elements differ); hypothesis shrinks it to the smallest faili
 ``keep_mask(attn, problem)`` gives the reference's mask itself.
 """
 
-from .kit import Problem, assert_matches_reference, keep_mask, problems
+from .kit import LAYOUTS, Problem, assert_matches_reference, keep_mask, problems
 from .properties import (
     PROPERTIES,
     NotApplicable,
     assert_batch_split,
     assert_empty_rows,
+    assert_gradients,
     assert_head_permutation,
     assert_masked_keys,
     check,
@@ -72,6 +76,7 @@ from .properties import (
 )
 
 __all__ = [
-    "PROPERTIES", "NotApplicable", "Problem", "assert_batch_split", "assert_empty_rows", "assert_head_permutation",
+    "LAYOUTS", "PROPERTIES", "NotApplicable", "Problem", "assert_batch_split", "assert_empty_rows", "assert_gradients",
+    "assert_head_permutation",
     "assert_masked_keys", "assert_matches_reference", "check", "keep_mask", "problems", "why_not_applicable",
 ]

@@ -18,7 +18,7 @@ from ..runtime.compiler import Attention
 from ..runtime.reference import reference_keep
 from ..runtime.validate import sizes_of
 
-__all__ = ["Problem", "assert_matches_reference", "keep_mask", "problems"]
+__all__ = ["LAYOUTS", "Problem", "assert_matches_reference", "keep_mask", "problems"]
 
 REL_FLOOR = 1e-3  # see assert_matches_reference
 TILE_EDGES = (1, 15, 16, 17)  # the interpreter's 16-wide tiles: one short, exact, one over
@@ -40,14 +40,18 @@ class Problem:
     scale: float | None = None
     scalars: dict = field(default_factory=dict)
     tensor_specs: tuple = ()  # (name, shape, elem) of tensor parameters, drawn from the seed
+    device: str = "cpu"  # where the inputs live (drawn on the CPU from the seed, then moved): "cuda" runs compiled kernels
+    layout: str = "contiguous"  # how q, k, v sit in memory: one of LAYOUTS (the values do not change)
 
     def __repr__(self) -> str:  # what hypothesis prints for a falsifying example
         dt = str(self.dtype).replace("torch.", "")
         params = ", ".join([f"{k}={v!r}" for k, v in self.scalars.items()]
                            + [f"{name}: {elem} tensor {list(shape)}" for name, shape, elem in self.tensor_specs])
         scale = f", scale={self.scale}" if self.scale is not None else ""
+        device = f", device={self.device}" if self.device != "cpu" else ""
+        device += f", layout={self.layout}" if self.layout != "contiguous" else ""
         return (f"Problem(B={self.B}, Hq={self.Hq}, Hkv={self.Hkv}, Nq={self.Nq}, Nkv={self.Nkv}, D={self.D}, "
-                f"Dv={self.Dv}, {dt}{scale}, seed={self.seed}; {params or 'no parameters'})")
+                f"Dv={self.Dv}, {dt}{scale}{device}, seed={self.seed}; {params or 'no parameters'})")
 
     def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
         """q, k, v in the problem's dtype and every parameter value, deterministic in the seed."""
@@ -57,8 +61,28 @@ class Problem:
         v = torch.randn(self.B, self.Hkv, self.Nkv, self.Dv, generator=g)
         params = dict(self.scalars)
         for name, shape, elem in self.tensor_specs:
-            params[name] = draw_tensor(shape, elem, g)
-        return q.to(self.dtype), k.to(self.dtype), v.to(self.dtype), params
+            params[name] = draw_tensor(shape, elem, g).to(self.device)
+        return (*(_laid_out(x.to(self.device, self.dtype), self.layout) for x in (q, k, v)), params)
+
+
+# Memory layouts of q, k, v [B, H, N, D] (same values): the kernels take a fast path for inputs with
+# unit head-dim stride and 16-byte multiples elsewhere (``runtime/compiler.py: fast_path``).
+LAYOUTS = {
+    "contiguous": "row-major [B, H, N, D]",
+    "bshd": "[B, N, H, D] memory viewed as [B, H, N, D] (after a fused qkv projection)",
+    "padded": "each head-dim row padded by one element (strides not multiples of 16 bytes: the general path)",
+}
+
+
+def _laid_out(x: torch.Tensor, layout: str) -> torch.Tensor:
+    if layout == "contiguous":
+        return x.contiguous()
+    if layout == "bshd":
+        return x.transpose(1, 2).contiguous().transpose(1, 2)
+    if layout == "padded":
+        out = torch.zeros(*x.shape[:-1], x.shape[-1] + 1, dtype=x.dtype, device=x.device)[..., :x.shape[-1]]
+        return out.copy_(x)
+    raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
 
 
 def _scalar_strategy(p: n.ParamSpec, int_range, float_range):
@@ -72,9 +96,13 @@ def _scalar_strategy(p: n.ParamSpec, int_range, float_range):
 def problems(attn: Attention, *, dtypes=(torch.float32, torch.float16, torch.bfloat16), max_batch: int = 2,
              heads=((1, 1), (2, 1), (2, 2), (4, 2)), max_len: int = 40, head_dims=(16, 32), value_dims=None,
              params: dict | None = None, int_range=(0, 48), float_range=(-4.0, 4.0),
-             defaults: bool = True) -> st.SearchStrategy[Problem]:
+             defaults: bool = True, layouts=("contiguous",)) -> st.SearchStrategy[Problem]:
     """Problems for ``attn``. ``params`` maps a parameter name to a strategy (or a fixed value) to
-    narrow it; scalar parameters with a default keep it unless ``defaults=False``."""
+    narrow it; scalar parameters with a default keep it unless ``defaults=False``; ``layouts``
+    (names of ``LAYOUTS``) are the memory layouts of q, k, v drawn (fast and general kernel paths)."""
+    bad = [x for x in layouts if x not in LAYOUTS]
+    if bad or not layouts:
+        raise ValueError(f"`layouts` must name some of {', '.join(LAYOUTS)}, got {list(layouts)!r}")
     given_params = params or {}
     unknown = set(given_params) - {p.name for p in attn.cascade.params}
     if unknown:
@@ -105,8 +133,9 @@ def problems(attn: Attention, *, dtypes=(torch.float32, torch.float16, torch.bfl
             elif p.default is None or not defaults:
                 scalars[p.name] = draw_(_scalar_strategy(p, int_range, float_range))
         seed = draw_(st.integers(0, 2**31 - 1))
+        layout = draw_(st.sampled_from(list(layouts)))
         return Problem(B, Hq, Hkv, Nq, Nkv, D, Dv, dtype, seed, None, scalars,
-                       _tensor_specs(attn, B, Hq, Hkv, Nq, Nkv, D, Dv, scalars))
+                       _tensor_specs(attn, B, Hq, Hkv, Nq, Nkv, D, Dv, scalars), layout=layout)
 
     return draw()
 

@@ -381,8 +381,8 @@ def assert_gradients(attn: Attention, problem: Problem) -> None:
     leaves = [x.requires_grad_(True) for x in (q, k, v)] + [t.requires_grad_(True) for t in floats.values()]
     got, got_lse = run(attn, problem, q, k, v, params)
     g = torch.Generator().manual_seed(problem.seed + 1)
-    d_out = torch.randn(got.shape, generator=g, dtype=torch.float64)
-    d_lse = torch.randn(got.shape[:-1], generator=g, dtype=torch.float64)
+    d_out = torch.randn(got.shape, generator=g, dtype=torch.float64).to(problem.device)
+    d_lse = torch.randn(got.shape[:-1], generator=g, dtype=torch.float64).to(problem.device)
     loss = (got.double() * d_out).sum() + ((got_lse.double().nan_to_num(0, 0, 0) * d_lse).sum()
                                            if got_lse is not None else 0)
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
