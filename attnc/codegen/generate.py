@@ -24,7 +24,7 @@ from ..ir.printer import cascade_text
 from ..ir.ranges import weight_range
 from .exprs import ExprPrinter, is_raw_score, qk_only_in_raw_score
 
-CODEGEN_VERSION = "10"
+CODEGEN_VERSION = "11"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 

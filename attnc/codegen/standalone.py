@@ -72,8 +72,9 @@ def standalone_source(c: n.Cascade, dtype: str, module_hint: str = "attention_ke
     configs = {}
     for hopper in (False, True):
         for wide in (16, 32, 64, 128, 256):
-            cfg = gpu_configs(90 if hopper else 80, dtype, wide, wide, plan.num_passes)[0]
-            configs[(hopper, wide)] = (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages)
+            for aligned in (False, True):
+                cfg = gpu_configs(90 if hopper else 80, dtype, wide, wide, plan.num_passes, aligned)[0]
+                configs[(hopper, wide, aligned)] = (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages)
     scalars, tensors = [], []
     for p in c.params:
         if p.kind == "tensor":
