@@ -372,8 +372,20 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
     passes = bplan.num_row_passes
     summary = (f"{passes} pass{'es' if passes != 1 else ''} over the keys for per-row sums, then dQ; "
                f"dK/dV over the query tiles")
+    # the rows kernel's pieces, with the per-row parts of its loops hoisted; then the dK/dV
+    # kernel's, with the per-key parts of its query-tile loop hoisted
+    loop_exprs = b.loop_exprs() + [e for _, e in bplan.temps] + [bplan.ds, bplan.dqk, bplan.dv_weight] + \
+        [j.body for j in bplan.jsums] + [g.pair for g in bplan.load_grads if g.pair is not None]
+    key_range = b.key_range()
+    rows_hoisted = b.hoist(loop_exprs, "i")
+    row_passes = b.row_passes()
+    row_grads = b.row_grads()
     dq_loop = {"loads_v": b.reads_dov([bplan.ds, bplan.dqk]),
                "body": b.dq_tile(True), "full_body": b.dq_tile(False)}
+    b.printer.hoisted = {}
+    kv_hoisted = b.hoist(loop_exprs, "j")
+    kv_loads = b.kv_loads()
+    kv_body = b.kv_body()
     if b.bounds.runtime:  # the runtime classification's column of this key tile
         first = end = "0"
         scan_what = "the runtime tile classification's column of this key tile"
@@ -406,7 +418,9 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         uses_dout=bplan.uses_dout,
         uses_dl=bplan.uses_dl,
         stat_loads=b.stat_loads(),
-        key_range=b.key_range(),
+        key_range=key_range,
+        rows_hoisted=rows_hoisted,
+        kv_hoisted=kv_hoisted,
         segments=b.segments(),
         runtime_tiles=b.bounds.runtime,
         range_first=first,
@@ -415,13 +429,13 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         scan_lines=scan_lines,
         rows_specialize=specialize_lines(spec.dtype, {**FORWARD_STRIDES, **_DO_DQ}),
         kv_specialize=specialize_lines(spec.dtype, {**{t: FORWARD_STRIDES[t] for t in "qkv"}, **_DO_DK_DV}),
-        row_passes=b.row_passes(),
+        row_passes=row_passes,
         coef_stores=[f"tl.store(cf_ptrs + {k} * stride_cc, {b.names[name]}, mask=row_ok)"
                      for k, name in enumerate(bplan.coefs)],
-        row_grads=b.row_grads(),
+        row_grads=row_grads,
         dq_loop=dq_loop,
-        kv_loads=b.kv_loads(),
-        kv_body=b.kv_body(),
+        kv_loads=kv_loads,
+        kv_body=kv_body,
         needs_vnorm=b.needs_vnorm,
         scaled=b.scaled,
         rows_scale_lines=b.rows_scale_lines(),

@@ -50,6 +50,10 @@ class ExprPrinter:
     # How the raw score scale·qk prints. The forward kernel folds scale's sign into q (so its
     # qk is sign(scale)·q·k) and prints the raw score as |scale|·qk: the same value, exactly.
     score_scale = "scale"
+    # stage → name printed for it in pair context: a masked tile's safe running maxima (generate.py)
+    pair_overrides: dict = {}
+    # sub-expression → name of its value computed once before a loop (``_Builder.hoist``)
+    hoisted: dict = {}
 
     def key_range_expr(self, e: n.Expr) -> str:
         """``e`` (free of j) per row of the key-range computation, in int64 (see ``wide``)."""
@@ -61,6 +65,10 @@ class ExprPrinter:
 
     # -- leaves
     def p(self, e: n.Expr, ctx: str) -> str:
+        if self.hoisted and ctx in ("pair", "vec"):
+            name = self.hoisted.get(e)
+            if name is not None:
+                return name
         if self._wide and e.type == n.INT and isinstance(e, (n.Var, n.Param, n.Load)):
             self._wide = False
             try:
@@ -82,6 +90,8 @@ class ExprPrinter:
             return self.loads(e, ctx)
         if isinstance(e, n.Ref):
             name = self.names[e.stage]
+            if ctx in ("pair", "vec") and e.stage in self.pair_overrides:
+                name = self.pair_overrides[e.stage]
             ranks = self.stage_ranks[e.stage]
             if ranks == n.ROW and e.type != n.VEC and ctx in ("pair", "vec"):
                 return f"{name}[:, None]"

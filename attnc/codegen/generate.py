@@ -21,7 +21,7 @@ from ..ir.bounds import tile_bounds
 from ..ir.names import kernel_ident
 from ..ir.passes import PassPlan, plan_passes
 from ..ir.printer import cascade_text
-from ..ir.ranges import weight_range
+from ..ir.ranges import absorbs, weight_range
 from .exprs import ExprPrinter, is_raw_score, qk_only_in_raw_score
 
 CODEGEN_VERSION = "11"
@@ -75,6 +75,7 @@ def _env() -> jinja2.Environment:
 
 class _Builder:
     fold_sign = False  # the forward folds scale's sign into q (generate() decides)
+    absorbing = False  # the tile being generated applies its mask to q·k (``_body``)
 
     def __init__(self, c: n.Cascade, plan: PassPlan):
         self.c = c
@@ -117,6 +118,49 @@ class _Builder:
         if e.type == n.BOOL:
             return f"(({text}) | tl.zeros({shape}, dtype=tl.int1))"
         return f"(({text}) + tl.zeros({shape}, dtype={'tl.int32' if e.type == n.INT else 'tl.float32'}))"
+
+    # -- work done once per loop instead of once per tile
+    def hoist(self, exprs, vary: str) -> list[str]:
+        """Lines computing, once, the sub-expressions of ``exprs`` that vary only along ``vary``
+        ("i": the query rows, for loops over key tiles; "j": the keys, for the dK/dV kernel's
+        loop over query tiles) and do some work (tensor reads, arithmetic); the loop bodies then
+        read them by name (``ExprPrinter.hoisted``). A mask's per-row window bounds, say, are
+        computed per query tile, not per key tile — the compiler cannot move them out of the loop
+        itself, past the loop's barriers."""
+        found: list[n.Expr] = []
+        seen: set[int] = set()
+
+        def visit(e: n.Expr) -> None:
+            if id(e) in seen:
+                return
+            seen.add(id(e))
+            if n.free_ranks(e, self.ranks) == {vary} and self._hoistable(e):
+                if e not in self.printer.hoisted and e not in found:
+                    found.append(e)
+                return
+            for kid in n.children(e):
+                visit(kid)
+
+        for e in exprs:
+            visit(e)
+        lines = []
+        for e in found:
+            name = f"inv_{len(self.printer.hoisted)}"
+            lines.append(f"{name} = {self.printer(e, 'pair')}")
+            self.printer.hoisted = {**self.printer.hoisted, e: name}
+        return lines
+
+    @staticmethod
+    def _hoistable(e: n.Expr) -> bool:
+        if isinstance(e, (n.Var, n.Param, n.Const)):  # nothing to save
+            return False
+        return not any(isinstance(x, (n.Ref, n.Running, n.Dot, n.ValueRow)) for x in n.walk(e))
+
+    def loop_exprs(self) -> list[n.Expr]:
+        """Every expression the key loops print: the mask, the full tiles' residual atoms, the
+        pair stages and the reductions' bodies."""
+        out = [st.expr for st in self.c.stages[1:] if st.ranks == n.PAIR or st.is_reduction]
+        return out + list(self.bounds.full_residual)
 
     # -- which stages a pass needs
     def _needed_in_pass(self, k: int) -> set[str]:
@@ -164,6 +208,20 @@ class _Builder:
         body += lines
         self.keep = keep
         keep_at = len(body)
+        self.absorbing = keep is not None and self.absorbs(reductions)
+        if self.absorbing:
+            # The mask, once: q·k is −inf on the dropped pairs, and every reduction of the pass
+            # is proven to get its identity there (ir/ranges.py: absorbs) — instead of a select
+            # per reduction, whose mask the registers would hold twice. A running max that is
+            # still −inf (no kept key yet) is read as 0 by the pair values (exp(−inf − 0) = 0).
+            body.append('qk = tl.where(keep, qk, float("-inf"))')
+            self.keep = None
+            extrema = [st.name for st in self.c.stages
+                       if isinstance(st.expr, n.Reduce) and st.expr.op in ("max", "min") and st.name in need]
+            self.printer.pair_overrides = {name: f"{self.names[name]}_safe" for name in extrema}
+            for name in extrema:
+                if name not in reductions:  # complete from an earlier pass
+                    body.append(self._safe_line(name))
         for st in self.c.stages[1:]:
             if st.name not in need and st.name not in ("s",):
                 continue
@@ -178,9 +236,21 @@ class _Builder:
                 body.append(f"{var} = {self.full(st.expr, st.ranks)}")
         if keep is not None:
             body.insert(keep_at, f"keep = {keep}")
+        self.printer.pair_overrides = {}
         if k == 1 and self.counts_keys:
             body.append("n_kept += tl.sum(keep.to(tl.int32), 1)" if keep is not None else "n_kept += BLOCK_N")
         return body
+
+    def absorbs(self, reductions: dict) -> bool:
+        """Whether a tile of this pass may apply its mask by setting q·k to −inf (see ``_body``):
+        the score is the raw one, scale folded positive (``fold_sign``), and every reduction of
+        the pass gets its identity at a dropped pair."""
+        return self.fold_sign and all(absorbs(self.c, self.stages[name].expr) for name in reductions)
+
+    def _safe_line(self, name: str) -> str:
+        var = self.names[name]
+        fill = 'float("-inf")' if self.stages[name].expr.op == "max" else 'float("inf")'
+        return f"{var}_safe = tl.where({var} == {fill}, 0.0, {var})"
 
     @property
     def interval_tests(self) -> bool:
@@ -301,6 +371,8 @@ class _Builder:
             lines.append(f"{var}_tile = {red}({self._kept('qk', fill)}, 1)")
             lines.append(f"{var}_tile = tl.where({var}_tile == {fill}, {fill}, {var}_tile * scale_pos)  # an empty row stays {fill[7:-2]}")
             lines.append(f"{var} = {comb}({shifted}, {var}_tile)")
+            if self.absorbing:
+                lines.append(self._safe_line(st.name))
             return lines
         if op == "sum":
             lines.append(f"{var} = {var + ' * ' + fac if fac else var} + tl.sum({self._kept(body, '0.0')}, 1)")
@@ -310,6 +382,8 @@ class _Builder:
             comb = "tl.maximum" if op == "max" else "tl.minimum"
             shifted = f"{var} + {fac}" if fac else var
             lines.append(f"{var} = {comb}({shifted}, {red}({self._kept(body, fill)}, 1))")
+            if self.absorbing:
+                lines.append(self._safe_line(st.name))
         return lines
 
     def key_range(self) -> list[str]:
@@ -521,6 +595,8 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         b.printer.score_scale = "scale_pos"
     b.dot_precision = ', input_precision="ieee"' if spec.upcast else ""
     b.fp16_dot = spec.dtype == "float16" and not spec.upcast
+    key_range = b.key_range()
+    hoisted = b.hoist(b.loop_exprs(), "i")
     passes = [b.pass_block(k) for k in range(1, plan.num_passes + 1)]
     tensors = [p for p in c.params if p.kind == "tensor"]
     scalars = [p for p in c.params if p.kind != "tensor"]
@@ -537,7 +613,8 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         upcast=".to(tl.float32)" if spec.upcast else "",
         dot_precision=b.dot_precision,
         epilogue=b.epilogue(),
-        key_range=b.key_range(),
+        key_range=key_range,
+        hoisted=hoisted,
         segments=b.segments(),
         runtime_tiles=b.bounds.runtime,
         fold_sign=b.fold_sign,

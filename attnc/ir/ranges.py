@@ -154,3 +154,107 @@ def int32_overflows(c: n.Cascade, env: dict[str, tuple[float, float]]) -> list[t
             r(p.default)
     return [(e, rng) for e, rng in r.seen
             if not math.isinf(rng[0]) and not math.isinf(rng[1]) and (rng[0] < INT32[0] or rng[1] > INT32[1])]
+
+
+# -- a masked pair ------------------------------------------------------------------------------
+# The forward kernel may apply a mask once, by setting q·k to −inf on the pairs it drops, instead
+# of selecting every reduction's input (codegen/generate.py). That is exact when each reduction's
+# body then evaluates to the reduction's identity (IEEE arithmetic, no NaN): ``at_masked_pair``
+# says what a body evaluates to there, over a small domain of values.
+
+NEG_INF, POS_INF, ZERO, POS, NEG, FIN = "-inf", "+inf", "0", "+", "-", "finite"
+
+
+def at_masked_pair(c: n.Cascade, e: n.Expr) -> str | None:
+    """The value of ``e`` at a pair whose raw score ``scale·qk`` is −inf (scale > 0): one of
+    NEG_INF, POS_INF, ZERO, POS (finite > 0), NEG (finite < 0), FIN (finite) — or None when it
+    cannot be told (possibly NaN). Running maxima and minima count as finite: the kernel
+    substitutes 0 for one that is still ∓inf (a row with no kept key so far) when it computes
+    the pair values. Other per-row values, parameters and tensor values are not assumed finite."""
+    stages = {st.name: st for st in c.stages}
+    return _masked(e, stages, 0)
+
+
+def _masked(e: n.Expr, stages, depth: int) -> str | None:
+    if depth > 60:
+        return None
+    if isinstance(e, n.Binary) and e.op == "*" and {type(e.left), type(e.right)} == {n.Var, n.Ref} and \
+            any(isinstance(x, n.Var) and x.name == "scale" for x in (e.left, e.right)) and \
+            any(isinstance(x, n.Ref) and x.stage == "qk" for x in (e.left, e.right)):
+        return NEG_INF
+    if isinstance(e, n.Const):
+        v = float(e.value)
+        return ZERO if v == 0 else POS if 0 < v < INF else NEG if -INF < v < 0 else POS_INF if v > 0 else NEG_INF \
+            if v < 0 else None
+    if isinstance(e, n.Var):
+        return FIN if e.name in ("b", "h", "i", "j", "n_q", "n_kv", "head_dim", "n_heads", "n_kv_heads") else None
+    if isinstance(e, (n.Ref, n.Running)):
+        st = stages.get(e.stage)
+        if st is None:
+            return None
+        if isinstance(st.expr, n.Reduce) and st.expr.op in ("max", "min"):
+            return FIN  # the kernel's safe substitute of a running max/min
+        if st.ranks == n.PAIR and not st.is_reduction and isinstance(e, n.Ref):
+            return _masked(st.expr, stages, depth + 1)
+        return None
+    if isinstance(e, n.Unary) and e.op == "-":
+        return {NEG_INF: POS_INF, POS_INF: NEG_INF, ZERO: ZERO, POS: NEG, NEG: POS, FIN: FIN}.get(_masked(e.operand, stages, depth + 1))
+    if isinstance(e, n.Binary) and e.op in ("+", "-", "*", "/"):
+        a, b = _masked(e.left, stages, depth + 1), _masked(e.right, stages, depth + 1)
+        if a is None or b is None:
+            return None
+        if e.op == "-":
+            b = {NEG_INF: POS_INF, POS_INF: NEG_INF, ZERO: ZERO, POS: NEG, NEG: POS, FIN: FIN}[b]
+        if e.op in ("+", "-"):
+            infs = {a, b} & {NEG_INF, POS_INF}
+            if len(infs) == 2:
+                return None  # inf − inf
+            if infs:
+                return infs.pop()
+            if a == ZERO or b == ZERO:
+                return b if a == ZERO else a
+            return a if a == b and a in (POS, NEG) else FIN
+        if e.op == "*":
+            if {a, b} & {NEG_INF, POS_INF}:
+                other = b if a in (NEG_INF, POS_INF) else a
+                inf = a if a in (NEG_INF, POS_INF) else b
+                if other in (POS, POS_INF):
+                    return inf
+                if other in (NEG, NEG_INF):
+                    return NEG_INF if inf == POS_INF else POS_INF
+                return None  # inf · 0 or of unknown sign
+            if ZERO in (a, b):
+                return ZERO
+            if a in (POS, NEG) and b in (POS, NEG):
+                return POS if a == b else NEG
+            return FIN
+        # division: only by a finite non-zero value of known sign, of a finite numerator
+        if b not in (POS, NEG) or a in (NEG_INF, POS_INF):
+            return None
+        return ZERO if a == ZERO else FIN if a == FIN else (POS if a == b else NEG)
+    if isinstance(e, n.Call):
+        args = [_masked(x, stages, depth + 1) for x in e.args]
+        if any(x is None for x in args):
+            return None
+        x = args[0]
+        if e.fn in ("exp", "exp2"):
+            return ZERO if x == NEG_INF else POS_INF if x == POS_INF else POS
+        if e.fn == "sigmoid":
+            return ZERO if x == NEG_INF else POS
+        if e.fn == "relu":
+            return ZERO if x in (NEG_INF, NEG, ZERO) else x if x in (POS, POS_INF) else FIN
+        if e.fn == "abs":
+            return POS_INF if x in (NEG_INF, POS_INF) else ZERO if x == ZERO else POS if x in (POS, NEG) else FIN
+        return None
+    return None
+
+
+def absorbs(c: n.Cascade, reduction: n.Expr) -> bool:
+    """Whether a reduction's input is its identity at every masked pair (``at_masked_pair``): a
+    sum's or a contraction's 0, a max's −inf, a min's +inf."""
+    if isinstance(reduction, n.Contract):
+        return at_masked_pair(c, reduction.weight) == ZERO
+    if isinstance(reduction, n.Reduce):
+        want = {"sum": ZERO, "max": NEG_INF, "min": POS_INF}[reduction.op]
+        return at_masked_pair(c, reduction.body) == want
+    return False
