@@ -54,7 +54,7 @@ if [ -n "$DRY" ]; then
     "$PY" benchmarks/gpu_check.py --dry-run --variants causal,document,natten2d,softcap --budget 300 \
         | tee "$LOGDIR/gpu_check.md" | tail -n 12
     "$PY" benchmarks/bench_forward.py --_dry-run-cpu 64 --variants causal,document --seqlens 32 --dims 16 \
-        --dtypes float16 --no-aot --no-latency --out "$scratch/performance.md" --budget 60
+        --dtypes float16 --no-latency --out "$scratch/performance.md" --budget 60
     "$PY" benchmarks/bench_backward.py --dry-run-cpu 64 --variants causal --seqlens 32 --dims 16 --dtypes float16 \
         --out "$scratch/performance.md" --budget 60 | tail -n 4
     echo "gpu.sh --dry-run: all phases ran (scratch report: $scratch/performance.md)"
@@ -67,7 +67,7 @@ status=0
 "$PY" benchmarks/gpu_check.py --budget "${CHECK_BUDGET:-180}" > "$LOGDIR/gpu_check.md" 2>&1 || status=$?
 export ATTNC_AUTOTUNE="${ATTNC_AUTOTUNE:-1}"
 "$PY" benchmarks/bench_forward.py --variants "$VARIANTS" --seqlens 4096,16384,1024 --dims 128,64 \
-    --dtypes bfloat16,float16 --no-aot --no-latency --budget "${FWD_BUDGET:-110}" --warmup 10 --rep 40 \
+    --dtypes bfloat16,float16 --no-latency --budget "${FWD_BUDGET:-110}" --warmup 10 --rep 40 \
     > "$LOGDIR/bench_forward.log" 2>&1 || status=$?
 "$PY" benchmarks/bench_backward.py --variants "$VARIANTS" --seqlens 4096,16384,1024 --dims 128,64 \
     --dtypes bfloat16,float16 --budget "${BWD_BUDGET:-110}" --warmup 10 --rep 40 \

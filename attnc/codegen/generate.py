@@ -154,7 +154,7 @@ class _Builder:
     def _hoistable(e: n.Expr) -> bool:
         if isinstance(e, (n.Var, n.Param, n.Const)):  # nothing to save
             return False
-        return not any(isinstance(x, (n.Ref, n.Running, n.Dot, n.ValueRow)) for x in n.walk(e))
+        return not any(isinstance(x, (n.Ref, n.Running, n.Dot, n.ValueRow, n.Reduce, n.Contract)) for x in n.walk(e))
 
     def loop_exprs(self) -> list[n.Expr]:
         """Every expression the key loops print: the mask, the full tiles' residual atoms, the

@@ -41,8 +41,6 @@ KNOWN_BELOW = {
     ("softcap", 64): 0.32,
     # a gather of table[h, j - i + n_q - 1] per element, its index clamped: 53 % at D = 64.
     ("relative_bias", 64): 0.50,
-    # the congruence test and the mask applied to two reductions (the predicate kept in registers).
-    ("dilated_window", 64): 0.40,
 }
 
 

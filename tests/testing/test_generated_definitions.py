@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import attnc
-from attnc.testing import Problem, assert_matches_reference, problems
+from attnc.testing import LAYOUTS, Problem, assert_matches_reference, problems
 from attnc.ir import verify
 from attnc.testing.specs import definitions
 
@@ -77,11 +77,14 @@ def test_generated_definitions_agree_with_the_reference_and_an_independent_evalu
     @given(d=definitions(), data=st.data())
     def run(d, data):
         attn = attnc.compile(d.text)  # must not raise: every generated definition is valid
-        problem = data.draw(problems(attn, max_batch=2, heads=((1, 1), (2, 1), (2, 2)), max_len=24, head_dims=(16,),
-                                     params=d.param_strategies, defaults=False), label="problem")
+        # every memory layout and a padded head dim: the kernels' fast and general paths
+        problem = data.draw(problems(attn, max_batch=2, heads=((1, 1), (2, 1), (2, 2)), max_len=24,
+                                     head_dims=(16, 24), params=d.param_strategies, defaults=False,
+                                     layouts=tuple(LAYOUTS)), label="problem")
         _reference_agrees_with_the_generator(d, attn, problem)
         assert_matches_reference(attn, problem)
         stats["definitions"] += 1
+        stats[f"layout={problem.layout}"] += 1
         stats[f"passes={attnc.plan_passes(attn.cascade).num_passes}"] += 1
         stats[f"norm={d.norm.family}"] += 1
         stats["masked"] += d.mask is not None
@@ -95,6 +98,8 @@ def test_generated_definitions_agree_with_the_reference_and_an_independent_evalu
     assert stats["masked"] >= EXAMPLES * 0.3, stats
     for family in ("library", "softmax_like", "elementwise", "multipass"):
         assert stats[f"norm={family}"] >= EXAMPLES * 0.05, stats
+    for layout in LAYOUTS:
+        assert stats[f"layout={layout}"] >= EXAMPLES * 0.1, stats
 
 
 def test_a_reference_that_cancels_to_zero_is_not_a_mismatch():

@@ -105,7 +105,9 @@ def test_head_permutation_catches_a_wrong_gqa_mapping():
     assert "tensor parameters permuted along H: sink" in report
 
 
-LEAK = "p = tl.where(keep, s_e, 1e-30)"  # dropped keys get a weight of 1e-30 instead of 0
+# The kernel applies a mask by setting q·k to −inf on dropped pairs; at −200 instead, a dropped
+# key gets a weight of about 2^-72 (with the test's scale) instead of 0.
+LEAK = ('qk = tl.where(keep, qk, float("-inf"))', 'qk = tl.where(keep, qk, -200.0)')
 
 
 CAUSAL = "mask = kv_idx <= q_idx + (n_kv - n_q)"
@@ -127,9 +129,9 @@ def _broken_kernel(monkeypatch, name, old, new):
 
 
 def test_masked_keys_catches_a_leak_the_reference_comparison_cannot_see(monkeypatch):
-    attn = _broken_kernel(monkeypatch, "leaky", "p = tl.where(keep, s_e, 0.0)", LEAK)
+    attn = _broken_kernel(monkeypatch, "leaky", *LEAK)
     p = problem(Nq=4, Nkv=6)
-    at.assert_matches_reference(attn, p)  # a 1e-30 weight on N(0, 1) values is far below any bound
+    at.assert_matches_reference(attn, p)  # a 2^-72 weight on N(0, 1) values is far below any bound
     with pytest.raises(AssertionError) as info:
         at.check(attn, examples=20, seed=0, properties="masked_keys", max_batch=1, heads=((1, 1),),
                  **{**SMALL, "max_len": 17})
