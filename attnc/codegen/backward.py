@@ -46,7 +46,7 @@ class BackwardSource:
     num_coefs: int  # columns of Coef
     runtime_tiles: bool  # takes the runtime tile classification (``runtime/sparsity.py``)
     operand_modes: tuple[tuple[str, str], ...] = ()  # ("ds" | "w", mode): ``_BwdBuilder.operand_mode``
-    qtile_cols: int = 2  # QTiles columns: the key range, then a scale exponent per scaled operand
+    qtile_cols: int = 4  # QTiles columns: the key range, the full range, then a scale exponent per scaled operand
     needs_vnorm: bool = False  # the rows kernel takes max_j ‖v_j‖ per (batch, kv head)
 
 
@@ -110,7 +110,7 @@ class _BwdBuilder(_Builder):
 
     @property
     def scaled(self) -> list[str]:
-        """The operands scaled into fp16, in QTiles column order (columns 2, 3, ...)."""
+        """The operands scaled into fp16, in QTiles column order (columns 4, 5, ...)."""
         return [name for name in ("ds", "w") if self.operand_mode(name) == "scaled"]
 
     def operand_bound(self, name: str) -> str | None:
@@ -135,7 +135,7 @@ class _BwdBuilder(_Builder):
         if self.needs_vnorm:
             lines += ["do_norm = tl.sqrt(tl.sum(do_tile.to(tl.float32) * do_tile.to(tl.float32), 1))",
                       "v_norm = tl.load(VNorm + off_b * stride_vnb + off_hkv * stride_vnh)"]
-        for col, name in enumerate(self.scaled, 2):
+        for col, name in enumerate(self.scaled, 4):
             lines += [f"{name}_exp = tl.floor(tl.log2({self.TARGET} / tl.maximum({self.operand_bound(name)}, 1e-30)))",
                       f"{name}_exp = tl.minimum(tl.maximum(tl.where({name}_exp == {name}_exp, {name}_exp, 0.0), -120.0), 120.0)",
                       f"tl.store(qt_ptr + {col}, tl.min(tl.where(row_ok, {name}_exp, 120.0), 0).to(tl.int32))"]
@@ -147,7 +147,7 @@ class _BwdBuilder(_Builder):
         """The dK/dV kernel's side: each accumulator a scaled operand feeds holds 2^e times its sum,
         e the smallest exponent of the query tiles seen (exact rescales when it drops)."""
         out = {"init": [], "scan_init": [], "scan": [], "head": [], "finish": []}
-        for col, name in enumerate(self.scaled, 2):
+        for col, name in enumerate(self.scaled, 4):
             acc = self.ACC[name]
             out["init"].append(f"{acc}_exp = n_qt * 0 + 120  # {acc} holds 2^{acc}_exp times its sum")
             out["scan_init"].append(f"{name}_exp_h = n_qt * 0 + 120")
@@ -323,14 +323,18 @@ class _BwdBuilder(_Builder):
             lines.append(f"{self.names[name]} = tl.load(cf_ptrs + {k} * stride_cc, mask=row_ok, other=0.0)")
         return lines
 
-    def kv_body(self) -> list[str]:
+    def kv_body(self, full: bool = False) -> list[str]:
+        """One query tile of the dK/dV kernel: on a ``full`` one (inside the mask's full range for
+        this key tile, no padded rows: ``QTiles``) only the residual atoms are evaluated."""
         bp = self.bp
-        lines = [self.keep_line(True, rows=True)]
+        keep = self.kv_full_keep() if full else self.keep_line(True, rows=True)
+        k = keep and "keep"
+        lines = [keep] if keep else []
         pair_grads = [g for g in bp.load_grads if g.pair is not None]
         lines += self.pair_stages([bp.ds, bp.dqk, bp.dv_weight] + [g.pair for g in pair_grads])
-        lines.append(f"ds = {self.kept(self.full(bp.ds, n.PAIR), 'keep')}")
-        lines.append(f"dqk = {self.kept(self.full(bp.dqk, n.PAIR), 'keep')}")
-        lines.append(f"w = {self.kept(self.full(bp.dv_weight, n.PAIR), 'keep')}")
+        lines.append(f"ds = {self.kept(self.full(bp.ds, n.PAIR), k)}")
+        lines.append(f"dqk = {self.kept(self.full(bp.dqk, n.PAIR), k)}")
+        lines.append(f"w = {self.kept(self.full(bp.dv_weight, n.PAIR), k)}")
         for name, var, other, shape in (("w", "dv", "do_tile", "[BLOCK_N, BLOCK_M] x [BLOCK_M, BLOCK_DV]"),
                                          ("ds", "dk", "q_tile", "[BLOCK_N, BLOCK_M] x [BLOCK_M, BLOCK_D]")):
             mode = self.operand_mode(name)
@@ -343,9 +347,11 @@ class _BwdBuilder(_Builder):
             for ix in g.load.indices:
                 ranks |= n.free_ranks(ix, self.ranks)
             lines.append(f"if GRAD_{t}:  # ∂/∂{g.load.tensor}, per pair")
-            lines.append(f"    gval = {self.kept(self.full(g.pair, n.PAIR), 'keep')}")
+            lines.append(f"    gval = {self.kept(self.full(g.pair, n.PAIR), k)}")
             ptr = f"{t}_grad + {self.offset(g.load, 'pair', 'gstride')}"
-            if ranks >= {"i", "j"}:
+            if ranks >= {"i", "j"} and k is None:
+                lines.append(f"    tl.atomic_add({ptr}, gval)")
+            elif ranks >= {"i", "j"}:
                 lines.append(f"    tl.atomic_add({ptr}, gval, mask=keep != 0)")  # != 0: an int1 mask whatever keep was built from
             elif "i" in ranks:
                 lines.append(f"    tl.atomic_add({ptr}, tl.sum(gval, 1)[:, None], mask=row_ok[:, None])")
@@ -354,6 +360,24 @@ class _BwdBuilder(_Builder):
             else:
                 lines.append(f"    tl.atomic_add({ptr}, tl.sum(tl.sum(gval, 1), 0))")
         return lines
+
+    def kv_full_keep(self) -> str | None:
+        """The keep of a full query tile in the dK/dV kernel: the full tiles' residual atoms (the
+        rows kernel's congruence form needs its per-row residues; here the atoms are printed)."""
+        residual = self.bounds.full_residual
+        if not residual:
+            return None
+        expr = residual[0]
+        for r in residual[1:]:
+            expr = n.Binary("and", expr, r, n.BOOL)
+        return f"keep = {self.full(expr, n.PAIR)}"
+
+    def full_range(self) -> tuple[str, str]:
+        """This query tile's tile-aligned full key range [a, b) for ``QTiles`` (empty when the mask
+        has several clauses: their full ranges are per piece)."""
+        if self.bounds.runtime or len(self.bounds.clauses) > 1:
+            return "0", "0"
+        return "mid_lo", "mid_hi"
 
     def stat_loads(self) -> list[str]:
         lines = [f"{self.names[name]} = tl.load(st_ptrs + {k} * stride_sc, mask=row_ok, other=0.0)"
@@ -386,12 +410,17 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
     kv_hoisted = b.hoist(loop_exprs, "j")
     kv_loads = b.kv_loads()
     kv_body = b.kv_body()
+    kv_full_body = b.kv_body(full=True)
+    # a full query tile has no padded rows: only then do its rows all hold loaded values
+    whole_rows = "((t + 1) * BLOCK_M <= n_q)"
+    full_a, full_b = b.full_range()
     if b.bounds.runtime:  # the runtime classification's column of this key tile
         first = end = "0"
         scan_what = "the runtime tile classification's column of this key tile"
         scan_lines = ["cls = tl.load(TileCls + off_b * stride_tcb + off_h * stride_tch + t * stride_tcm + pid_n, "
                       "mask=t_ok, other=0)",
-                      "meets = t_ok & (cls != 0)"]
+                      "meets = t_ok & (cls != 0)",
+                      f"full = meets & (cls == 2) & {whole_rows}"]
     else:
         clauses = len(b.bounds.clauses)
         first, end = ("lo_t", "end") if clauses == 1 else ("lo_t_1", "cursor")
@@ -399,7 +428,10 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         scan_lines = ["qt_ptrs = QTiles + off_b * stride_qtb + off_h * stride_qth + t * stride_qtm",
                       "first = tl.load(qt_ptrs, mask=t_ok, other=0)",
                       "end = tl.load(qt_ptrs + 1, mask=t_ok, other=0)",
-                      "meets = t_ok & (start_n < end) & (start_n + BLOCK_N > first)"]
+                      "meets = t_ok & (start_n < end) & (start_n + BLOCK_N > first)",
+                      "full_a = tl.load(qt_ptrs + 2, mask=t_ok, other=0)",
+                      "full_b = tl.load(qt_ptrs + 3, mask=t_ok, other=0)",
+                      f"full = meets & (start_n >= full_a) & (start_n + BLOCK_N <= full_b) & {whole_rows}"]
     kv_scale = b.kv_scale_lines()
     scan_lines += kv_scale["scan"]
     text = _env().get_template("backward.py.jinja").render(
@@ -425,6 +457,8 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         runtime_tiles=b.bounds.runtime,
         range_first=first,
         range_end=end,
+        full_first=full_a,
+        full_end=full_b,
         scan_what=scan_what,
         scan_lines=scan_lines,
         rows_specialize=specialize_lines(spec.dtype, {**FORWARD_STRIDES, **_DO_DQ}),
@@ -436,6 +470,7 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         dq_loop=dq_loop,
         kv_loads=kv_loads,
         kv_body=kv_body,
+        kv_full_body=kv_full_body,
         needs_vnorm=b.needs_vnorm,
         scaled=b.scaled,
         rows_scale_lines=b.rows_scale_lines(),
@@ -443,5 +478,5 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
     )
     return BackwardSource(text, tuple(tensors), tuple(scalars), tuple(grads), len(bplan.stats) + 1,
                           len(bplan.coefs), b.bounds.runtime,
-                          tuple((name, b.operand_mode(name)) for name in ("ds", "w")), 2 + len(b.scaled),
+                          tuple((name, b.operand_mode(name)) for name in ("ds", "w")), 4 + len(b.scaled),
                           b.needs_vnorm)

@@ -4,8 +4,9 @@ A kernel built ahead of time (``runtime/aot.py``) is disassembled with the ``nvd
 bundles, with line information, so each machine instruction is tied to a line of the generated
 ``.py`` file. A loop is a backward branch; the loops that matter are the innermost ones that
 issue matrix instructions (``HGMMA`` on sm_90, ``HMMA`` on sm_80), and each is named after the
-``for`` of the generated source whose body most of its instructions come from (the template
-marks them ``# full tiles`` / ``# boundary tiles`` / ``# query tiles``).
+``for`` of the generated source whose body most of its instructions come from (the templates
+mark them ``# full tiles`` / ``# boundary tiles``, ``# full query tiles`` / ``# boundary query
+tiles`` in the dK/dV kernel).
 
 Per iteration of such a loop, per warp, the model counts every instruction, the matrix
 instructions and the floating-point work they do, the special-function (``MUFU``) instructions,
@@ -335,11 +336,12 @@ class KernelPerf:
     @cached_property
     def main(self) -> LoopCost | None:
         """The loop that runs for most tiles: the full-tile loops of every pass combined (one per
-        pass), else the boundary-tile loops, else every MMA loop (the dK/dV kernel's query loop)."""
-        for kind in ("full tiles", "boundary tiles"):
-            chosen = _one_per_pass([lp for lp in self.loops if lp.name == kind])
+        pass; the dK/dV kernel's full query tiles), else the boundary-tile loops, else every MMA
+        loop."""
+        for kind in ("full", "boundary"):
+            chosen = _one_per_pass([lp for lp in self.loops if lp.name.split()[0] == kind])
             if chosen:
-                return combine(chosen, kind)
+                return combine(chosen, chosen[0].name if len(chosen) == 1 else f"{kind} tiles")
         return combine(list(self.loops), "loop") if self.loops else None
 
 
