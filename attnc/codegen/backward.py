@@ -265,6 +265,7 @@ class _BwdBuilder(_Builder):
         return lines
 
     def jsum_tile(self, jsums, masked: bool) -> list[str]:
+        self.tile_masked = masked
         keep = self.keep_line(masked, rows=False)
         lines = keep.split("\n") if keep else []
         lines += self.pair_stages([j.body for j in jsums])
@@ -274,6 +275,7 @@ class _BwdBuilder(_Builder):
         return lines
 
     def dq_tile(self, masked: bool) -> list[str]:
+        self.tile_masked = masked
         keep = self.keep_line(masked, rows=False)
         k = keep and "keep"
         lines = keep.split("\n") if keep else []
@@ -327,6 +329,7 @@ class _BwdBuilder(_Builder):
         """One query tile of the dK/dV kernel: on a ``full`` one (inside the mask's full range for
         this key tile, no padded rows: ``QTiles``) only the residual atoms are evaluated."""
         bp = self.bp
+        self.tile_masked = True  # the key tile is the program's: col_ok exists in every query tile
         keep = self.kv_full_keep() if full else self.keep_line(True, rows=True)
         k = keep and "keep"
         lines = [keep] if keep else []

@@ -47,6 +47,7 @@ class ExprPrinter:
 
     _wide = False
     rows = "offs_m"  # the query positions; key ranges use their own int64 vector
+    cols = "offs_n"  # the key positions
     # How the raw score scale·qk prints. The forward kernel folds scale's sign into q (so its
     # qk is sign(scale)·q·k) and prints the raw score as |scale|·qk: the same value, exactly.
     score_scale = "scale"
@@ -81,7 +82,7 @@ class ExprPrinter:
             if e.name == "i":
                 return self.rows if ctx == "row" else f"{self.rows}[:, None]"
             if e.name == "j":
-                return "offs_n[None, :]"
+                return f"{self.cols}[None, :]"
             return {"b": "off_b", "h": "off_h", "n_q": "n_q", "n_kv": "n_kv", "head_dim": "head_dim",
                     "n_heads": "n_heads", "n_kv_heads": "n_kv_heads", "scale": "scale"}[e.name]
         if isinstance(e, n.Param):  # bool parameters arrive as int32 kernel arguments

@@ -21,7 +21,7 @@ from ..ir.bounds import tile_bounds
 from ..ir.names import kernel_ident
 from ..ir.passes import PassPlan, plan_passes
 from ..ir.printer import cascade_text
-from ..ir.ranges import absorbs, weight_range
+from ..ir.ranges import absorbs, index_in_range, weight_range
 from .exprs import ExprPrinter, is_raw_score, qk_only_in_raw_score
 
 CODEGEN_VERSION = "11"
@@ -90,13 +90,29 @@ class _Builder:
         self.pass_of = {r.stage: r.pass_index for r in plan.reductions}
 
     # -- tensor parameter reads: indices clamped into range, as in the reference
+    tile_masked = True  # the tile being printed may have key columns past n_kv (``_load``)
+
     def _load(self, e: n.Load, ctx: str) -> str:
+        """A tensor read, its indices clamped into range as the language says — unless an index is
+        proven in range for every valid (b, h, i, j) (``ir/ranges.py: index_in_range``): then it is
+        used as it is, with the padded rows' (and, on boundary tiles, key columns') positions held
+        at the last valid one (``offs_m_safe``, ``offs_n_safe``: once per row or column, not per
+        element), so no read leaves the tensor."""
         t = kernel_ident(e.tensor)
-        offset = " + ".join(
-            f"tl.minimum(tl.maximum({self.printer(ix, ctx)}, 0), {t}_size{k} - 1) * {t}_stride{k}"
-            for k, ix in enumerate(e.indices)
-        )
-        value = f"tl.load({t} + {offset})"
+        dims = next(p.dims for p in self.c.params if p.name == e.tensor)
+        parts = []
+        for k, ix in enumerate(e.indices):
+            if dims[k] != n.ANY_DIM and index_in_range(ix, dims[k]):
+                saved = self.printer.rows, self.printer.cols
+                self.printer.rows = "offs_m_safe"
+                self.printer.cols = "offs_n_safe" if self.tile_masked else "offs_n"
+                try:
+                    parts.append(f"({self.printer(ix, ctx)}) * {t}_stride{k}")
+                finally:
+                    self.printer.rows, self.printer.cols = saved
+            else:
+                parts.append(f"tl.minimum(tl.maximum({self.printer(ix, ctx)}, 0), {t}_size{k} - 1) * {t}_stride{k}")
+        value = f"tl.load({t} + {' + '.join(parts)})"
         if e.type == n.INT:
             return f"{value}.to(tl.int32)"
         if e.type == n.BOOL:
@@ -204,6 +220,7 @@ class _Builder:
         olds = sorted({x.stage for r in reductions.values() if r.rescale is not None
                        for x in n.walk(r.rescale) if isinstance(x, n.Running) and x.when == "old"})
         body = [f"{self.names[name]}_old = {self.names[name]}" for name in olds]
+        self.tile_masked = masked
         lines, keep = self.tile_keep(masked)
         body += lines
         self.keep = keep
@@ -237,6 +254,7 @@ class _Builder:
         if keep is not None:
             body.insert(keep_at, f"keep = {keep}")
         self.printer.pair_overrides = {}
+        self.tile_masked = True
         if k == 1 and self.counts_keys:
             body.append("n_kept += tl.sum(keep.to(tl.int32), 1)" if keep is not None else "n_kept += BLOCK_N")
         return body

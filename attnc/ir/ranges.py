@@ -258,3 +258,68 @@ def absorbs(c: n.Cascade, reduction: n.Expr) -> bool:
         want = {"sum": ZERO, "max": NEG_INF, "min": POS_INF}[reduction.op]
         return at_masked_pair(c, reduction.body) == want
     return False
+
+
+# -- tensor indices proven in range ---------------------------------------------------------------
+# Kernels clamp every tensor-parameter index into its dimension (the language's semantics for an
+# index out of range). Where the index stays inside the dimension for every query i < n_q, key
+# j < n_kv, head and batch, whatever the sizes (the runtime checks each tensor's shape against
+# its declared dimensions), the clamp is an identity and the kernel drops it.
+
+def index_in_range(index: n.Expr, dim: n.Expr) -> bool:
+    """Whether ``0 <= index < dim`` for every valid (b, h, i, j) and every size: ``index`` affine in
+    the indices with integer coefficients over sizes and constants, ``dim`` a shape expression of
+    sizes (``N_Q``, ``N_KV``, ``H``, ``B``, ... — packed batches' ``N_Q``/``N_KV`` may exceed a
+    sequence's ``n_q``/``n_kv``). Anything else is not proven (False)."""
+    import sympy as sp
+
+    t = {name: sp.Symbol(f"t_{name}", nonnegative=True) for name in
+         ("n_q", "n_kv", "n_heads", "n_kv_heads", "head_dim", "head_dim_v", "batch", "aq", "akv")}
+    one = sp.Integer(1)
+    size = {"n_q": one + t["n_q"], "n_kv": one + t["n_kv"], "n_heads": one + t["n_heads"],
+            "n_kv_heads": one + t["n_kv_heads"], "head_dim": one + t["head_dim"],
+            "B": one + t["batch"], "H": one + t["n_heads"], "H_KV": one + t["n_kv_heads"],
+            "N_Q": one + t["n_q"] + t["aq"], "N_KV": one + t["n_kv"] + t["akv"],
+            "D": one + t["head_dim"], "D_V": one + t["head_dim_v"]}
+    idx = {name: sp.Symbol(name) for name in ("i", "j", "h", "b")}
+    top = {"i": size["n_q"] - 1, "j": size["n_kv"] - 1, "h": size["n_heads"] - 1, "b": size["B"] - 1}
+
+    def conv(e: n.Expr):
+        if isinstance(e, n.Const) and e.type == n.INT:
+            return sp.Integer(int(e.value))
+        if isinstance(e, n.Var):
+            return idx.get(e.name, size.get(e.name))
+        if isinstance(e, n.Unary) and e.op == "-":
+            x = conv(e.operand)
+            return None if x is None else -x
+        if isinstance(e, n.Binary) and e.op in ("+", "-", "*") and e.type == n.INT:
+            a, b = conv(e.left), conv(e.right)
+            if a is None or b is None:
+                return None
+            return a + b if e.op == "+" else a - b if e.op == "-" else a * b
+        return None
+
+    x, d = conv(index), conv(dim)
+    if x is None or d is None or any(s in d.free_symbols for s in idx.values()):
+        return False
+    x = sp.expand(x)
+    lo, hi = x, x
+    for name, s in idx.items():
+        c = x.coeff(s)
+        if c.free_symbols or not c.is_Integer or sp.expand(x - c * s).has(s):
+            return False  # not affine in this index with a constant coefficient
+        if c > 0:
+            lo, hi = lo.subs(s, 0), hi.subs(s, top[name])
+        elif c < 0:
+            lo, hi = lo.subs(s, top[name]), hi.subs(s, 0)
+    return _nonnegative(sp.expand(lo)) and _nonnegative(sp.expand(d - 1 - hi))
+
+
+def _nonnegative(e) -> bool:
+    """Whether a polynomial in nonnegative symbols is nonnegative: every coefficient is (sufficient)."""
+    import sympy as sp
+
+    poly = sp.Poly(e, *sorted(e.free_symbols, key=str)) if e.free_symbols else None
+    if poly is None:
+        return bool(e >= 0)
+    return all(c >= 0 for c in poly.coeffs())

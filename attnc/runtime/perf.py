@@ -344,6 +344,16 @@ class KernelPerf:
                 return combine(chosen, chosen[0].name if len(chosen) == 1 else f"{kind} tiles")
         return combine(list(self.loops), "loop") if self.loops else None
 
+    @cached_property
+    def boundary(self) -> LoopCost | None:
+        """The boundary-tile loops of every pass combined (one per pass), when the main loop is a
+        full-tile loop: the tiles the mask is evaluated on (for neighborhood masks, most of them)."""
+        main = self.main
+        if main is None or main.name.split()[0] != "full":
+            return None
+        chosen = _one_per_pass([lp for lp in self.loops if lp.name.split()[0] == "boundary"])
+        return combine(chosen, chosen[0].name if len(chosen) == 1 else "boundary tiles") if chosen else None
+
 
 def _one_per_pass(loops: list[LoopCost]) -> list[LoopCost]:
     """Of several loops of one kind, one per pass (source section): a pass's boundary loops before
@@ -447,8 +457,9 @@ def markdown(results: dict) -> str:
     cases = sorted({(job.capability, job.dtype, job.head_dim) for job, _ in builds}, key=lambda t: (-t[0], t[1], t[2]))
     out = []
     for fn in kinds:
-        out += [f"**{fn}** — main loop: ceiling / non-MMA instructions per 1k MMA FLOP "
-                f"(**bold**: below its target; `*` spill instructions in the loop)", ""]
+        out += [f"**{fn}** — main loop: ceiling / non-MMA instructions per 1k MMA FLOP, then the boundary-tile "
+                f"loop's ceiling in parentheses (**bold**: below its target; `*` spill instructions in the main loop)",
+                ""]
         header = "| variant | " + " | ".join(f"sm_{c} {'fp16' if d == 'float16' else 'bf16' if d == 'bfloat16' else d} D{h}"
                                             for c, d, h in cases) + " |"
         out += [header, "|---|" + "---:|" * len(cases)]
@@ -466,6 +477,8 @@ def markdown(results: dict) -> str:
                     continue
                 m = r.perf.main
                 cell = f"{m.ceiling(job.capability):.0%} / {m.nonmma_per_kflop:.2f}" + ("*" if m.spills else "")
+                if r.perf.boundary is not None:
+                    cell += f" ({r.perf.boundary.ceiling(job.capability):.0%})"
                 target = target_for(job.variant, fn, job.capability, job.dtype, job.head_dim)
                 if target and target_problems(target, r.perf, job.config.num_stages):
                     cell = f"**{cell}**"
@@ -473,19 +486,20 @@ def markdown(results: dict) -> str:
             out.append(f"| {variant} | " + " | ".join(cells) + " |")
         out.append("")
     out += ["<details><summary>Every build: tile, loop, instructions per iteration, MMA, loads, spills</summary>", "",
-            "| build | tile | loop | instr/iter | MMA | operands | wgmma | K/V loads | loop spills | REG | spilled B | smem B | per 1k | ceiling | bound |",
-            "|---|---|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+            "| build | tile | loop | instr/iter | MMA | operands | wgmma | K/V loads | loop spills | REG | spilled B | smem B | per 1k | ceiling | bound | boundary loop: instr / ceiling |",
+            "|---|---|---|---:|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for job, r in builds:
         c = job.config
         label = f"{job.variant} {job.function.removeprefix('attnc_')} sm_{job.capability} {job.dtype} D{job.head_dim}"
         tile = f"{c.block_m}×{c.block_n} w{c.num_warps} s{c.num_stages}"
         if isinstance(r, str) or r.perf.main is None:
-            out.append(f"| {label} | {tile} | {'failed' if isinstance(r, str) else 'no MMA'} |" + " |" * 12)
+            out.append(f"| {label} | {tile} | {'failed' if isinstance(r, str) else 'no MMA'} |" + " |" * 13)
             continue
-        m = r.perf.main
+        m, b = r.perf.main, r.perf.boundary
         wg = "carried" if m.wgmma_carried else "waited" if m.mma_kind == "HGMMA" else "—"
+        bcell = f"{b.instructions} / {b.ceiling(job.capability):.0%}" if b is not None else "—"
         out.append(f"| {label} | {tile} | {m.name} | {m.instructions} | {m.mma} {m.mma_kind} | {m.operands} | {wg} | "
                    f"{m.kv_loads} | {m.spills} | {r.registers} | {r.spilled_bytes} | {r.shared_bytes} | "
-                   f"{m.nonmma_per_kflop:.2f} | {m.ceiling(job.capability):.0%} | {m.bound(job.capability)} |")
+                   f"{m.nonmma_per_kflop:.2f} | {m.ceiling(job.capability):.0%} | {m.bound(job.capability)} | {bcell} |")
     out += ["", "</details>"]
     return "\n".join(out)

@@ -39,8 +39,6 @@ KNOWN_BELOW = {
     ("sigmoid", 64): 0.49, ("sigmoid_attention", 64): 0.49,
     # tanh(s / cap) = 1 - 2/(e^2x + 1): ex2 and rsqrt, then the softmax's ex2: three MUFU per element.
     ("softcap", 64): 0.32,
-    # a gather of table[h, j - i + n_q - 1] per element, its index clamped: 53 % at D = 64.
-    ("relative_bias", 64): 0.50,
 }
 
 

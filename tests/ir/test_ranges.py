@@ -60,3 +60,75 @@ def test_the_kernel_refuses_an_overflowing_call_and_writes_nothing(tmp_path, mon
     with pytest.raises(ValueError, match="beyond int32"):
         attn(q, q, q, window=2**30, dilation=4)
     assert attnc.compile_count() == before and not (tmp_path / "cache").exists()
+
+
+# ---------------------------------------------------------------------------- masked pairs, indices
+
+
+@pytest.mark.parametrize("name, absorbed", [
+    ("causal", True), ("sliding_window", True), ("document", True), ("natten2d", True), ("relu", True),
+    ("softcap", False),  # the mask on the raw score: cap·tanh(−inf) = −cap, not −inf
+    ("alibi", False),  # score − slope·(i − j): the slope's sign is not known
+    ("sigmoid_attention", False),  # sigmoid(s + bias): a float parameter may be ±inf
+    ("none", False),  # the weight is s itself
+])
+def test_which_reductions_get_their_identity_at_a_masked_pair(name, absorbed):
+    from attnc.ir.ranges import absorbs
+
+    c = attnc.library_cascade(name)
+    reds = [st_.expr for st_ in c.stages if isinstance(st_.expr, (n.Reduce, n.Contract))]
+    assert all(absorbs(c, r) for r in reds) == absorbed
+
+
+def test_at_masked_pair_follows_ieee_special_values():
+    from attnc.ir.ranges import NEG_INF, ZERO, at_masked_pair
+
+    c = attnc.library_cascade("causal")
+    s = n.Ref("s", n.FLOAT)
+    m = n.Ref("m", n.FLOAT)
+    assert at_masked_pair(c, s) == NEG_INF
+    assert at_masked_pair(c, n.Call("exp", (n.Binary("-", s, m, n.FLOAT),), n.FLOAT)) == ZERO
+    assert at_masked_pair(c, n.Binary("*", s, n.Const(0.0, n.FLOAT), n.FLOAT)) is None  # −inf·0: NaN
+    assert at_masked_pair(c, n.Binary("-", s, s, n.FLOAT)) is None  # −inf − (−inf)
+    assert at_masked_pair(c, n.Binary("*", s, n.Const(-2.0, n.FLOAT), n.FLOAT)) == "+inf"
+
+
+def _v(name):
+    return n.Var(name, n.INT)
+
+
+def _b(op, a, b):
+    return n.Binary(op, a, b, n.INT)
+
+
+@pytest.mark.parametrize("index, dim, proven", [
+    (_b("-", _b("+", _b("-", _v("j"), _v("i")), _v("n_q")), n.Const(1, n.INT)),
+     _b("-", _b("+", _v("N_Q"), _v("N_KV")), n.Const(1, n.INT)), True),  # relative_bias's table
+    (_v("h"), _v("H"), True), (_v("b"), _v("B"), True), (_v("j"), _v("N_KV"), True),
+    (_v("i"), _v("N_KV"), False),  # n_q may exceed n_kv: document's doc[b, q_idx]
+    (_b("+", _v("j"), n.Const(1, n.INT)), _v("N_KV"), False),
+    (_b("-", _v("j"), _v("i")), _v("N_KV"), False),  # negative when i > j
+    (_b("*", _v("j"), n.Const(2, n.INT)), _b("*", _v("N_KV"), n.Const(2, n.INT)), True),
+    (_b("//", _v("j"), n.Const(2, n.INT)), _v("N_KV"), False),  # not affine: not proven
+])
+def test_tensor_indices_proven_in_range(index, dim, proven):
+    from attnc.ir.ranges import index_in_range
+
+    assert index_in_range(index, dim) == proven
+
+
+@settings(max_examples=60, deadline=None)
+@given(nq=st.integers(1, 9), nkv=st.integers(1, 9), aq=st.integers(0, 3), akv=st.integers(0, 3),
+       a=st.integers(-2, 2), b=st.integers(-2, 2), c=st.integers(-3, 3))
+def test_a_proven_index_is_in_range_on_every_pair(nq, nkv, aq, akv, a, b, c):
+    # soundness by enumeration: a·i + b·j + c + (n_q − 1) proven in [0, N_Q + N_KV − 1) must be
+    from attnc.ir.ranges import index_in_range
+
+    index = _b("+", _b("+", _b("*", _v("i"), n.Const(a, n.INT)), _b("*", _v("j"), n.Const(b, n.INT))),
+               _b("+", n.Const(c, n.INT), _b("-", _v("n_q"), n.Const(1, n.INT))))
+    dim = _b("-", _b("+", _v("N_Q"), _v("N_KV")), n.Const(1, n.INT))
+    if index_in_range(index, dim):
+        size = (nq + aq) + (nkv + akv) - 1
+        for i in range(nq):
+            for j in range(nkv):
+                assert 0 <= a * i + b * j + c + nq - 1 < size
