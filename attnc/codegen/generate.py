@@ -5,6 +5,15 @@ query tile of one (batch, head); each pass of the plan is one loop over the key 
 loop the stages run in cascade order: pair maps become tile variables, j-reductions of the pass
 update their running state — rescaled by the factor the pass analysis proved — and per-query
 maps are recomputed where the pass reads them. Nothing here knows a normalization by name.
+
+What keeps the key loop lean (issue 15; ``docs/performance.md`` measures each from the SASS):
+the ``ALIGNED``/``EVEN_D`` fast path (``specialize_lines``: vector loads, cp.async, pipelining);
+scale's sign folded into q, so a max over raw scores is a max over q·k (``fold_sign``); a mask
+applied once, as q·k = −inf, where every reduction provably gets its identity there
+(``absorbs``); boundary tiles tested against the rows' exact intervals, congruences in two
+instructions (``tile_keep``); per-row parts of expressions computed before the loop (``hoist``);
+tensor reads without clamps where the index is proven in range (``_load``); the empty-row rule
+from the intervals where they decide it (``counts_keys``).
 """
 
 from __future__ import annotations

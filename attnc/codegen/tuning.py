@@ -14,9 +14,10 @@ Two families, chosen by the runtime from the inputs (``runtime/compiler.py: fast
   at 81 %: the per-iteration overhead is spread over half the work), 128×64 at D ≤ 128 (128×128
   spills in its boundary loop); sm_80: 128×64 on 8 warps at D ≤ 64, 64×64 on 4 at D ≤ 128 (128×64
   spills there).
-* the general path (transposed or odd strides, fp32): scalar loads whose 64-bit addresses are
-  registers; the small tiles found, by ahead-of-time builds, not to spill for any library kernel.
-  FlashAttention-style 128×64 tiles spilled there for every variant, 8 B to 3 KB.
+* the general path (odd strides, misaligned starts, head dims not a multiple of 16 bytes) and
+  fp32: scalar loads whose 64-bit addresses take registers; the small tiles chosen, by
+  ahead-of-time builds, before the fast path existed (FlashAttention-style 128×64 tiles spilled
+  8 B to 3 KB there). Its builds spill at most a few hundred bytes (``tests/codegen/test_aot.py``).
 """
 
 from __future__ import annotations
