@@ -69,6 +69,7 @@ class _BwdBuilder(_Builder):
             self.ranks[name] = ranks
             self.names[name] = bwd_ident(name)
         self.printer = ExprPrinter(self.ranks, self.names, self._load, {st.name: st.expr for st in c.stages})
+        self.printer.hardware_tanh = spec.hardware_tanh  # the forward's tanh, so P is recomputed alike
         self.bounds = tile_bounds(c)
         self.dot_precision = ', input_precision="ieee"' if spec.upcast else ""
         self.spec = spec

@@ -55,6 +55,8 @@ class ExprPrinter:
     pair_overrides: dict = {}
     # sub-expression → name of its value computed once before a loop (``_Builder.hoist``)
     hoisted: dict = {}
+    # tanh by the hardware's tanh.approx (helpers.py.jinja): compiled fp16/bf16 kernels only
+    hardware_tanh = False
 
     def key_range_expr(self, e: n.Expr) -> str:
         """``e`` (free of j) per row of the key-range computation, in int64 (see ``wide``)."""
@@ -141,13 +143,18 @@ class ExprPrinter:
         x = args[0]
         fn = e.fn
         simple = {"exp": "tl.exp", "exp2": "tl.exp2", "log": "tl.log", "log2": "tl.log2", "sqrt": "tl.sqrt",
-                  "rsqrt": "tl.rsqrt", "sigmoid": "tl.sigmoid", "sin": "tl.sin", "cos": "tl.cos", "abs": "tl.abs"}
+                  "rsqrt": "tl.rsqrt", "sin": "tl.sin", "cos": "tl.cos", "abs": "tl.abs"}
         if fn == "exp":
             return f"tl.exp2({self.log2e_times(e.args[0], ctx)})"
         if fn in simple:
             return f"{simple[fn]}({x})"
+        if fn == "tanh" and self.hardware_tanh:
+            return f"_tanh_approx({x})"
         if fn in ("tanh", "log1p", "softplus"):  # helpers defined in the kernel template
             return f"_{fn}({x})"
+        if fn == "sigmoid":  # on a whole tile, half the reciprocals on the FMA units (helpers)
+            whole = ctx == "pair" and {"i", "j"} <= n.free_ranks(e.args[0], self.stage_ranks)
+            return f"_sigmoid_tile({x})" if whole else f"_sigmoid({x})"
         if fn == "relu":
             return f"tl.maximum({x}, {'0' if e.type == n.INT else '0.0'})"
         if fn in ("min", "max"):

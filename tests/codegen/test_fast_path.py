@@ -1,6 +1,6 @@
 """The kernels' fast path (``ALIGNED``/``EVEN_D``, chosen by ``runtime/compiler.py: fast_path``)
 and general path agree with the float64 reference: hypothesis over memory layouts (strides),
-head dims 16–192 (80, 96, 192 padded to a power of two), lengths that are not multiples of the
+head dims 16–256 (80, 96, 192 padded to a power of two), lengths that are not multiples of the
 tile, dtypes; and the pieces issue 15 added to the kernels: congruence masks tested in two
 instructions, fp16 score gradients scaled into fp16's range, the dK/dV kernel's scan of query
 tiles (also when they are not contiguous, and per GQA head). Outputs poisoned first.
@@ -75,7 +75,7 @@ def flags_seen(monkeypatch):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.sampled_from(VARIANTS), dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32]),
-       D=st.sampled_from([16, 24, 40, 64, 80, 96, 128, 192]), nq=st.sampled_from([1, 15, 17, 33]),
+       D=st.sampled_from([16, 24, 40, 64, 80, 96, 128, 192, 256]), nq=st.sampled_from([1, 15, 17, 33]),
        nkv=st.sampled_from([1, 16, 19, 40]), layout=st.sampled_from(sorted(at.LAYOUTS)),
        heads=st.sampled_from([(1, 1), (2, 1), (4, 2)]), seed=st.integers(0, 2**20))
 def test_fast_and_general_paths_match_the_reference(flags_seen, name, dtype, D, nq, nkv, layout, heads, seed):
@@ -182,3 +182,43 @@ def test_dkdv_scan_handles_query_tiles_that_are_not_contiguous():
         problem = _problem(a, torch.float32, 16, 70, 70, "contiguous", 3, heads)
         at.assert_matches_reference(a, problem)
         at.assert_gradients(a, problem)
+
+
+# ---------------------------------------------------------------------------- special functions
+
+
+def test_hardware_tanh_only_in_compiled_16_bit_kernels():
+    # tanh.approx (2^-11 relative error) where the kernel rounds to 16 bits anyway; fp32 kernels
+    # and the interpreter (no inline assembly) keep the accurate formula, forward and backward
+    from attnc.codegen.backward import generate_backward
+    from attnc.codegen.generate import Specialization, generate
+    from attnc.ir.layout import kernel_cascade
+    from attnc.runtime.frontend import library_cascade
+
+    c = kernel_cascade(library_cascade("softcap"))
+    for dtype in ("float16", "bfloat16", "float32"):
+        for interpret in (False, True):
+            spec = Specialization(dtype, interpret)
+            hardware = dtype != "float32" and not interpret
+            for text in (generate(c, spec).text, generate_backward(c, spec).text):
+                body = text.split("def _softplus")[1]  # past the helper definitions
+                assert ("_tanh_approx(" in body) == hardware and ("_tanh(" in body) != hardware, (dtype, interpret)
+
+
+def test_sigmoid_on_a_tile_matches_torch_over_its_whole_range():
+    # half of a tile's reciprocals run on the FMA units (helpers.py.jinja: _rcp_fma, a bit-trick
+    # guess and Newton steps): scores from −1e4 to 1e4 (σ from 0 through denormals to 1), a masked
+    # key (σ(−inf) = 0) and a NaN query element (its row NaN, the others untouched)
+    attn = attnc.compile("attention sig:\n    mask = kv_idx != 5\n    norm = sigmoid(0.0)\n")
+    assert "_sigmoid_tile(" in attn.kernel_path(torch.float32).read_text()
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 1, 64, 16, generator=g) * torch.logspace(-3, 2, 64).view(1, 1, 64, 1)
+    k, v = torch.randn(1, 1, 64, 16, generator=g), torch.randn(1, 1, 64, 16, generator=g)
+    q[0, 0, 7, 3] = float("nan")
+    out = attn(q, k, v)
+    s = (q.double() @ k.double().transpose(-1, -2)) / 4.0
+    s[..., 5] = float("-inf")
+    want = torch.sigmoid(s) @ v.double()
+    assert torch.isnan(out[0, 0, 7]).all()
+    rows = torch.arange(64) != 7
+    assert torch.allclose(out[0, 0, rows].double(), want[0, 0, rows], rtol=1e-5, atol=1e-5)
