@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ..ir import backward as bw
 from ..ir import nodes as n
 from ..ir.bounds import tile_bounds
-from ..ir.names import kernel_ident
+from ..ir.names import derived_ident, grad_arg_names, kernel_ident, tensor_arg_names
 from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text
 from .exprs import ExprPrinter
@@ -253,7 +253,8 @@ class _BwdBuilder(_Builder):
 
     def offset(self, load: n.Load, ctx: str, stride: str) -> str:
         t = kernel_ident(load.tensor)
-        return " + ".join(f"tl.minimum(tl.maximum({self.printer(ix, ctx)}, 0), {t}_size{k} - 1) * {t}_{stride}{k}"
+        return " + ".join(f"tl.minimum(tl.maximum({self.printer(ix, ctx)}, 0), {derived_ident(t, f'size{k}')} - 1) * "
+                          f"{derived_ident(t, f'{stride}{k}')}"
                           for k, ix in enumerate(load.indices))
 
     # -- the row kernel
@@ -312,7 +313,7 @@ class _BwdBuilder(_Builder):
             t = kernel_ident(g.load.tensor)
             lines.append(f"if GRAD_{t}:  # ∂/∂{g.load.tensor}, per row")
             lines.append(f"    gval = tl.where(has_key & row_ok, {self.full(g.row, n.ROW)}, 0.0)")
-            ptr = f"{t}_grad + {self.offset(g.load, 'row', 'gstride')}"
+            ptr = f"{derived_ident(t, 'grad')} + {self.offset(g.load, 'row', 'gstride')}"
             if "i" in n.free_ranks(g.load, self.ranks):
                 lines.append(f"    tl.atomic_add({ptr}, gval, mask=row_ok)")
             else:
@@ -352,7 +353,7 @@ class _BwdBuilder(_Builder):
                 ranks |= n.free_ranks(ix, self.ranks)
             lines.append(f"if GRAD_{t}:  # ∂/∂{g.load.tensor}, per pair")
             lines.append(f"    gval = {self.kept(self.full(g.pair, n.PAIR), k)}")
-            ptr = f"{t}_grad + {self.offset(g.load, 'pair', 'gstride')}"
+            ptr = f"{derived_ident(t, 'grad')} + {self.offset(g.load, 'pair', 'gstride')}"
             if ranks >= {"i", "j"} and k is None:
                 lines.append(f"    tl.atomic_add({ptr}, gval)")
             elif ranks >= {"i", "j"}:
@@ -445,9 +446,8 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         cascade_lines=cascade_text(c).rstrip("\n").split("\n"),
         rows_name=ROWS_KERNEL,
         kv_name=KV_KERNEL,
-        tensors=[{"ident": kernel_ident(p.name), "ndim": len(p.dims)} for p in tensors],
-        grads=[{"ident": kernel_ident(p.name), "ndim": len(p.dims), "flag": f"GRAD_{kernel_ident(p.name)}"}
-               for p in grads],
+        tensors=[tensor_arg_names(p.name, len(p.dims)) for p in tensors],
+        grads=[{"args": grad_arg_names(p.name, len(p.dims)), "flag": f"GRAD_{kernel_ident(p.name)}"} for p in grads],
         scalars=[kernel_ident(p.name) for p in scalars],
         upcast=".to(tl.float32)" if spec.upcast else "",
         dot_precision=b.dot_precision,

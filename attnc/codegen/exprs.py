@@ -18,6 +18,7 @@ generated name (see ``ir/names.py``).
 from __future__ import annotations
 
 from ..ir import nodes as n
+from ..ir.names import derived_ident
 from ..ir.printer import const_text
 
 _TL_TYPES = {n.INT: "tl.int32", n.FLOAT: "tl.float32", n.BOOL: "tl.int1"}
@@ -101,7 +102,7 @@ class ExprPrinter:
             return name
         if isinstance(e, n.Running):
             base = self.names[e.stage]
-            name = f"{base}_old" if e.when == "old" else base
+            name = derived_ident(base, "old") if e.when == "old" else base
             return name if ctx == "row" else f"{name}[:, None]"
         if isinstance(e, n.Unary):
             x = self.p(e.operand, ctx)

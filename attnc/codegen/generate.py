@@ -27,13 +27,13 @@ import jinja2
 
 from ..ir import nodes as n
 from ..ir.bounds import tile_bounds
-from ..ir.names import kernel_ident
+from ..ir.names import derived_ident, kernel_ident, tensor_arg_names
 from ..ir.passes import PassPlan, plan_passes
 from ..ir.printer import cascade_text
 from ..ir.ranges import absorbs, index_in_range, weight_range
 from .exprs import ExprPrinter, is_raw_score, qk_only_in_raw_score
 
-CODEGEN_VERSION = "12"
+CODEGEN_VERSION = "13"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
@@ -122,11 +122,12 @@ class _Builder:
                 self.printer.rows = "offs_m_safe"
                 self.printer.cols = "offs_n_safe" if self.tile_masked else "offs_n"
                 try:
-                    parts.append(f"({self.printer(ix, ctx)}) * {t}_stride{k}")
+                    parts.append(f"({self.printer(ix, ctx)}) * {derived_ident(t, f'stride{k}')}")
                 finally:
                     self.printer.rows, self.printer.cols = saved
             else:
-                parts.append(f"tl.minimum(tl.maximum({self.printer(ix, ctx)}, 0), {t}_size{k} - 1) * {t}_stride{k}")
+                parts.append(f"tl.minimum(tl.maximum({self.printer(ix, ctx)}, 0), {derived_ident(t, f'size{k}')} - 1) * "
+                             f"{derived_ident(t, f'stride{k}')}")
         value = f"tl.load({t} + {' + '.join(parts)})"
         if e.type == n.INT:
             return f"{value}.to(tl.int32)"
@@ -234,7 +235,7 @@ class _Builder:
         need = self._needed_in_pass(k)
         olds = sorted({x.stage for r in reductions.values() if r.rescale is not None
                        for x in n.walk(r.rescale) if isinstance(x, n.Running) and x.when == "old"})
-        body = [f"{self.names[name]}_old = {self.names[name]}" for name in olds]
+        body = [f"{derived_ident(self.names[name], 'old')} = {self.names[name]}" for name in olds]
         self.tile_masked = masked
         lines, keep = self.tile_keep(masked)
         body += lines
@@ -250,7 +251,7 @@ class _Builder:
             self.keep = None
             extrema = [st.name for st in self.c.stages
                        if isinstance(st.expr, n.Reduce) and st.expr.op in ("max", "min") and st.name in need]
-            self.printer.pair_overrides = {name: f"{self.names[name]}_safe" for name in extrema}
+            self.printer.pair_overrides = {name: derived_ident(self.names[name], "safe") for name in extrema}
             for name in extrema:
                 if name not in reductions:  # complete from an earlier pass
                     body.append(self._safe_line(name))
@@ -283,7 +284,7 @@ class _Builder:
     def _safe_line(self, name: str) -> str:
         var = self.names[name]
         fill = 'float("-inf")' if self.stages[name].expr.op == "max" else 'float("inf")'
-        return f"{var}_safe = tl.where({var} == {fill}, 0.0, {var})"
+        return f"{derived_ident(var, 'safe')} = tl.where({var} == {fill}, 0.0, {var})"
 
     @property
     def interval_tests(self) -> bool:
@@ -641,7 +642,7 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         cascade_lines=cascade_text(c).rstrip("\n").split("\n"),
         kernel_name=KERNEL_NAME,
         specialize=specialize_lines(spec.dtype, FORWARD_STRIDES),
-        tensors=[{"ident": kernel_ident(p.name), "ndim": len(p.dims)} for p in tensors],
+        tensors=[tensor_arg_names(p.name, len(p.dims)) for p in tensors],
         scalars=[kernel_ident(p.name) for p in scalars],
         passes=passes,
         upcast=".to(tl.float32)" if spec.upcast else "",

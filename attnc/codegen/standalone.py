@@ -93,8 +93,8 @@ def standalone_source(c: n.Cascade, dtype: str, module_hint: str = "attention_ke
     demo_sizes = {"n_q": 33, "n_kv": 33, "head_dim": 64, "n_heads": 2, "n_kv_heads": 2, "scale": 0.125,
                   "B": 1, "H": 2, "H_KV": 2, "N_Q": 33, "N_KV": 33, "D": 64, "D_V": 64}
     demo_scalars = {p.name: 4 for p in c.params if p.kind != "tensor"}
-    demo = "".join(f", {p.name}={_demo_value(p, demo_sizes, demo_scalars)}"
-                   for p in c.params if p.default is None)
+    demo = "{" + ", ".join(f'"{p.name}": {_demo_value(p, demo_sizes, demo_scalars)}'
+                           for p in c.params if p.default is None) + "}"
     sig = ", ".join(f"{p.name}" for p in c.params)
     dns = unspecialized(_kernel_argnames(source.text, source.kernel_name))
     text = _env().get_template("standalone.jinja").render(
@@ -115,6 +115,7 @@ def standalone_source(c: n.Cascade, dtype: str, module_hint: str = "attention_ke
         scalars=scalars,
         tensors=tensors,
         demo_args=demo,
+        parameter_names=repr(tuple(p.name for p in c.params)),
         runtime_tiles=source.runtime_tiles,
     )
     return text

@@ -19,6 +19,7 @@ from ..dsl.errors import Span, SpecError, suggest
 from ..dsl.loader import Scope
 from ..dsl.parser import KEYWORDS
 from . import nodes as n
+from .names import CALL_ARGUMENTS
 from .simplify import simplify
 from .verify import verify
 
@@ -825,6 +826,9 @@ def _param_specs(d: ast.Def, scope: Scope) -> tuple[list[n.ParamSpec], dict]:
             raise SpecError(f"`{p.name}` is a built-in name; choose another parameter name", p.span)
         if p.name.startswith("_"):
             raise SpecError(f"names starting with `_` are reserved for the compiler: `{p.name}`", p.span)
+        if p.name in CALL_ARGUMENTS:
+            raise SpecError(f"parameter `{p.name}` would be shadowed by the call's own `{p.name}` argument "
+                            f"(attn(q, k, v, *, scale=, return_lse=, **params)); choose another name", p.span)
         seen.add(p.name)
         if isinstance(p.type, ast.TensorType):
             if p.default is not None:

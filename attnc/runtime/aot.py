@@ -22,12 +22,12 @@ frame* (``STACK``), and ptxas's own ``-v`` log counts them as "bytes spill store
 The kernel's argument list is read off the generated function, not written down here: Q, K, V,
 Out are pointers of the input dtype, Lse a float32 pointer; a tensor parameter ``u_x`` is a
 pointer of the type the runtime passes (int → int32, bool → int8, float → float32) followed by
-``u_x_sizeK`` / ``u_x_strideK``; scalar parameters are i32 (int, bool) or fp32 (float);
+``sizeK_u_x`` / ``strideK_u_x``; scalar parameters are i32 (int, bool) or fp32 (float);
 ``scale`` is fp32; every other runtime argument is an i32 size or stride; ``tl.constexpr``
 parameters take their values from the launch config, the padded head dims, their defaults in
 the kernel (the backward's ``GRAD_<param>`` flags: True), or ``constexprs=``. The backward's
-DO, DQ, DK, DV are pointers of the input dtype, DL / Stats / Coef and the ``<param>_grad``
-buffers fp32 pointers, ``<param>_gstrideK`` i32. Pointers carry the 16-byte alignment hint the
+DO, DQ, DK, DV are pointers of the input dtype, DL / Stats / Coef and the ``grad_u_<param>``
+buffers fp32 pointers, ``gstrideK_u_<param>`` i32. Pointers carry the 16-byte alignment hint the
 runtime gives torch tensors; integers are not specialized (the runtime marks them
 ``do_not_specialize``).
 """
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import os
 import re
@@ -53,8 +52,9 @@ from ..codegen.backward import KV_KERNEL, ROWS_KERNEL, generate_backward
 from ..codegen.generate import KERNEL_NAME, Specialization, generate
 from ..codegen.tuning import LaunchConfig, bwd_gpu_config, gpu_configs
 from ..ir import nodes as n
-from ..ir.names import kernel_ident
+from ..ir.names import grad_arg_names, kernel_ident, tensor_arg_names
 from ..ir.passes import plan_passes
+from .cache import cache_dir, load_module, store
 
 # The runtime's dtype names → Triton signature element types.
 _ELEM = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
@@ -231,14 +231,9 @@ def _dtype_name(dtype) -> str:
     return name
 
 
-def _aot_dir() -> Path:
-    base = os.environ.get("ATTNC_CACHE_DIR") or Path.home() / ".cache" / "attnc"
-    return Path(base) / "aot"
-
-
 def _import_source(text: str, names: tuple[str, ...]) -> tuple[dict, Path]:
-    """Write ``text`` to ``$ATTNC_CACHE_DIR/aot/<hash>.py`` (Triton reads kernels back through
-    ``inspect``), import it under its own module name, jit its helpers and then the functions
+    """Store ``text`` as ``$ATTNC_CACHE_DIR/aot/<hash>.py``, run it as its own module (from the
+    text, as ``runtime/cache.py`` loads every kernel), jit its helpers and then the functions
     ``names``: ({name: jitted function}, path). Memoized on the text."""
     import triton
 
@@ -247,18 +242,9 @@ def _import_source(text: str, names: tuple[str, ...]) -> tuple[dict, Path]:
         hit = _kernels.get(key)
         if hit is not None and all(name in hit[0] for name in names):
             return hit
-        path = _aot_dir() / f"{key}.py"
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        name = f"attnc_aot_{key}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+        path = cache_dir() / "aot" / f"{key}.py"
+        store(path, text)
+        module = load_module(text, path, f"attnc_aot_{key}")
         for helper in getattr(module, "HELPERS", ()):  # helpers must be jitted before the kernel is
             setattr(module, helper, triton.jit(getattr(module, helper)))
         _kernels[key] = ({fn: triton.jit(getattr(module, fn)) for fn in names}, path)
@@ -308,10 +294,11 @@ def signature_for(fn, cascade: n.Cascade, dtype: str, extra_types: dict[str, str
     for p in cascade.params:
         ident = kernel_ident(p.name)
         if p.kind == "tensor":
-            known[ident] = _TENSOR_ELEM[p.elem]
-            for k in range(len(p.dims)):
-                known[f"{ident}_size{k}"] = known[f"{ident}_stride{k}"] = known[f"{ident}_gstride{k}"] = "i32"
-            known[f"{ident}_grad"] = "*fp32"
+            pointer, *sizes = tensor_arg_names(p.name, len(p.dims))
+            grad, *gstrides = grad_arg_names(p.name, len(p.dims))
+            known[pointer] = _TENSOR_ELEM[p.elem]
+            known.update({x: "i32" for x in sizes + gstrides})
+            known[grad] = "*fp32"
         else:
             known[ident] = _SCALAR[p.kind]
     known.update(extra_types or {})
@@ -483,7 +470,7 @@ def aot_compile_backward(cascade: n.Cascade, dtype: str, head_dim: int, head_dim
     ``config`` defaults to the one the runtime launches both with (``bwd_gpu_config``). The
     ``GRAD_<param>`` constexprs keep their default (True: every gradient computed, the most
     registers); ``constexprs`` overrides them or any other. DO, DQ, DK, DV are pointers of the
-    input dtype, DL / Stats / Coef and the ``<param>_grad`` buffers fp32, ``<param>_gstrideK`` i32.
+    input dtype, DL / Stats / Coef and the ``grad_u_<param>`` buffers fp32, ``gstrideK_u_<param>`` i32.
     ``source_transform``, ``compile_options``, ``fast`` and ``perf`` as for ``aot_compile``.
     """
     problem = toolchain_problem(capability)

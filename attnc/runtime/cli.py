@@ -20,6 +20,7 @@ SPEC is a path to a spec file or the name of a library variant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -101,10 +102,14 @@ def cmd_compile(spec: str, name: str | None, out_path: str | None, dtype: str, o
     target = name or sf.cascade().name
     cascade = sf.cascade(target)
     path = Path(out_path or f"{target}_kernel.py")
+    if not path.parent.is_dir():
+        raise ValueError(f"-o {path}: directory {path.parent} does not exist; create it first")
     text = standalone_source(cascade, dtype, module_hint=path.stem)
-    from .compiler import _write_atomic
+    from .cache import write_atomic
 
-    _write_atomic(path, text)
+    umask = os.umask(0)
+    os.umask(umask)
+    write_atomic(path, text, mode=0o666 & ~umask, parents=False)  # as `open(path, "w")` would
     print(f"wrote {path} ({cascade.name}, {dtype}, {len(text.splitlines())} lines; needs torch and triton only)",
           file=out)
     return 0

@@ -5,7 +5,8 @@
 same source through Triton's interpreter (no environment variable needed).
 
 Kernel sources are cached in memory and on disk (``$ATTNC_CACHE_DIR``, default
-``~/.cache/attnc``), written atomically; the key covers the cascade text, the codegen version,
+``~/.cache/attnc``, checked and written as ``runtime/cache.py`` says; kernels run from the text
+in memory, never from the disk); the key covers the cascade text, the codegen version,
 the Triton version and the specialization (dtype class, interpreter or not). Sizes, batch and
 runtime scalar parameters are kernel arguments that Triton does not specialize on, so changing
 them never recompiles; ``compile_count()`` counts kernel builds so tests can check that.
@@ -15,10 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import os
-import sys
-import tempfile
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from ..ir.backward import derive_backward
 from ..ir.layout import permute
 from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text
+from .cache import cache_dir, load_module, store
 from .frontend import library_spec, spec_from_file, spec_from_text
 from .layout import GridPlan, gather, grid_dims, scatter
 from .sparsity import TileCache, classify
@@ -53,29 +52,12 @@ def compile_count() -> int:
     return _builds
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("ATTNC_CACHE_DIR") or Path.home() / ".cache" / "attnc")
-
-
 def cache_key(c: n.Cascade, spec: Specialization, kind: str = "fwd") -> str:
     h = hashlib.sha256()
     for part in (cascade_text(c), CODEGEN_VERSION, triton.__version__, spec.dtype, str(spec.interpret), kind):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 _STDLIB_CACHE: dict = {}
@@ -114,15 +96,6 @@ def _interpreted_stdlib():
             setattr(owner, name, member)
 
 
-def _load_module(path: Path, key: str):
-    name = f"attnc_kernel_{key}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # triton reads the source back through inspect
-    spec.loader.exec_module(module)
-    return module
-
-
 def _kernel_fns(module, names, interpret: bool) -> dict:
     """The kernels ``names`` of a generated module: interpreted, or jitted with sizes, strides and
     runtime parameters unspecialized (the module's helpers are jitted first)."""
@@ -141,8 +114,8 @@ def _kernel_fns(module, names, interpret: bool) -> dict:
 
 
 def _cached(key: str, make_source, build):
-    """From memory, else ``build(source, path, module)`` on the source ``make_source()`` gives,
-    written atomically to the disk cache (rewritten only when it differs) and imported."""
+    """From memory, else ``build(source, path, module)`` on the source ``make_source()`` gives:
+    stored in the disk cache for the user to read, and run from the text itself."""
     global _builds
     with _lock:
         if key in _memory:
@@ -152,9 +125,8 @@ def _cached(key: str, make_source, build):
         # under one key (an attnc checkout being edited) never import each other's kernel
         name = f"{key}_{hashlib.sha256(source.text.encode()).hexdigest()[:12]}"
         path = cache_dir() / f"{name}.py"
-        if not path.exists() or path.read_text(encoding="utf-8") != source.text:
-            _write_atomic(path, source.text)
-        _memory[key] = build(source, path, _load_module(path, name))
+        store(path, source.text)  # for the user to read; the kernel runs from the text in memory
+        _memory[key] = build(source, path, load_module(source.text, path, f"attnc_kernel_{name}"))
         _builds += 1
         return _memory[key]
 
