@@ -16,6 +16,7 @@ class Source:
 
     name: str
     text: str
+    quote: bool = True  # False: diagnostics say file:line:col but never show the text (not known to be a spec)
 
     def line(self, lineno: int) -> str:
         # Lines end at "\n" only, as the lexer counts them (str.splitlines would also split
@@ -72,6 +73,8 @@ class SpecError(Exception):
             head = f"error: {self.message}"
             return "\n".join([head, *(f"note: {n}" for n in self.notes)])
         sp = self.span
+        if not sp.source.quote:
+            return "\n".join([f"{sp}: error: {self.message}", *(f"note: {n}" for n in self.notes)])
         text = sp.source.line(sp.line).expandtabs(1)
         end = sp.end_col if sp.end_line == sp.line else len(text) + 1
         width = max(1, min(end, len(text) + 1) - sp.col)

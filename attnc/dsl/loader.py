@@ -9,12 +9,46 @@ name of its file.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ast
-from .errors import Span, SpecError, suggest
+from .errors import Source, Span, SpecError, suggest
 from .parser import parse
+
+MAX_SPEC_BYTES = 1 << 20  # a spec file (or an imported one) larger than 1 MiB is refused unread
+
+
+def _read_spec_file(path: Path, span: Span | None) -> bytes:
+    """The bytes of a regular file of at most ``MAX_SPEC_BYTES``: never a device, pipe or
+    terminal (``/dev/zero`` would be read forever, ``/dev/stdin`` would block)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise SpecError(f"cannot read spec file {str(path)!r}: {err.strerror or type(err).__name__}", span) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecError(f"{str(path)!r} is not a regular file; a spec must be a file of text", span)
+        if st.st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"spec file {str(path)!r} is {st.st_size} bytes; the limit is {MAX_SPEC_BYTES}", span)
+        chunks, size = [], 0
+        while size <= MAX_SPEC_BYTES:  # the size may change while reading: never past the limit
+            chunk = os.read(fd, MAX_SPEC_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"spec file {str(path)!r} is over {MAX_SPEC_BYTES} bytes", span)
+        return b"".join(chunks)
+    except OSError as err:
+        raise SpecError(f"cannot read spec file {str(path)!r}: {err.strerror or type(err).__name__}", span) from None
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -99,25 +133,33 @@ class Loader:
         if key in self._loading:
             chain = " → ".join(p.name for p in self._loading[self._loading.index(key):] + [key])
             raise SpecError(f"import cycle: {chain}", span)
-        try:
-            raw = path.read_bytes()
-        except OSError as err:
-            reason = err.strerror or type(err).__name__
-            raise SpecError(f"cannot read spec file {str(path)!r}: {reason}", span) from None
+        raw = _read_spec_file(path, span)
         try:
             text = raw.decode("utf-8-sig")  # a leading byte-order mark is not part of the spec
         except UnicodeDecodeError as err:
             raise SpecError(f"spec file {str(path)!r} is not UTF-8 text (byte {err.start})", span) from None
         self._loading.append(key)
         try:
-            scope = self.load_text(text, str(path), base_dir=path.parent, is_library=is_library)
+            scope = self.load_text(text, str(path), base_dir=path.parent, is_library=is_library,
+                                   claimed=path.suffix == ".attn")
         finally:
             self._loading.pop()
         self._files[key] = scope
         return scope
 
-    def load_text(self, text: str, name: str = "<string>", base_dir: Path | None = None, *, is_library: bool = False) -> Scope:
-        module = parse(text, name)
+    def load_text(self, text: str, name: str = "<string>", base_dir: Path | None = None, *, is_library: bool = False,
+                  claimed: bool = True) -> Scope:
+        """``claimed``: the text says it is a spec (text given as such, a ``*.attn`` file). A file
+        that is not may be anything (``attnc check /etc/passwd``): if it does not parse, the
+        error says where, never what it holds."""
+        try:
+            module = parse(text, name)
+        except SpecError as err:
+            if claimed or err.span is None:
+                raise
+            raise SpecError(f"{name!r} is not a spec: it does not parse at line {err.span.line}, column "
+                            f"{err.span.col} (spec files are named *.attn; the file's text is not shown)",
+                            dataclasses.replace(err.span, source=Source(name, "", quote=False))) from None
         scope = Scope(module, self, base_dir, is_library=is_library)
         first_seen: dict[str, tuple[Span | None, str]] = {}
         for item in module.items:  # in source order, so a clash is reported at its second use

@@ -8,7 +8,6 @@ after a keyword one, an inconsistent dedent), becomes a ``SpecError`` pointing a
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +23,7 @@ GRAMMAR_PATH = Path(__file__).with_name("attn.lark")
 # Deeper trees than this are rejected before any recursive pass sees them, so no spec can
 # exhaust Python's stack. Hand-written specs stay far below it.
 MAX_NESTING = 120
+FLOAT32_MAX = 3.4028234663852886e38  # float literals past it would be inf in a kernel
 
 _OPEN = {"LPAR", "LSQB"}
 _CLOSE = {"RPAR", "RSQB"}
@@ -262,8 +262,9 @@ class _ToAst(Transformer):
 
     def float_lit(self, meta, c):
         value = float(c[0].value)
-        if math.isinf(value):
-            raise SpecError(f"the number {c[0].value} is too large for a float", self.sp(meta))
+        if not abs(value) <= FLOAT32_MAX:
+            raise SpecError(f"the number {c[0].value} is too large for a float: kernels compute in float32, "
+                            f"whose largest value is {FLOAT32_MAX:.7g}", self.sp(meta))
         return ast.Num(value, False, self.sp(meta))
 
     def true_lit(self, meta, c):
@@ -324,29 +325,38 @@ def _describe_token(tok: Token) -> str:
     return f"`{tok.value}`"
 
 
+# The rules that are one level of an expression (an operation, a call, an index); statements,
+# argument lists and literals around them are not counted, so `s + 1 + … + 1` with 120 `+` is
+# 120 levels, as docs/language.md says.
+_OPERATION_RULES = frozenset({"ifexp", "or_expr", "or_op", "and_expr", "and_op", "not_expr", "not_op", "comparison",
+                              "binop", "unary", "power", "postfix", "call", "reduction", "index"})
+
+
 def _max_depth(tree: Tree) -> int:
     deepest = 0
-    stack = [(tree, 1)]
+    stack = [(tree, 0)]
     while stack:
         node, d = stack.pop()
+        d += node.data in _OPERATION_RULES
         deepest = max(deepest, d)
         if d > MAX_NESTING:
             return d
         for child in node.children:
             if isinstance(child, Tree):
-                stack.append((child, d + 1))
+                stack.append((child, d))
     return deepest
 
 
 def _deepest_span(src: Source, tree: Tree) -> Span | None:
-    stack = [(tree, 1)]
+    stack = [(tree, 0)]
     while stack:
         node, d = stack.pop()
+        d += node.data in _OPERATION_RULES
         if d > MAX_NESTING:
             return _span(src, node.meta)
         for child in node.children:
             if isinstance(child, Tree):
-                stack.append((child, d + 1))
+                stack.append((child, d))
     return None
 
 
@@ -444,7 +454,8 @@ def parse(text: str, filename: str = "<string>") -> ast.Module:
         raise SpecError(f"cannot parse this spec ({type(err).__name__})", Span(src, 1, 1, 1, 2)) from None
     if _max_depth(tree) > MAX_NESTING:
         raise SpecError(
-            f"expression nested too deeply (more than {MAX_NESTING} levels); split it with `let`",
+            f"expression nested too deeply (more than {MAX_NESTING} levels); lets are inlined, so a stage "
+            f"cannot compute a deeper one either: shorten the chain of operations",
             _deepest_span(src, tree),
         )
     try:

@@ -23,7 +23,7 @@ import torch
 
 from . import ast
 from .errors import Source, Span, SpecError
-from .parser import KEYWORDS
+from .parser import FLOAT32_MAX, KEYWORDS
 
 SCORE_ARGS = ("score", "b", "h", "q_idx", "kv_idx")
 MASK_ARGS = ("b", "h", "q_idx", "kv_idx")
@@ -566,6 +566,15 @@ def extra_params(fn, role: str) -> list[ExtraParam]:
                 "number default (it becomes a runtime parameter of the attention)", where)
         if p.name in RESERVED or p.name.startswith("_"):
             raise SpecError(f"`{fn.__name__}`: parameter name `{p.name}` is reserved in attnc specs; rename it", where)
+        if not p.name.isascii():
+            raise SpecError(f"`{fn.__name__}`: parameter name `{p.name}` is not ASCII; spec names are ASCII "
+                            f"identifiers (letters, digits, `_`)", where)
+        if isinstance(p.default, float) and not abs(p.default) <= FLOAT32_MAX:
+            raise SpecError(f"`{fn.__name__}`: the default of `{p.name}` is {p.default}; a float parameter's default "
+                            f"must be a finite float32 number (|x| <= {FLOAT32_MAX:.7g})", where)
+        if isinstance(p.default, int) and not isinstance(p.default, bool) and not -(2**31) <= p.default < 2**31:
+            raise SpecError(f"`{fn.__name__}`: the default of `{p.name}` is {p.default}, which does not fit in "
+                            f"int32", where)
         out.append(ExtraParam(p.name, kind, p.default))
     return out
 

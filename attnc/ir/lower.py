@@ -859,9 +859,20 @@ def _param_specs(d: ast.Def, scope: Scope) -> tuple[list[n.ParamSpec], dict]:
 
 
 MAX_STAGE_NODES = 4000  # an inlined stage larger than this is almost surely a runaway definition
+# Deeper inlined expressions would exhaust Python's recursion in later passes (range analysis,
+# sympy, the printers); the parser's own limit per written expression is the same.
+MAX_STAGE_DEPTH = 128  # MAX_NESTING, and the few levels the language adds (score = scale · q·k, ...)
 
 
 def _check_size(e: n.Expr, what: str, span) -> None:
+    depth = n.tree_depth(e)
+    if depth > MAX_STAGE_DEPTH:
+        raise SpecError(
+            f"{what} is {depth} operations deep once definitions and lets are inlined (the limit is "
+            f"{MAX_STAGE_DEPTH}); a `let` names a value but does not make what it computes shallower, "
+            f"so shorten the chain of operations",
+            span,
+        )
     size = n.tree_size(e)
     if size > MAX_STAGE_NODES:
         raise SpecError(

@@ -313,6 +313,24 @@ def tree_size(e: Expr, _memo: dict | None = None) -> int:
     return memo[key][1]
 
 
+def tree_depth(e: Expr) -> int:
+    """The number of nodes on ``e``'s longest root-to-leaf path (without recursion: this is what
+    bounds every recursive pass after it)."""
+    depth: dict[int, int] = {}
+    stack = [(e, False)]
+    while stack:
+        x, expanded = stack.pop()
+        if id(x) in depth:
+            continue
+        kids = children(x)
+        if expanded:
+            depth[id(x)] = 1 + max((depth[id(k)] for k in kids), default=0)
+        else:
+            stack.append((x, True))
+            stack.extend((k, False) for k in kids if id(k) not in depth)
+    return depth[id(e)]
+
+
 def refs(e: Expr) -> set[str]:
     return {n.stage for n in walk(e) if isinstance(n, Ref)}
 

@@ -54,6 +54,9 @@ class SpecFile:
             return self.cascades[stem]
         if len(self.cascades) == 1:
             return next(iter(self.cascades.values()))
+        if not self.cascades:
+            raise KeyError(f"{self.path} has no definition; write one, e.g. `attention NAME:` with a "
+                           f"`mask =` or `score =` line (docs/language.md)")
         raise KeyError(f"{self.path} defines several definitions ({', '.join(self.cascades)}); name one")
 
 
@@ -69,8 +72,7 @@ def _lower_all(scope: Scope) -> SpecFile:
             cascades[d.name] = lower_def(d, scope)
         except RecursionError:
             raise SpecError(
-                f"`{d.name}` expands into an expression too deep to compile; split it with `let` "
-                f"or simpler definitions",
+                f"`{d.name}` expands into an expression too deep to compile; use simpler definitions",
                 d.name_span,
             ) from None
     return SpecFile(scope.name, scope.module, cascades)

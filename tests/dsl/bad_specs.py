@@ -208,7 +208,7 @@ BAD_SPECS: list[BadSpec] = [
     B("constant-division-by-zero", "score g = score + 1.0 / 0.0\n", "not a finite number", 1, 19),
     B("constant-log-of-negative", "score g = score + log(-1.0)\n", "not a finite number", 1, 19),
     B("tensor-dimension-not-positive", "score g(t: tensor[-3] float) = score + t[0]\n", "at least 1", 1, 19),
-    B("nesting-too-deep", "mask g = " + "not " * 200 + "True\n", "nested too deeply", 1, 482),
+    B("nesting-too-deep", "mask g = " + "not " * 200 + "True\n", "nested too deeply", 1, 490),
     # BUG: lark VisitError (ValueError: Exceeds the limit (4300 digits) for integer string
     # conversion) escapes from the parser's int_lit.
     B("integer-literal-5000-digits", "mask g = q_idx < " + "9" * 5000 + "\n", "does not fit in 32 bits", 1, 18),
