@@ -220,6 +220,8 @@ def _lower_bool(e: ast.Bool, ctx: Ctx) -> n.Expr:
 
 
 def _lower_unary(e: ast.Unary, ctx: Ctx) -> n.Expr:
+    if e.op == "-" and isinstance(e.operand, ast.Num) and e.operand.is_int and e.operand.value == INT32_MAX + 1:
+        return n.Const(-(INT32_MAX + 1), n.INT)  # -2147483648: the literal alone would not fit
     x = lower_expr(e.operand, ctx)
     _num_operand(x, e.operand, e.op, allow_vec=True)
     if e.op == "+":

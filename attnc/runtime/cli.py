@@ -132,9 +132,37 @@ def _parse_params(items: list[str] | None) -> dict:
     for item in items or []:
         if "=" not in item:
             raise ValueError(f"--param takes name=value, got {item!r}")
-        key, value = item.split("=", 1)
-        params[key.strip()] = _parse_value(value.strip())
+        key, value = (x.strip() for x in item.split("=", 1))
+        if not key.isidentifier():
+            raise ValueError(f"--param takes name=value with a parameter name before `=`, got {item!r}")
+        params[key] = _parse_value(value)
     return params
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer ≥ 1 (sizes, counts)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _device(text: str) -> str:
+    """argparse type: a torch device this machine has."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("cuda: this machine has no CUDA device (use --device cpu)")
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: attnc runs on cpu and cuda")
+    return text
 
 
 def cmd_check(args, out) -> int:
@@ -279,32 +307,32 @@ def main(argv: list[str] | None = None) -> int:
     ch.add_argument("spec", help="a spec file, or the name of a library variant")
     ch.add_argument("name", nargs="?", help="one definition (default: the attentions, else every definition)")
     ch.add_argument("--dtype", default="all", choices=["all", "float32", "float16", "bfloat16"])
-    ch.add_argument("--batch", type=int, default=2)
-    ch.add_argument("--heads", type=int, default=4)
-    ch.add_argument("--kv-heads", type=int, default=2)
-    ch.add_argument("--nq", type=int, default=37)
-    ch.add_argument("--nkv", type=int, default=None, help="default: --nq")
-    ch.add_argument("--head-dim", type=int, default=32)
-    ch.add_argument("--head-dim-v", type=int, default=None, help="default: --head-dim")
+    ch.add_argument("--batch", type=_positive, default=2)
+    ch.add_argument("--heads", type=_positive, default=4)
+    ch.add_argument("--kv-heads", type=_positive, default=2)
+    ch.add_argument("--nq", type=_positive, default=37)
+    ch.add_argument("--nkv", type=_positive, default=None, help="default: --nq")
+    ch.add_argument("--head-dim", type=_positive, default=32)
+    ch.add_argument("--head-dim-v", type=_positive, default=None, help="default: --head-dim")
     ch.add_argument("--seed", type=int, default=0)
-    ch.add_argument("--examples", type=int, default=0,
+    ch.add_argument("--examples", type=_positive, default=None,
                     help="property-test on N drawn problems (attnc.testing) instead of one fixed shape")
     ch.add_argument("--property", action="append", metavar="NAME",  # checked in cmd_check: attnc.testing needs hypothesis
                     help="with --examples: a property to test (repeatable): reference (default), batch_split, "
-                         "head_permutation, masked_keys, empty_rows, or all (those that apply); see attnc.testing")
-    ch.add_argument("--device", default="cpu")
+                         "head_permutation, masked_keys, empty_rows, gradients, or all (those that apply); see attnc.testing")
+    ch.add_argument("--device", type=_device, default="cpu")
     ch.add_argument("--param", action="append", metavar="NAME=VALUE", help="a scalar parameter (repeatable)")
     sh = sub.add_parser("show", help="draw a mask, its tile classes and the kernel's tile visits as a PNG")
     sh.add_argument("spec", help="a spec file, or the name of a library variant")
     sh.add_argument("name", nargs="?", help="the definition to draw (default: the file's attention)")
-    sh.add_argument("--nq", type=int, default=256)
-    sh.add_argument("--nkv", type=int, default=None, help="default: --nq")
-    sh.add_argument("--block-m", type=int, default=64, help="query tile size, a power of two")
-    sh.add_argument("--block-n", type=int, default=64, help="key tile size, a power of two")
+    sh.add_argument("--nq", type=_positive, default=256)
+    sh.add_argument("--nkv", type=_positive, default=None, help="default: --nq")
+    sh.add_argument("--block-m", type=_positive, default=64, help="query tile size, a power of two")
+    sh.add_argument("--block-n", type=_positive, default=64, help="key tile size, a power of two")
     sh.add_argument("--param", action="append", metavar="NAME=VALUE",
                     help="a scalar parameter (repeatable); others take their defaults or are drawn like attnc check")
     sh.add_argument("-o", "--output", help="output PNG (default: NAME.png)")
-    sh.add_argument("--pixels", type=int, default=None, help="pixels per pair (default: fit in ~1024 px)")
+    sh.add_argument("--pixels", type=_positive, default=None, help="pixels per pair (default: fit in ~1024 px)")
     sh.add_argument("--no-visits", action="store_true",
                     help="do not run the kernel under the interpreter to count the tiles it visits (faster)")
     sub.add_parser("demo", help="compile, run and check a library variant")

@@ -41,6 +41,7 @@ from .layout import GridPlan, gather, grid_dims, scatter
 from .sparsity import TileCache, classify
 from .validate import bind_params, check_inputs, check_int32, sizes_of
 
+SPEC_OPENERS = ("attention", "mask", "score", "norm", "from", "#")  # how spec text (not a path) starts
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _lock = threading.RLock()
 _memory: dict[str, object] = {}
@@ -673,8 +674,11 @@ def _fp32_scalar(x: float) -> float:
 
 
 def compile(path_or_source: str | os.PathLike, name: str | None = None) -> Attention:
-    """Compile a spec file (a path) or spec text (anything with a newline) to an ``Attention``."""
-    if isinstance(path_or_source, os.PathLike) or (isinstance(path_or_source, str) and "\n" not in path_or_source):
+    """Compile a spec file (a path) or spec text to an ``Attention``. A ``str`` is spec text when it
+    has a line break, is blank, or begins with a definition or import (``attention a: ...``,
+    ``mask m = ...``); otherwise it is a path."""
+    if isinstance(path_or_source, os.PathLike) or (isinstance(path_or_source, str)
+                                                  and not _looks_like_spec_text(path_or_source)):
         spec = spec_from_file(path_or_source)
         origin = str(path_or_source)
     elif isinstance(path_or_source, str):
@@ -686,6 +690,11 @@ def compile(path_or_source: str | os.PathLike, name: str | None = None) -> Atten
         return Attention(spec.cascade(name), origin)
     except KeyError as err:
         raise SpecError(str(err.args[0])) from None
+
+
+def _looks_like_spec_text(text: str) -> bool:
+    words = text.split(maxsplit=1)
+    return "\n" in text or not words or (words[0] in SPEC_OPENERS and len(words) > 1)
 
 
 def load(name: str) -> Attention:

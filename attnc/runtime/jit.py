@@ -138,6 +138,8 @@ def build(score_mod=None, mask_mod=None, norm: str = DEFAULT_NORM, name: str | N
                   if norm_params else ast.Name(norm_name))
     body.append(ast.Assign("norm", norm_value))
     fn0 = mods[0][0] if mods else None
+    if name is not None and (not isinstance(name, str) or not name.isidentifier() or not name.isascii()):
+        raise TypeError(f"`name` must be an ASCII identifier (the attention's name in the spec), got {name!r}")
     attn_name = name or (getattr(fn0, "__name__", None) if fn0 is not None else None) or "traced"
     if not attn_name.isidentifier() or attn_name in RESERVED or attn_name.startswith("_") \
             or attn_name in {d.name for d in norm_defs}:

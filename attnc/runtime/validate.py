@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 
 from ..ir import nodes as n
@@ -23,6 +24,10 @@ def check_inputs(q, k, v, dtypes: tuple | None = None) -> tuple[int, int, int, i
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
+        if t.layout != torch.strided:
+            raise ValueError(f"`{name}` is a {t.layout} tensor; pass a dense one (`{name}.to_dense()`)")
+        if t.device.type == "meta":
+            raise ValueError(f"`{name}` is on the meta device, which holds no data; pass a CPU or CUDA tensor")
         if t.dim() != 4:
             raise ValueError(f"`{name}` must have 4 dimensions [B, H, N, D], got shape {tuple(t.shape)}")
         if not t.dtype.is_floating_point:
@@ -50,17 +55,31 @@ def sizes_of(q, k, v, scale: float | None) -> dict:
     B, Hq, Hkv, Nq, Nkv, D, Dv = q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], v.shape[3]
     if scale is None:
         scale = 1.0 / math.sqrt(D) if D > 0 else 1.0
+    scale = _number("`scale`", scale)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"`scale` must be a number, got {type(scale).__name__}")
     return {"n_q": Nq, "n_kv": Nkv, "head_dim": D, "n_heads": Hq, "n_kv_heads": Hkv, "scale": float(scale),
             "B": B, "H": Hq, "H_KV": Hkv, "N_Q": Nq, "N_KV": Nkv, "D": D, "D_V": Dv}
 
 
-def _scalar(spec: n.ParamSpec, value):
+def _number(what: str, value):
+    """A Python number for a one-element tensor or a numpy scalar (``np.float32(0.5)``,
+    ``torch.tensor(3)``); anything else unchanged. Scalars are kernel constants and get no
+    gradient, so a tensor that asks for one is refused rather than silently detached."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            raise TypeError(f"parameter `{spec.name}` is a scalar {spec.kind}, got a tensor of shape {tuple(value.shape)}")
+            raise TypeError(f"{what} is a scalar, got a tensor of shape {tuple(value.shape)}")
+        if value.requires_grad and torch.is_grad_enabled():
+            raise ValueError(f"{what} is a scalar (a kernel constant) and gets no gradient, but the tensor given "
+                             f"requires grad; pass `.detach()`, or declare a `tensor[1] float` parameter to learn it")
         value = value.item()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    return value
+
+
+def _scalar(spec: n.ParamSpec, value):
+    value = _number(f"parameter `{spec.name}`", value)
     if spec.kind == n.BOOL:
         if not isinstance(value, bool):
             raise TypeError(f"parameter `{spec.name}` is a bool, got {type(value).__name__}")

@@ -1,0 +1,143 @@
+"""Unusual arguments get a clean error naming the argument, or are accepted and mean what they say
+(issue 16, items 13, 14 and 15): meta and sparse tensors, numpy and 0-d tensor scalars, CLI
+options, `@attnc.jit` names and defaults, spec text that is empty or one line long."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import attnc
+from attnc.dsl.errors import SpecError
+from attnc.runtime import cli
+
+
+@pytest.fixture(scope="module")
+def window():
+    return attnc.load("sliding_window")
+
+
+def _qkv(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(1, 2, n, 16, generator=g) for _ in range(3))
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["meta", "sparse"])
+def test_meta_and_sparse_inputs_are_refused_by_name(window, which, kind):
+    args = list(_qkv())
+    args[which] = torch.empty(1, 2, 6, 16, device="meta") if kind == "meta" else args[which].to_sparse()
+    with pytest.raises(ValueError, match=f"`{'qkv'[which]}` is .*{kind}"):
+        window(*args, window=3)
+
+
+@pytest.mark.parametrize("value", [np.int64(3), np.int32(3), torch.tensor(3), 3.0])
+def test_numpy_and_tensor_scalars_as_int_parameters(window, value):
+    q, k, v = _qkv()
+    want = window.reference(q, k, v, window=3)
+    assert torch.allclose(window(q, k, v, window=value).double(), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [np.float32(0.25), np.float64(0.25), torch.tensor(0.25)])
+def test_numpy_and_tensor_scalars_as_scale_and_float_parameters(scale):
+    attn = attnc.load("softcap")
+    q, k, v = _qkv(seed=1)
+    want = attn.reference(q, k, v, scale=0.25, cap=0.5)
+    got = attn(q, k, v, scale=scale, cap=np.float32(0.5) if isinstance(scale, np.generic) else torch.tensor(0.5))
+    assert torch.allclose(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_scalar_that_requires_grad_is_refused_not_detached():
+    attn = attnc.load("softcap")
+    cap = torch.tensor(5.0, requires_grad=True)
+    with pytest.raises(ValueError, match="`cap`.*requires grad"):
+        attn(*_qkv(), cap=cap)
+    with torch.no_grad():  # no gradient asked for: the value is used
+        assert torch.isfinite(attn(*_qkv(), cap=cap)).all()
+
+
+@pytest.mark.parametrize("argv", [
+    ["check", "causal", "--nq", "-5"],
+    ["check", "causal", "--head-dim", "0"],
+    ["check", "causal", "--device", "foo"],
+    ["check", "causal", "--examples", "0"],
+    pytest.param(["check", "causal", "--device", "cuda"],
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+])
+def test_cli_bad_options_are_one_line_errors(capsys, argv):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("attnc check: error: argument --")
+
+
+def test_cli_bad_param_is_a_one_line_error(capsys):
+    assert cli.main(["check", "sliding_window", "--param", "=3"]) != 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--param takes name=value" in err
+
+
+def test_cli_property_help_lists_gradients(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["check", "--help"])
+    assert "gradients" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text", ["", "   \n", "# only a comment\n", "# only a comment"])
+def test_text_without_a_definition_says_so(text):
+    with pytest.raises(SpecError, match="no definition"):
+        attnc.compile(text)
+
+
+def test_one_line_spec_text_is_not_taken_for_a_path():
+    attn = attnc.compile("mask near = q_idx - kv_idx < 2 and kv_idx <= q_idx")
+    q, k, v = _qkv()
+    assert torch.allclose(attn(q, k, v).double(), attn.reference(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_int32_minimum_literal_is_accepted():
+    attn = attnc.compile("attention a(w: int = -2147483648):\n    mask = kv_idx - q_idx > w\n", name="a")
+    q, k, v = _qkv()
+    assert torch.allclose(attn(q, k, v).double(), attn.reference(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("literal", ["1e300", "3.5e38", "-1e39"])
+def test_float_literals_past_float32_are_refused(literal):
+    with pytest.raises(SpecError, match="too large for a float"):
+        attnc.compile(f"attention a:\n    score = score * {literal}\n", name="a")
+
+
+def _score_with_default(default):
+    def biased(score, b, h, q_idx, kv_idx, w=default):
+        return score * w
+    return biased
+
+
+@pytest.mark.parametrize("default", [math.inf, -math.inf, math.nan, 1e300, 2**40])
+def test_jit_bad_defaults_are_spec_errors_at_the_users_line(default):
+    fn = _score_with_default(default)
+    with pytest.raises(SpecError, match="default of `w`") as err:
+        attnc.jit(fn)
+    assert err.value.file == __file__ and err.value.line == fn.__code__.co_firstlineno
+
+
+def test_jit_non_ascii_parameter_is_a_spec_error_at_the_users_line():
+    def scaled(score, b, h, q_idx, kv_idx, wé=1.0):  # noqa: PLC2401 (the point of the test)
+        return score * wé
+
+    with pytest.raises(SpecError, match="not ASCII") as err:
+        attnc.jit(scaled)
+    assert err.value.file == __file__
+
+
+@pytest.mark.parametrize("name", [3, "a\nb", "é", "1a", ""])
+def test_jit_bad_names_are_refused(name):
+    def plain(score, b, h, q_idx, kv_idx):
+        return score
+
+    with pytest.raises(TypeError, match="`name`"):
+        attnc.jit(name=name)(plain)
