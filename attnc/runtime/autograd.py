@@ -58,9 +58,11 @@ def _backward(dout: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.
 def _(dout, dlse, q, k, v, out, stats, tensors, scalars, key, scale, grad_mask):
     attn = _REGISTRY[key]
     specs = [p for p in attn.cascade.params if p.kind == "tensor"]
-    grads = [torch.empty_like(t) if m and p.elem == n.FLOAT else q.new_empty(0)
+    # contiguous, as the kernels write them, whatever the inputs' strides (q/k/v are often
+    # transposed views of a qkv projection)
+    grads = [t.new_empty(t.shape) if m and p.elem == n.FLOAT else q.new_empty(0)
              for p, t, m in zip(specs, tensors, grad_mask, strict=True)]
-    return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)] + grads
+    return [q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)] + grads
 
 
 def _setup_context(ctx, inputs, output):

@@ -603,7 +603,7 @@ class Attention:
                  for p, t in zip(specs, tensors, strict=True) if any(g.name == p.name for g in src.grad_params) and wanted[p.name]}
         def result():  # a wanted gradient the plan proves 0 (no read depends on it) is zeros
             return dq, dk, dv, [grads[p.name].to(t.dtype) if p.name in grads else
-                                torch.zeros_like(t) if wanted[p.name] else None
+                                torch.zeros(t.shape, dtype=t.dtype, device=t.device) if wanted[p.name] else None
                                 for p, t in zip(specs, tensors, strict=True)]
 
         if min(B, Hq, Nq, Nkv) == 0:

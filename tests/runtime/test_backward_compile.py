@@ -162,3 +162,48 @@ def test_compiled_inference_without_grad():
     with torch.no_grad():
         got, want = compiled(q, k, v), f(q, k, v)
     assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_transposed_inputs_backward(backend):
+    """q/k/v as transposed views ([B, N, H, D] → [B, H, N, D], as after a qkv projection): the
+    fake backward promises the strides the kernels write (issue 16, item 5)."""
+    attn = attnc.load("causal")
+
+    def f(qt, kt, vt):
+        out = attn(qt.transpose(1, 2), kt.transpose(1, 2), vt.transpose(1, 2))
+        return out.transpose(1, 2)
+
+    compiled = torch.compile(f, backend=backend, fullgraph=True, dynamic=False)
+    g = torch.Generator().manual_seed(3)
+    base = [torch.randn(1, n, h, D, generator=g) for n, h in ((13, HQ), (13, HKV), (13, HKV))]
+    dout = torch.randn(1, 13, HQ, D, generator=g)
+    results = []
+    for fn in (compiled, f):
+        leaves = [t.clone().requires_grad_() for t in base]
+        out = fn(*leaves)
+        (out * dout).sum().backward()
+        results.append((out.detach(), [t.grad for t in leaves]))
+    (out_c, grads_c), (out_e, grads_e) = results
+    assert torch.allclose(out_c, out_e, atol=1e-5, rtol=1e-5)
+    for a, b in zip(grads_c, grads_e, strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["forward", "backward"])
+def test_fake_ops_match_the_real_ones_on_transposed_inputs(op):
+    """``torch.library.opcheck``: the fake implementations promise the shapes, dtypes and strides
+    the real ops return, for transposed q/k/v and a tensor parameter (issue 16, item 5: the
+    fake backward returned ``empty_like(q)`` strides, the kernels contiguous gradients)."""
+    attn = attnc.load("softmax_sink")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 13, 2, 16, generator=g).transpose(1, 2) for _ in range(3))
+    sink = torch.randn(2, generator=g)
+    fwd_args = (q, k, v, [sink], [], attn.op_key, 0.25)
+    if op == "forward":
+        torch.library.opcheck(torch.ops.attnc.forward.default, fwd_args, test_utils=("test_faketensor",))
+        return
+    out, lse, stats = torch.ops.attnc.forward(*fwd_args)
+    dout = torch.randn(out.shape, generator=g).transpose(1, 2).contiguous().transpose(1, 2)
+    args = (dout, torch.zeros_like(lse), q, k, v, out, stats, [sink], [], attn.op_key, 0.25, [True])
+    torch.library.opcheck(torch.ops.attnc.backward.default, args, test_utils=("test_faketensor",))
