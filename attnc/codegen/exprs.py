@@ -18,7 +18,7 @@ generated name (see ``ir/names.py``).
 from __future__ import annotations
 
 from ..ir import nodes as n
-from ..ir.names import derived_ident
+from ..ir.names import derived_ident, kernel_ident
 from ..ir.printer import const_text
 
 _TL_TYPES = {n.INT: "tl.int32", n.FLOAT: "tl.float32", n.BOOL: "tl.int1"}
@@ -89,7 +89,10 @@ class ExprPrinter:
             return {"b": "off_b", "h": "off_h", "n_q": "n_q", "n_kv": "n_kv", "head_dim": "head_dim",
                     "n_heads": "n_heads", "n_kv_heads": "n_kv_heads", "scale": "scale"}[e.name]
         if isinstance(e, n.Param):  # bool parameters arrive as int32 kernel arguments
-            return f"({self.names[e.name]} != 0)" if e.type == n.BOOL else self.names[e.name]
+            # by its own prefix, never through the stage names: a parameter and a stage of one
+            # name (a parameter `m` beside softmax's `m[i]`) are different values
+            ident = kernel_ident(e.name)
+            return f"({ident} != 0)" if e.type == n.BOOL else ident
         if isinstance(e, n.Load):
             return self.loads(e, ctx)
         if isinstance(e, n.Ref):

@@ -98,9 +98,7 @@ class _Builder:
         self.stages = {st.name: st for st in c.stages}
         self.ranks = {st.name: st.ranks for st in c.stages}
         self.names = {st.name: ("qk" if st.name == "qk" else "keep" if st.name == "keep" else kernel_ident(st.name, "s"))
-                      for st in c.stages}
-        for p in c.params:
-            self.names[p.name] = kernel_ident(p.name)
+                      for st in c.stages}  # stages only: parameters print as kernel_ident(name)
         self.printer = ExprPrinter(self.ranks, self.names, self._load, {st.name: st.expr for st in c.stages})
         self.pass_of = {r.stage: r.pass_index for r in plan.reductions}
 

@@ -88,7 +88,9 @@ class _Symbolic:
         return self._leaf[key]
 
     def reduction_symbol(self, stage: str, when: str | None = None) -> sp.Symbol:
-        name = stage if when is None else f"{stage}_{when}"
+        # sympy symbols are equal when their names are: the names of what is not a stage's own
+        # value carry a space, which no spec name has (`m (old)`, `param z`)
+        name = stage if when is None else f"{stage} ({when})"
         return self.leaf(("red", stage, when), name, False)
 
     def expr(self, e: n.Expr, subst: dict[str, sp.Expr]) -> sp.Expr:
@@ -102,7 +104,7 @@ class _Symbolic:
         if isinstance(e, n.Var):
             return self.leaf(("var", e.name), e.name, e.name == "j")
         if isinstance(e, n.Param):
-            return self.leaf(("param", e.name), e.name, False)
+            return self.leaf(("param", e.name), f"param {e.name}", False)
         if isinstance(e, n.Load):
             ranks = n.free_ranks(e, {st: s.ranks for st, s in self.stages.items()})
             return self.leaf(("load", e), expr_text(e), "j" in ranks)

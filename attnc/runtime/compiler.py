@@ -355,7 +355,7 @@ class Attention:
     def name(self) -> str:
         return self.cascade.name
 
-    def reference(self, q, k, v, *, scale: float | None = None, return_lse: bool = False, **params):
+    def reference(self, q, k, v, /, *, scale: float | None = None, return_lse: bool = False, **params):
         """The float64 reference result for the same call (``runtime/reference.py``)."""
         from .reference import reference
 
@@ -405,7 +405,7 @@ class Attention:
             derive_backward(self.cascade)
         return grad
 
-    def __call__(self, q, k, v, *, scale: float | None = None, return_lse: bool = False, **params):
+    def __call__(self, q, k, v, /, *, scale: float | None = None, return_lse: bool = False, **params):
         sizes, tensors, scalars = self._prepare(q, k, v, scale, return_lse, params)
         if self.permuted is not None:
             return self._grid_call(q, k, v, sizes, return_lse, params)
@@ -437,7 +437,7 @@ class Attention:
             return gather(res[0], plan.q), gather(res[1], plan.q)
         return gather(res, plan.q)
 
-    def grid_plan(self, q, k, v, block_m: int, block_n: int, *, scale: float | None = None, _sizes=None,
+    def grid_plan(self, q, k, v, block_m: int, block_n: int, /, *, scale: float | None = None, _sizes=None,
                   _bound=None, **params) -> GridPlan:
         """The token permutation a grid variant's call runs with ``block_m × block_n`` kernel
         tiles (``runtime/layout.py``): of the tile shapes, the one whose kernel visits the fewest
@@ -475,7 +475,7 @@ class Attention:
         sizes = packed.sizes(sizes_of(q, k, v, scale)) if packed else sizes_of(q, k, v, scale)
         return self.tile_cache.get(self.cascade, values, sizes, block_m, block_n, q.device)
 
-    def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, *, scale: float | None = None,
+    def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, /, *, scale: float | None = None,
                return_lse: bool = False, **params):
         """Packed variable-length sequences, FlashAttention's varlen layout: ``q [total_q, Hq, D]``,
         ``k [total_k, Hkv, D]``, ``v [total_k, Hkv, Dv]``; sequence b is query rows

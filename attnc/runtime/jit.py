@@ -57,10 +57,10 @@ class JitAttention(Attention):
                                 "update that tensor in place instead of passing it")
         return {**{cap.name: cap.tensor for cap in self.captured}, **params}
 
-    def __call__(self, q, k, v, *, scale=None, return_lse=False, **params):
+    def __call__(self, q, k, v, /, *, scale=None, return_lse=False, **params):
         return super().__call__(q, k, v, scale=scale, return_lse=return_lse, **self._with_captured(params))
 
-    def reference(self, q, k, v, *, scale=None, return_lse=False, **params):
+    def reference(self, q, k, v, /, *, scale=None, return_lse=False, **params):
         return super().reference(q, k, v, scale=scale, return_lse=return_lse, **self._with_captured(params))
 
 

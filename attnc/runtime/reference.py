@@ -254,7 +254,7 @@ def _evaluator(cascade: n.Cascade, sizes: dict, values: dict, pair_shape: tuple[
     return ev
 
 
-def reference_keep(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+def reference_keep(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, /, *,
                    scale: float | None = None, **params) -> torch.Tensor:
     """The mask ``keep[b, h, i, j]`` (bool, CPU, materialized: an oracle for tests and tile
     counts, never a kernel path). All True when the cascade has no mask; a mask that reads the
@@ -282,7 +282,7 @@ def reference_keep(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torc
     raise AssertionError("a masked cascade has a keep stage")
 
 
-def reference(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+def reference(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, /, *,
               scale: float | None = None, return_lse: bool = False, **params):
     """Evaluate ``cascade`` on q [B, Hq, Nq, D], k [B, Hkv, Nkv, D], v [B, Hkv, Nkv, Dv].
 

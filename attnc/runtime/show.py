@@ -290,7 +290,7 @@ def _write_png(image, path: Path) -> None:
         raise
 
 
-def render_mask(attn: Attention, n_q: int, n_kv: int, block_m: int = 64, block_n: int = 64,
+def render_mask(attn: Attention, n_q: int, n_kv: int, /, block_m: int = 64, block_n: int = 64,
                 path: str | os.PathLike | None = None, *, pixels: int | None = None, visits: bool = True,
                 draw_missing: bool = False, **params) -> ShowResult:
     """Draw ``attn``'s mask on ``n_q × n_kv`` (batch 0, head 0) with its ``block_m × block_n``

@@ -91,7 +91,7 @@ def _recording(block_m: int, block_n: int, visits: np.ndarray):
         builder_cls.create_dot = original
 
 
-def count_tiles(attn: Attention, n_q: int, n_kv: int, block_m: int = 64, block_n: int = 64,
+def count_tiles(attn: Attention, n_q: int, n_kv: int, /, block_m: int = 64, block_n: int = 64,
                 **params) -> TileCount:
     """Run ``attn``'s forward kernel (fp32, interpreter, batch 1, one head) on ``n_q × n_kv`` with
     ``block_m × block_n`` tiles and count the tiles it visits; ``params`` as for ``attn``."""
