@@ -7,21 +7,41 @@ fused Triton kernel. Pipeline: ``dsl → ir → codegen → runtime``; the varia
 """
 
 from .dsl.errors import SpecError
-from .dsl.parser import parse
-from .ir.passes import plan_passes
-from .runtime.compiler import Attention, compile, compile_count, load
-from .runtime.frontend import (
-    SpecFile,
-    library_cascade,
-    library_spec,
-    spec_from_file,
-    spec_from_text,
-)
-from .runtime.jit import jit
-from .runtime.reference import reference
+
+# Everything else loads on first use (PEP 562), so `python -m attnc --help` does not import torch.
+_LAZY = {
+    "parse": "dsl.parser", "plan_passes": "ir.passes", "Attention": "runtime.compiler",
+    "compile": "runtime.compiler", "compile_count": "runtime.compiler", "load": "runtime.compiler",
+    "SpecFile": "runtime.frontend", "library_cascade": "runtime.frontend", "library_spec": "runtime.frontend",
+    "spec_from_file": "runtime.frontend", "spec_from_text": "runtime.frontend", "jit": "runtime.jit",
+    "reference": "runtime.reference",
+}
 
 __all__ = [
     "SpecError", "SpecFile", "parse", "spec_from_file", "spec_from_text", "library_spec", "library_cascade",
     "plan_passes", "reference", "Attention", "compile", "load", "compile_count", "jit",
 ]
+
+
+_SUBPACKAGES = ("dsl", "ir", "codegen", "runtime", "library", "testing")
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _SUBPACKAGES:  # `import attnc; attnc.runtime.compiler` as before the imports were lazy
+        if name == "runtime":  # its modules were loaded by `import attnc` before
+            importlib.import_module(".runtime.compiler", __name__)
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'attnc' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __version__ = "0.1.0"

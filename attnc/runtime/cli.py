@@ -25,12 +25,9 @@ import sys
 from pathlib import Path
 
 from ..dsl.errors import SpecError
-from ..dsl.printer import print_def, print_params
-from ..ir.backward import BackwardError, backward_text, derive_backward
-from ..ir.passes import plan_passes, plan_text
-from ..ir.printer import cascade_text
 from ..library import LIBRARY_DIR, names
-from .frontend import SpecFile, library_spec, spec_from_file
+
+# The compiler's modules are imported by the commands that use them: `attnc --help` stays fast.
 
 
 def formula_line(path: Path) -> str:
@@ -41,19 +38,32 @@ def formula_line(path: Path) -> str:
     return ""
 
 
+LIST_WIDTH = 100
+
+
 def cmd_list(out) -> int:
-    rows = []
+    """Each variant: its kind, name and parameters, then its line of math indented below, both
+    wrapped to ``LIST_WIDTH`` columns."""
+    import textwrap
+
+    from ..dsl.printer import print_params
+    from .frontend import library_spec
+
     for name in names():
-        spec = library_spec(name)
-        d = spec.definition(name)
-        rows.append((f"{d.kind} {name}{print_params(d.params)}", formula_line(LIBRARY_DIR / f"{name}.attn")))
-    width = max(len(r[0]) for r in rows)
-    for head, math in rows:
-        print(f"{head.ljust(width)}   {math}", file=out)
+        d = library_spec(name).definition(name)
+        head = f"{d.kind} {name}{print_params(d.params)}"
+        print(textwrap.fill(head, LIST_WIDTH, subsequent_indent="        ", break_on_hyphens=False), file=out)
+        math = formula_line(LIBRARY_DIR / f"{name}.attn")
+        if math:
+            print(textwrap.fill(math, LIST_WIDTH, initial_indent="    ", subsequent_indent="      ",
+                                break_on_hyphens=False), file=out)
     return 0
 
 
-def _open(spec: str) -> SpecFile:
+def _open(spec: str):
+    """The ``SpecFile`` of a path or a library name."""
+    from .frontend import library_spec, spec_from_file
+
     path = Path(spec)
     if path.is_file():
         return spec_from_file(path)
@@ -65,6 +75,11 @@ def _open(spec: str) -> SpecFile:
 
 
 def cmd_explain(spec: str, name: str | None, out) -> int:
+    from ..dsl.printer import print_def
+    from ..ir.backward import BackwardError, backward_text, derive_backward
+    from ..ir.passes import plan_passes, plan_text
+    from ..ir.printer import cascade_text
+
     sf = _open(spec)
     targets = [name] if name else sf.names
     for target in targets:
@@ -88,7 +103,7 @@ def cmd_explain(spec: str, name: str | None, out) -> int:
     return 0
 
 
-def _definitions(sf: SpecFile, name: str | None) -> list[str]:
+def _definitions(sf, name: str | None) -> list[str]:
     if name:
         return [name]
     attentions = [d.name for d in sf.module.defs if d.kind == "attention"]
@@ -268,6 +283,7 @@ def cmd_show(args, out) -> int:
 def cmd_demo(out) -> int:
     import torch
 
+    from ..ir.passes import plan_passes, plan_text
     from .check import Shape, check
     from .compiler import load
 
@@ -291,8 +307,24 @@ def cmd_demo(out) -> int:
     return 1 if worst else 0
 
 
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is an exception ``main`` reports in one line (not usage text
+    and a SystemExit); ``--help`` still prints and exits."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("exit_on_error", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise _UsageError(message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="attnc", description="a compiler for attention variants")
+    parser = _Parser(prog="attnc", description="a compiler for attention variants")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the library variants with their math")
     ex = sub.add_parser("explain", help="show a spec's definition, cascade and pass plan")
@@ -336,7 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     sh.add_argument("--no-visits", action="store_true",
                     help="do not run the kernel under the interpreter to count the tiles it visits (faster)")
     sub.add_parser("demo", help="compile, run and check a library variant")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except (_UsageError, argparse.ArgumentError) as err:  # a bad option: one line, like every other error
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         if args.command == "list":
             return cmd_list(sys.stdout)

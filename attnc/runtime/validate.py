@@ -27,7 +27,7 @@ def check_inputs(q, k, v, dtypes: tuple | None = None) -> tuple[int, int, int, i
         if t.layout != torch.strided:
             raise ValueError(f"`{name}` is a {t.layout} tensor; pass a dense one (`{name}.to_dense()`)")
         if t.device.type == "meta":
-            raise ValueError(f"`{name}` is on the meta device, which holds no data; pass a CPU or CUDA tensor")
+            raise ValueError(f"`{name}` is on the meta device, which holds no data; pass a tensor on cpu or cuda")
         if t.dim() != 4:
             raise ValueError(f"`{name}` must have 4 dimensions [B, H, N, D], got shape {tuple(t.shape)}")
         if not t.dtype.is_floating_point:

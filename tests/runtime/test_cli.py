@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,10 +21,22 @@ def test_list_shows_every_library_variant_with_math(capsys):
     code, out, _ = run(capsys, "list")
     assert code == 0
     lines = out.strip().splitlines()
-    assert len(lines) == len(names())
-    for name, line in zip(names(), lines):
-        assert f" {name}" in line.split("   ")[0]
-        assert ("=" in line) or ("keep" in line)
+    assert max(len(line) for line in lines) <= 100  # fits a 100-column terminal
+    heads = [k for k, line in enumerate(lines) if not line.startswith(" ")]
+    assert len(heads) == len(names())
+    for name, start, end in zip(names(), heads, heads[1:] + [len(lines)]):
+        assert lines[start].split("(")[0].split()[1] == name
+        math = " ".join(lines[start + 1:end])
+        assert math.strip(), name  # its line of math from the file's header
+
+
+def test_help_does_not_import_torch():
+    """`attnc --help` answers without loading torch or the compiler (lazy imports)."""
+    code = "import sys; from attnc.runtime import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n" \
+           "assert 'torch' not in sys.modules, 'torch imported'; assert 'sympy' not in sys.modules"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("path", library_files(), ids=lambda p: p.stem)
