@@ -27,11 +27,15 @@ def register(attn) -> str:
     return key
 
 
+# Scalar parameters travel as one float64 CPU tensor, not list[float]: torch.compile specializes
+# a float argument of a custom op on its value (a new `cap` recompiled); a tensor built from the
+# traced SymInt/SymFloat values is an input of the graph instead. float64 holds every int32 and
+# float32 value exactly.
 @torch.library.custom_op("attnc::forward", mutates_args=())
 def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: list[torch.Tensor],
-             scalars: list[float], key: str, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             scalars: torch.Tensor, key: str, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     attn = _REGISTRY[key]
-    out, lse, stats = attn.launch_forward(q, k, v, tensors, scalars, scale, save_stats=True)
+    out, lse, stats = attn.launch_forward(q, k, v, tensors, attn.scalars_from(scalars), scale, save_stats=True)
     return out, lse, stats
 
 
@@ -46,10 +50,11 @@ def _(q, k, v, tensors, scalars, key, scale):
 
 @torch.library.custom_op("attnc::backward", mutates_args=())
 def _backward(dout: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              out: torch.Tensor, stats: torch.Tensor, tensors: list[torch.Tensor], scalars: list[float], key: str,
+              out: torch.Tensor, stats: torch.Tensor, tensors: list[torch.Tensor], scalars: torch.Tensor, key: str,
               scale: float, grad_mask: list[bool]) -> list[torch.Tensor]:
     attn = _REGISTRY[key]
-    dq, dk, dv, grads = attn.launch_backward(dout, dlse, q, k, v, out, stats, tensors, scalars, scale, grad_mask)
+    dq, dk, dv, grads = attn.launch_backward(dout, dlse, q, k, v, out, stats, tensors, attn.scalars_from(scalars),
+                                             scale, grad_mask)
     # a custom op returns tensors only: a parameter without a gradient gets an empty one
     return [dq, dk, dv] + [g if g is not None else q.new_empty(0) for g in grads]
 
@@ -68,23 +73,22 @@ def _(dout, dlse, q, k, v, out, stats, tensors, scalars, key, scale, grad_mask):
 def _setup_context(ctx, inputs, output):
     q, k, v, tensors, scalars, key, scale = inputs
     out, _lse, stats = output
-    ctx.save_for_backward(q, k, v, out, stats, *tensors)
-    ctx.key, ctx.scalars, ctx.scale = key, scalars, scale
+    ctx.save_for_backward(q, k, v, out, stats, scalars, *tensors)
+    ctx.key, ctx.scale = key, scale
     ctx.grad_mask = [bool(t.requires_grad) for t in tensors]
 
 
 def _backward_rule(ctx, dout, dlse, _dstats):
-    q, k, v, out, stats, *tensors = ctx.saved_tensors
+    q, k, v, out, stats, scalars, *tensors = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
     if dlse is None:
         dlse = torch.zeros(out.shape[:-1], dtype=torch.float32, device=out.device)
-    res = torch.ops.attnc.backward(dout, dlse.to(torch.float32), q, k, v, out, stats, tensors, ctx.scalars, ctx.key,
+    res = torch.ops.attnc.backward(dout, dlse.to(torch.float32), q, k, v, out, stats, tensors, scalars, ctx.key,
                                    ctx.scale, ctx.grad_mask)
     dq, dk, dv, *grads = res
     grads = [g if m else None for g, m in zip(grads, ctx.grad_mask, strict=True)]
-    # torch's structure check reads a non-empty list[float] as one leaf, an empty one as a list
-    return dq, dk, dv, grads, (None if ctx.scalars else []), None, None
+    return dq, dk, dv, grads, None, None, None
 
 
 torch.library.register_autograd("attnc::forward", _backward_rule, setup_context=_setup_context)
@@ -92,6 +96,6 @@ torch.library.register_autograd("attnc::forward", _backward_rule, setup_context=
 
 def attention_op(attn, q, k, v, tensors: list, scalars: list, scale: float):
     """``(out, lse)`` through the custom op: differentiable, and traceable by torch.compile."""
-    out, lse, _stats = torch.ops.attnc.forward(q, k, v, list(tensors), [float(x) for x in scalars], attn.op_key,
-                                               float(scale))
+    packed = torch.tensor(list(scalars), dtype=torch.float64) if scalars else torch.zeros(0, dtype=torch.float64)
+    out, lse, _stats = torch.ops.attnc.forward(q, k, v, list(tensors), packed, attn.op_key, float(scale))
     return out, lse

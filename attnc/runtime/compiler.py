@@ -376,7 +376,10 @@ class Attention:
         for p in self.cascade.params:
             value = bound[p.name]
             if p.kind != "tensor":
-                scalars.append(int(value) if p.kind in (n.BOOL, n.INT) else float(value))
+                if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+                    scalars.append(value)  # traced by torch.compile: converted inside the op
+                else:
+                    scalars.append(int(value) if p.kind in (n.BOOL, n.INT) else float(value))
                 continue
             if value.dtype == torch.bool:
                 value = value.to(torch.int8)
@@ -520,6 +523,13 @@ class Attention:
             out4, lse4, _ = self.launch_forward(q4, k4, v4, tensors, scalars, scale, save_stats=False, packed=packed)
             out, lse = Packed.unview(out4), lse4[0].transpose(0, 1)
         return (out, lse) if return_lse else out
+
+    def scalars_from(self, packed: torch.Tensor) -> list:
+        """The scalar parameters the custom ops carry as one float64 tensor (``autograd.py``),
+        back as Python numbers of their kinds."""
+        kinds = [p.kind for p in self.cascade.params if p.kind != "tensor"]
+        values = packed.tolist()
+        return [int(x) if kind in (n.BOOL, n.INT) else x for kind, x in zip(kinds, values, strict=True)]
 
     def _kernel_scalars(self, scalars: list) -> list:
         """Scalar parameters as the kernels take them: ints as ints, floats rounded to float32."""

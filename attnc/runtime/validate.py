@@ -78,7 +78,16 @@ def _number(what: str, value):
     return value
 
 
+_SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)
+
+
 def _scalar(spec: n.ParamSpec, value):
+    if isinstance(value, _SYMBOLIC):
+        # under torch.compile(dynamic=True): kept symbolic, so a new value does not recompile;
+        # the op's real implementation gets the number (and checks int32 ranges there)
+        if spec.kind == n.FLOAT or isinstance(value, torch.SymBool if spec.kind == n.BOOL else torch.SymInt):
+            return value
+        raise TypeError(f"parameter `{spec.name}` is {spec.kind}, got a traced {type(value).__name__}")
     value = _number(f"parameter `{spec.name}`", value)
     if spec.kind == n.BOOL:
         if not isinstance(value, bool):
