@@ -99,3 +99,79 @@ def attention_op(attn, q, k, v, tensors: list, scalars: list, scale: float):
     packed = torch.tensor(list(scalars), dtype=torch.float64) if scalars else torch.zeros(0, dtype=torch.float64)
     out, lse, _stats = torch.ops.attnc.forward(q, k, v, list(tensors), packed, attn.op_key, float(scale))
     return out, lse
+
+
+# ---------------------------------------------------------------------------- grid variants
+# A grid variant's call plans a token permutation on the host (tile shapes, a classification per
+# candidate, caches) before its kernels run: Python torch.compile cannot trace. Under compile the
+# whole call is one op; its backward runs the permuted forward once more for its statistics
+# (correctness first; the plan is cached), then the permuted backward. Parameters travel as in
+# `attnc::forward`.
+
+def _grid_params(attn, tensors: list, scalars: torch.Tensor) -> dict:
+    values = iter(tensors)
+    numbers = iter(attn.scalars_from(scalars))
+    return {p.name: next(values) if p.kind == "tensor" else next(numbers) for p in attn.cascade.params}
+
+
+@torch.library.custom_op("attnc::grid_forward", mutates_args=())
+def _grid_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tensors: list[torch.Tensor],
+                  scalars: torch.Tensor, key: str, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    attn = _REGISTRY[key]
+    with torch.no_grad():
+        out, lse = attn(q, k, v, scale=scale, return_lse=True, **_grid_params(attn, tensors, scalars))
+    return out, lse
+
+
+@_grid_forward.register_fake
+def _(q, k, v, tensors, scalars, key, scale):
+    B, Hq, Nq, _ = q.shape
+    return q.new_empty((B, Hq, Nq, v.shape[-1])), q.new_empty((B, Hq, Nq), dtype=torch.float32)
+
+
+@torch.library.custom_op("attnc::grid_backward", mutates_args=())
+def _grid_backward(dout: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   tensors: list[torch.Tensor], scalars: torch.Tensor, key: str, scale: float,
+                   grad_mask: list[bool]) -> list[torch.Tensor]:
+    attn = _REGISTRY[key]
+    params = _grid_params(attn, tensors, scalars)
+    specs = [p for p in attn.cascade.params if p.kind == "tensor"]
+    wanted = {p.name for p, m in zip(specs, grad_mask, strict=True) if m}
+    dq, dk, dv, grads = attn.grid_backward(dout, dlse, q, k, v, scale, params, wanted)
+    return [dq, dk, dv] + [grads[p.name].to(t.dtype) if p.name in grads else
+                           (torch.zeros(t.shape, dtype=t.dtype, device=t.device) if m else q.new_empty(0))
+                           for p, t, m in zip(specs, tensors, grad_mask, strict=True)]
+
+
+@_grid_backward.register_fake
+def _(dout, dlse, q, k, v, tensors, scalars, key, scale, grad_mask):
+    return [q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)] + [
+        t.new_empty(t.shape) if m else q.new_empty(0) for t, m in zip(tensors, grad_mask, strict=True)]
+
+
+def _grid_setup_context(ctx, inputs, output):
+    q, k, v, tensors, scalars, key, scale = inputs
+    ctx.save_for_backward(q, k, v, scalars, *tensors)
+    ctx.key, ctx.scale = key, scale
+    ctx.grad_mask = [bool(t.requires_grad) and t.is_floating_point() for t in tensors]
+
+
+def _grid_backward_rule(ctx, dout, dlse):
+    q, k, v, scalars, *tensors = ctx.saved_tensors
+    dout = torch.zeros(q.shape[:3] + (v.shape[-1],), dtype=q.dtype, device=q.device) if dout is None else dout
+    dlse = torch.zeros(q.shape[:3], dtype=torch.float32, device=q.device) if dlse is None else dlse
+    dq, dk, dv, *grads = torch.ops.attnc.grid_backward(dout, dlse.to(torch.float32), q, k, v, tensors, scalars,
+                                                       ctx.key, ctx.scale, ctx.grad_mask)
+    grads = [g if m else None for g, m in zip(grads, ctx.grad_mask, strict=True)]
+    return dq, dk, dv, grads, None, None, None
+
+
+torch.library.register_autograd("attnc::grid_forward", _grid_backward_rule, setup_context=_grid_setup_context)
+
+
+def grid_op(attn, q, k, v, bound: dict, scale: float):
+    """``(out, lse)`` of a grid variant through ``attnc::grid_forward`` (under torch.compile)."""
+    tensors = [bound[p.name] for p in attn.cascade.params if p.kind == "tensor"]
+    scalars = [bound[p.name] for p in attn.cascade.params if p.kind != "tensor"]
+    packed = torch.tensor(scalars, dtype=torch.float64) if scalars else torch.zeros(0, dtype=torch.float64)
+    return torch.ops.attnc.grid_forward(q, k, v, tensors, packed, attn.op_key, float(scale))

@@ -411,6 +411,11 @@ class Attention:
     def __call__(self, q, k, v, /, *, scale: float | None = None, return_lse: bool = False, **params):
         sizes, tensors, scalars = self._prepare(q, k, v, scale, return_lse, params)
         if self.permuted is not None:
+            if torch.compiler.is_compiling():  # the host-side grid planning as one opaque op
+                from .autograd import grid_op
+
+                out, lse = grid_op(self, q, k, v, bind_params(self.cascade, params, sizes, q.device), sizes["scale"])
+                return (out, lse) if return_lse else out
             return self._grid_call(q, k, v, sizes, return_lse, params)
         scale = sizes["scale"]
         grad = self._needs_grad(q, k, v, tensors)
@@ -439,6 +444,26 @@ class Attention:
         if return_lse:
             return gather(res[0], plan.q), gather(res[1], plan.q)
         return gather(res, plan.q)
+
+    def grid_backward(self, dout, dlse, q, k, v, scale: float, params: dict, wanted: set):
+        """dq, dk, dv and {name: gradient} of the float tensor parameters in ``wanted`` for a grid
+        variant's call, without autograd (``attnc::grid_backward`` runs below it): the call's plan,
+        the permuted forward saving its statistics, the permuted backward, gradients gathered back
+        into the caller's token order (the adjoint of ``scatter``)."""
+        sizes = sizes_of(q, k, v, scale)
+        bound = bind_params(self.cascade, params, sizes, q.device)
+        plan = self.grid_plan(q, k, v, *self.permuted._forward_blocks(q, v), _sizes=sizes, _bound=bound)
+        qp, kp, vp = scatter(q, plan.q), scatter(k, plan.k), scatter(v, plan.k)
+        perm = self.permuted
+        psizes, ptensors, pscalars = perm._prepare(qp, kp, vp, sizes["scale"], False,
+                                                   {**bound, **plan.hidden(q.device)})
+        out, _lse, stats = perm.launch_forward(qp, kp, vp, ptensors, pscalars, psizes["scale"], save_stats=True)
+        specs = [x for x in perm.cascade.params if x.kind == "tensor"]
+        mask = [x.name in wanted for x in specs]
+        dq, dk, dv, grads = perm.launch_backward(scatter(dout, plan.q), scatter(dlse, plan.q), qp, kp, vp, out, stats,
+                                                 ptensors, pscalars, psizes["scale"], mask)
+        named = {x.name: g for x, g in zip(specs, grads, strict=True) if g is not None}
+        return gather(dq, plan.q), gather(dk, plan.k), gather(dv, plan.k), named
 
     def grid_plan(self, q, k, v, block_m: int, block_n: int, /, *, scale: float | None = None, _sizes=None,
                   _bound=None, **params) -> GridPlan:
@@ -529,7 +554,8 @@ class Attention:
         back as Python numbers of their kinds."""
         kinds = [p.kind for p in self.cascade.params if p.kind != "tensor"]
         values = packed.tolist()
-        return [int(x) if kind in (n.BOOL, n.INT) else x for kind, x in zip(kinds, values, strict=True)]
+        return [bool(x) if kind == n.BOOL else int(x) if kind == n.INT else x
+                for kind, x in zip(kinds, values, strict=True)]
 
     def _kernel_scalars(self, scalars: list) -> list:
         """Scalar parameters as the kernels take them: ints as ints, floats rounded to float32."""
