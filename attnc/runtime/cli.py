@@ -116,7 +116,12 @@ def cmd_compile(spec: str, name: str | None, out_path: str | None, dtype: str, o
     sf = _open(spec)
     target = name or sf.cascade().name
     cascade = sf.cascade(target)
+    if out_path is not None and not out_path.strip():
+        raise ValueError("-o: an empty path; name the file to write")
     path = Path(out_path or f"{target}_kernel.py")
+    if (path.exists() or path.is_symlink()) and not (path.is_file() and not path.is_symlink()):
+        # the file is replaced by a rename: never a device, a directory or a link's target
+        raise ValueError(f"-o {path}: exists and is not a regular file; choose another path")
     if not path.parent.is_dir():
         raise ValueError(f"-o {path}: directory {path.parent} does not exist; create it first")
     text = standalone_source(cascade, dtype, module_hint=path.stem)

@@ -139,3 +139,29 @@ def test_jit_bad_names_are_refused(name):
 
     with pytest.raises(TypeError, match="`name`"):
         attnc.jit(name=name)(plain)
+
+
+@pytest.mark.parametrize("target", ["dir", "link", "empty", "fifo"])
+def test_compile_output_is_never_a_device_link_or_directory(tmp_path, capsys, target):
+    """`attnc compile -o` replaces a regular file only (it renames a temporary file onto the
+    path): a directory, a symlink, a FIFO (standing in for a device node) or an empty path is
+    refused, and nothing is written."""
+    import os
+
+    path = tmp_path / "out.py"
+    if target == "dir":
+        path.mkdir()
+    elif target == "link":
+        victim = tmp_path / "victim.txt"
+        victim.write_text("keep me")
+        path.symlink_to(victim)
+    elif target == "fifo":
+        os.mkfifo(path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    arg = "" if target == "empty" else str(path)
+    assert cli.main(["compile", "causal", "-o", arg]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: -o")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if target == "link":
+        assert (tmp_path / "victim.txt").read_text() == "keep me"
