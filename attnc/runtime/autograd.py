@@ -94,10 +94,15 @@ def _backward_rule(ctx, dout, dlse, _dstats):
 torch.library.register_autograd("attnc::forward", _backward_rule, setup_context=_setup_context)
 
 
+def pack_scalars(scalars: list) -> torch.Tensor:
+    """Scalar parameters (numbers, or torch.compile's SymInt/SymFloat) as the ops carry them."""
+    return torch.tensor(list(scalars), dtype=torch.float64)
+
+
 def attention_op(attn, q, k, v, tensors: list, scalars: list, scale: float):
     """``(out, lse)`` through the custom op: differentiable, and traceable by torch.compile."""
-    packed = torch.tensor(list(scalars), dtype=torch.float64) if scalars else torch.zeros(0, dtype=torch.float64)
-    out, lse, _stats = torch.ops.attnc.forward(q, k, v, list(tensors), packed, attn.op_key, float(scale))
+    out, lse, _stats = torch.ops.attnc.forward(q, k, v, list(tensors), pack_scalars(scalars), attn.op_key,
+                                               float(scale))
     return out, lse
 
 
@@ -173,5 +178,4 @@ def grid_op(attn, q, k, v, bound: dict, scale: float):
     """``(out, lse)`` of a grid variant through ``attnc::grid_forward`` (under torch.compile)."""
     tensors = [bound[p.name] for p in attn.cascade.params if p.kind == "tensor"]
     scalars = [bound[p.name] for p in attn.cascade.params if p.kind != "tensor"]
-    packed = torch.tensor(scalars, dtype=torch.float64) if scalars else torch.zeros(0, dtype=torch.float64)
-    return torch.ops.attnc.grid_forward(q, k, v, tensors, packed, attn.op_key, float(scale))
+    return torch.ops.attnc.grid_forward(q, k, v, tensors, pack_scalars(scalars), attn.op_key, float(scale))

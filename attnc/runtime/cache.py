@@ -41,6 +41,8 @@ def _problem(path: Path) -> str | None:
         return "it exists and is not a directory"
     except OSError as e:
         return f"it cannot be created ({e.strerror or e})"
+    except ValueError:  # e.g. an embedded NUL
+        return "it is not a valid path"
     try:
         st = path.stat()
     except OSError as e:

@@ -39,7 +39,7 @@ from .cache import cache_dir, load_module, store
 from .frontend import library_spec, spec_from_file, spec_from_text
 from .layout import GridPlan, gather, grid_dims, scatter
 from .sparsity import TileCache, classify
-from .validate import bind_params, check_inputs, check_int32, sizes_of
+from .validate import SYMBOLIC, bind_params, check_inputs, check_int32, sizes_of
 
 SPEC_OPENERS = ("attention", "mask", "score", "norm", "from", "#")  # how spec text (not a path) starts
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -376,7 +376,7 @@ class Attention:
         for p in self.cascade.params:
             value = bound[p.name]
             if p.kind != "tensor":
-                if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+                if isinstance(value, SYMBOLIC):
                     scalars.append(value)  # traced by torch.compile: converted inside the op
                 else:
                     scalars.append(int(value) if p.kind in (n.BOOL, n.INT) else float(value))

@@ -78,11 +78,11 @@ def _number(what: str, value):
     return value
 
 
-_SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)
+SYMBOLIC = (torch.SymInt, torch.SymFloat, torch.SymBool)  # values torch.compile traces
 
 
 def _scalar(spec: n.ParamSpec, value):
-    if isinstance(value, _SYMBOLIC):
+    if isinstance(value, SYMBOLIC):
         # under torch.compile(dynamic=True): kept symbolic, so a new value does not recompile;
         # the op's real implementation gets the number (and checks int32 ranges there)
         if spec.kind == n.FLOAT or isinstance(value, torch.SymBool if spec.kind == n.BOOL else torch.SymInt):
