@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import triton
+import triton.language as tl
 
 from ..codegen.backward import KV_KERNEL, ROWS_KERNEL, BackwardSource, generate_backward
 from ..codegen.generate import CODEGEN_VERSION, KernelSource, Specialization, generate, unspecialized
@@ -370,8 +371,9 @@ class Attention:
         return kernel_for(self.cascade, Specialization(_DTYPES[dtype], device == "cpu")).path
 
     def _kernel_args(self, bound: dict) -> tuple[list, list]:
-        """Bound parameters as kernel arguments: tensors (bool as int8, int64 as int32; float
-        tensors as given, so gradients reach them) and scalars (float parameters as float32)."""
+        """Bound parameters as kernel arguments: tensors (bool as int8; wide ints as given, narrowed
+        to int32 by the launch, which can read their values; float tensors as given, so gradients
+        reach them) and scalars (float parameters as float32)."""
         tensors, scalars = [], []
         for p in self.cascade.params:
             value = bound[p.name]
@@ -383,8 +385,6 @@ class Attention:
                 continue
             if value.dtype == torch.bool:
                 value = value.to(torch.int8)
-            elif value.dtype == torch.int64:
-                value = value.to(torch.int32)
             tensors.append(value)
         return tensors, scalars
 
@@ -562,6 +562,24 @@ class Attention:
         kinds = [p.kind for p in self.cascade.params if p.kind != "tensor"]
         return [int(x) if kind in (n.BOOL, n.INT) else _fp32_scalar(x) for kind, x in zip(kinds, scalars, strict=True)]
 
+    def _int32_tensors(self, tensors: list) -> list:
+        """Integer tensor parameters as kernels read them, int32: a wider one (int64, uint32, ...)
+        is converted after checking its values fit, rather than wrapped silently (document ids
+        2**32 and 0 would otherwise be one document). One reduction and one host sync per wide
+        tensor; int32 tensors skip both."""
+        specs = [p for p in self.cascade.params if p.kind == "tensor"]
+        out = []
+        for p, t in zip(specs, tensors, strict=True):
+            if p.elem == n.INT and t.dtype not in _NARROW_INTS and t.numel():
+                lo, hi = (int(x) for x in torch.aminmax(t))
+                if lo < -2**31 or hi >= 2**31:
+                    raise ValueError(f"parameter `{p.name}` holds {lo if lo < -2**31 else hi}, beyond int32: "
+                                     f"kernels read integer tensors as int32; pass values in "
+                                     f"[-2147483648, 2147483647] (e.g. renumber the ids)")
+                t = t.to(torch.int32)
+            out.append(t)
+        return out
+
     def _alloc(self, shape, dtype, device):
         # POISON: NaN-filled, so an element a kernel fails to write cannot pass for a correct one
         if self.POISON:
@@ -579,6 +597,7 @@ class Attention:
         # Checks that need concrete values run here, where torch.compile does not trace.
         values = dict(zip([p.name for p in self.cascade.params if p.kind != "tensor"], scalars, strict=True))
         check_int32(self.cascade, B, sizes_of(q, k, v, scale), values)
+        tensors = self._int32_tensors(tensors)
         scalars = self._kernel_scalars(scalars)
         interpret = q.device.type == "cpu"
         kernel = kernel_for(self.cascade, Specialization(_DTYPES[q.dtype], interpret))
@@ -611,9 +630,9 @@ class Attention:
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()  # masked-off lanes
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
             fn[grid](
-                q, k, v, out, lse, *targs, *scalars,
+                q, k, v, out, lse, *targs, *_launch_scalars(scalars, interpret),
                 *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *cu,
-                Nq, Nkv, Hq, Hkv, D, Dv, float(scale), st, *st_strides,
+                Nq, Nkv, Hq, Hkv, D, Dv, *_launch_scalars([float(scale)], interpret), st, *st_strides,
                 BLOCK_D=block_d, BLOCK_DV=block_dv, SAVE_STATS=save_stats, VARLEN=packed is not None, **flags,
                 **launch,
             )
@@ -627,6 +646,7 @@ class Attention:
         Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[-1]
         rows = packed.rows if packed else lambda shape, dtype: self._alloc(shape, dtype, q.device)
         scalars = self._kernel_scalars(scalars)
+        tensors = self._int32_tensors(tensors)
         interpret = q.device.type == "cpu"
         kernels = backward_kernels_for(self.cascade, Specialization(_DTYPES[q.dtype], interpret))
         src = kernels.source
@@ -670,7 +690,8 @@ class Attention:
             gargs += [g if g is not None else dummy, *(g.stride() if g is not None else (0,) * len(p.dims))]
             flags[f"GRAD_u_{p.name}"] = g is not None
         targs = [x for t in tensors for x in (t, *t.shape, *t.stride())]
-        sizes = (*(packed.pointers if packed else (dq, dq)), Nq, Nkv, Hq, Hkv, D, Dv, float(scale))
+        sizes = (*(packed.pointers if packed else (dq, dq)), Nq, Nkv, Hq, Hkv, D, Dv,
+                 *_launch_scalars([float(scale)], interpret))
         flags["VARLEN"] = packed is not None
         rows_tiles, kv_tiles = (), ()
         if src.runtime_tiles:
@@ -679,12 +700,12 @@ class Attention:
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
             kernels.fns[ROWS_KERNEL][(triton.cdiv(Nq, config.block_m), B * Hq)](
-                q, k, v, out, dout, dlse, stats, coef, dq, *targs, *gargs, *scalars,
+                q, k, v, out, dout, dlse, stats, coef, dq, *targs, *gargs, *_launch_scalars(scalars, interpret),
                 *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dlse.stride(),
                 *stats.stride(), *coef.stride(), *dq.stride(), qtiles, *qtiles.stride()[:3], *vnorm, *rows_tiles, *sizes,
                 **launch, **flags)
             kernels.fns[KV_KERNEL][(triton.cdiv(Nkv, config.block_n), B * Hkv)](
-                q, k, v, dout, stats, coef, dk, dv, *targs, *gargs, *scalars,
+                q, k, v, dout, stats, coef, dk, dv, *targs, *gargs, *_launch_scalars(scalars, interpret),
                 *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *stats.stride(), *coef.stride(),
                 *dk.stride(), *dv.stride(), qtiles, *qtiles.stride()[:3], *kv_tiles, *sizes, **launch, **flags)
         return result()
@@ -698,6 +719,21 @@ def _tile_args(t: torch.Tensor, batch: int, heads: int) -> tuple:
 
 
 _FP32_TINY = float(np.finfo(np.float32).tiny)
+
+
+_NARROW_INTS = (torch.int8, torch.uint8, torch.int16, torch.int32)
+
+
+def _launch_scalars(scalars: list, interpret: bool) -> list:
+    """Scalars as a launch passes them. Under the interpreter a float becomes a float32 scalar
+    tensor, as it is inside a compiled kernel: the interpreter would otherwise keep a Python float,
+    computing scalar-only arithmetic in float64 and raising on `1.0 / cap` with `cap = 0` where
+    the GPU gives inf."""
+    if not interpret:
+        return scalars
+    from triton.runtime.interpreter import TensorHandle
+    return [tl.tensor(TensorHandle(np.array([x], dtype=np.float32), tl.float32), tl.float32)
+            if isinstance(x, float) else x for x in scalars]
 
 
 def _fp32_scalar(x: float) -> float:

@@ -106,6 +106,9 @@ def _scalar(spec: n.ParamSpec, value):
     return float(value)
 
 
+_PARTIAL_UINTS = tuple(getattr(torch, name) for name in ("uint16", "uint32", "uint64") if hasattr(torch, name))
+
+
 def _tensor(spec: n.ParamSpec, value, sizes: dict, scalars: dict, device) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"parameter `{spec.name}` is a tensor, got {type(value).__name__}")
@@ -123,6 +126,9 @@ def _tensor(spec: n.ParamSpec, value, sizes: dict, scalars: dict, device) -> tor
     dt = value.dtype
     if spec.elem == n.INT and (dt.is_floating_point or dt.is_complex or dt == torch.bool):
         raise TypeError(f"parameter `{spec.name}` holds ints, got dtype {dt}")
+    if dt in _PARTIAL_UINTS:  # torch has no min/max/indexing for them: refuse, don't half-support
+        raise TypeError(f"parameter `{spec.name}` has dtype {dt}, which torch supports only partly; "
+                        f"pass int32 or int64 (`.to(torch.int64)`)")
     if spec.elem == n.BOOL and dt != torch.bool:
         raise TypeError(f"parameter `{spec.name}` holds bools, got dtype {dt}")
     if spec.elem == n.FLOAT and not dt.is_floating_point:

@@ -59,11 +59,52 @@ def test_a_scalar_that_requires_grad_is_refused_not_detached():
         assert torch.isfinite(attn(*_qkv(), cap=cap)).all()
 
 
+@pytest.mark.parametrize("cap", [0.0, -0.0, 1e-45])
+def test_a_zero_divisor_scalar_computes_as_the_gpu_does(cap):
+    """`score / cap` with cap = 0: float32 IEEE (x/0 = ±inf, tanh(±inf) = ±1, 0·±1 = 0), as the
+    reference and a GPU compute it; the interpreter used to raise ZeroDivisionError on `1.0 / cap`
+    because it kept float scalars as Python floats."""
+    attn = attnc.load("softcap")
+    q, k, v = _qkv(seed=2)
+    want = attn.reference(q, k, v, cap=cap)
+    assert torch.isfinite(want).all()
+    got = attn(q, k, v, cap=cap)
+    assert torch.allclose(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_wide_int_tensor_parameters_are_range_checked_not_wrapped():
+    """Document ids 0 and 2**32 are two documents: a kernel reading them as int32 would see one.
+    Out of int32 they are refused by name; in range, a wide dtype matches the reference."""
+    attn = attnc.load("document")
+    q, k, v = _qkv(n=8, seed=3)
+    ids = torch.tensor([[0, 0, 0, 7, 7, 9, 9, 9]], dtype=torch.int64)
+    want = attn.reference(q, k, v, doc=ids)
+    assert torch.allclose(attn(q, k, v, doc=ids).double(), want, atol=1e-5, rtol=1e-5)
+    wide = ids.clone()
+    wide[0, 3:] += 2**32
+    with pytest.raises(ValueError, match="`doc` holds 4294967305, beyond int32"):
+        attn(q, k, v, doc=wide)
+    with pytest.raises(ValueError, match="`doc` holds -2147483649, beyond int32"):
+        attn(q, k, v, doc=ids - 2**31 - 1)
+    qg = q.clone().requires_grad_()
+    with pytest.raises(ValueError, match="`doc`.*beyond int32"):
+        attn(qg, k, v, doc=wide).sum().backward()
+
+
+@pytest.mark.parametrize("name", ["uint16", "uint32", "uint64"])
+def test_partly_supported_unsigned_dtypes_are_refused_by_name(name):
+    attn = attnc.load("document")
+    ids = torch.zeros(1, 8, dtype=getattr(torch, name))
+    with pytest.raises(TypeError, match=f"`doc` has dtype torch.{name}.*int32 or int64"):
+        attn(*_qkv(n=8), doc=ids)
+
+
 @pytest.mark.parametrize("argv", [
     ["check", "causal", "--nq", "-5"],
     ["check", "causal", "--head-dim", "0"],
     ["check", "causal", "--device", "foo"],
     ["check", "causal", "--examples", "0"],
+    ["check", "causal", "--seed", str(2**70)],
     pytest.param(["check", "causal", "--device", "cuda"],
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
@@ -77,6 +118,35 @@ def test_cli_bad_param_is_a_one_line_error(capsys):
     assert cli.main(["check", "sliding_window", "--param", "=3"]) != 0
     err = capsys.readouterr().err
     assert "Traceback" not in err and "--param takes name=value" in err
+
+
+def test_cli_repeated_param_is_refused(capsys):
+    assert cli.main(["check", "sliding_window", "--param", "window=3", "--param", "window=5"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: --param window is given twice (3 and 5); give it once"
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["check", "causal", "--nq", "99999999999"], "score pairs; the float64 reference"),
+    (["check", "causal", "--head-dim", "300"], "head dims must be 1..256"),
+    (["show", "causal", "--nq", "100000000", "--no-visits"], "evaluates every pair"),
+])
+def test_cli_sizes_beyond_what_can_run_are_refused_at_once(capsys, argv, says):
+    """Sizes past the cap are refused before any allocation (they used to end in an allocation
+    traceback, or run until killed)."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and says in err, err
+
+
+def test_show_output_directory_is_not_created(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    target = tmp_path / "missing" / "m.png"
+    assert cli.main(["show", "causal", "--nq", "32", "--no-visits", "-o", str(target)]) == 2
+    assert "does not exist; create it first" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()
+    assert cli.main(["show", "causal", "--nq", "32", "--no-visits", "-o", str(tmp_path / "m.png")]) == 0
+    assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_property_help_lists_gradients(capsys):
@@ -139,6 +209,15 @@ def test_jit_bad_names_are_refused(name):
 
     with pytest.raises(TypeError, match="`name`"):
         attnc.jit(name=name)(plain)
+
+
+def test_jit_parameter_shadowing_a_module_is_a_spec_error_at_the_users_line():
+    def shadow(score, b, h, q_idx, kv_idx, torch: float = 1.0):
+        return torch.tanh(score)
+
+    with pytest.raises(SpecError, match="shadows that module") as info:
+        attnc.jit(shadow)(*_qkv())
+    assert info.value.span is not None and "torch.tanh(score)" in str(info.value)
 
 
 @pytest.mark.parametrize("target", ["dir", "link", "empty", "fifo"])
