@@ -248,6 +248,20 @@ class Sym:
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
+        method = self._method(name)
+        signature = inspect.signature(method)
+
+        def checked(*args, **kwargs):  # a wrong call is a SpecError at the user's line, not a lambda's TypeError
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as err:
+                raise trace_error(f"`.{name}{signature}` of a traced value: {err}. If the value is a parameter "
+                                  f"named like a module (`torch`, `math`, `F`), it shadows that module inside the "
+                                  f"function: rename the parameter") from None
+            return method(*args, **kwargs)
+        return checked
+
+    def _method(self, name: str):
         methods = {
             "abs": "abs", "exp": "exp", "exp2": "exp2", "log": "log", "log2": "log2", "log1p": "log1p",
             "sqrt": "sqrt", "rsqrt": "rsqrt", "tanh": "tanh", "sigmoid": "sigmoid", "sin": "sin", "cos": "cos",

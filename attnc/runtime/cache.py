@@ -38,6 +38,8 @@ def _problem(path: Path) -> str | None:
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
     except FileExistsError:
+        if path.is_symlink() and not path.exists():
+            return f"it is a symbolic link to {os.readlink(path)!r}, which does not exist"
         return "it exists and is not a directory"
     except OSError as e:
         return f"it cannot be created ({e.strerror or e})"
@@ -80,16 +82,16 @@ def cache_dir() -> Path:
         return _fallback
 
 
-def write_atomic(path: Path, text: str, *, mode: int | None = None, parents: bool = True) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (readers never see a part
-    of it); the file gets ``mode`` (default: mkstemp's 0600), the parents are created only when
-    ``parents``."""
+def write_atomic(path: Path, data: str | bytes, *, mode: int | None = None, parents: bool = True) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` through a temporary file and a rename (readers
+    never see a part of it); the file gets ``mode`` (default: mkstemp's 0600), the parents are
+    created only when ``parents``."""
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -97,6 +99,13 @@ def write_atomic(path: Path, text: str, *, mode: int | None = None, parents: boo
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def user_file_mode() -> int:
+    """The mode ``open(path, "w")`` would give a new file: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def store(path: Path, text: str) -> None:

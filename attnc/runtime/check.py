@@ -23,6 +23,9 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+MAX_CHECK_PAIRS = 2**27  # 1 GiB per float64 score tensor
+
+
 @dataclass(frozen=True)
 class Shape:
     batch: int = 2
@@ -32,6 +35,17 @@ class Shape:
     n_kv: int = 37
     head_dim: int = 32
     head_dim_v: int | None = None
+
+    def __post_init__(self):
+        # the float64 reference holds B·Hq·Nq·Nkv scores (several times): refuse what cannot fit
+        # rather than die in an allocation or run for hours under the interpreter
+        pairs = self.batch * self.heads * self.n_q * self.n_kv
+        if pairs > MAX_CHECK_PAIRS:
+            raise ValueError(f"B·Hq·Nq·Nkv = {self.batch}·{self.heads}·{self.n_q}·{self.n_kv} = {pairs:,} score pairs; "
+                             f"the float64 reference of a check holds them all: keep it at most "
+                             f"{MAX_CHECK_PAIRS:,} (e.g. --nq 4096 with the default --batch 2 --heads 4)")
+        if max(self.head_dim, self.head_dim_v or 0) > 256:
+            raise ValueError(f"head dims must be 1..256, got D={self.head_dim}, Dv={self.head_dim_v}")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ SPEC is a path to a spec file or the name of a library variant.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -110,26 +109,31 @@ def _definitions(sf, name: str | None) -> list[str]:
     return attentions or sf.names
 
 
+def _output_path(given: str | None, default: str) -> Path:
+    """The file ``-o`` names (or ``default``), checked before any work: it is replaced by a rename,
+    so it must be a regular file or absent (never a device, a directory or a link's target), in a
+    directory that exists (none is created silently)."""
+    if given is not None and not given.strip():
+        raise ValueError("-o: an empty path; name the file to write")
+    path = Path(given or default)
+    if (path.exists() or path.is_symlink()) and not (path.is_file() and not path.is_symlink()):
+        raise ValueError(f"-o {path}: exists and is not a regular file; choose another path")
+    if not path.parent.is_dir():
+        raise ValueError(f"-o {path}: directory {path.parent} does not exist; create it first")
+    return path
+
+
 def cmd_compile(spec: str, name: str | None, out_path: str | None, dtype: str, out) -> int:
     from ..codegen.standalone import standalone_source
 
     sf = _open(spec)
     target = name or sf.cascade().name
     cascade = sf.cascade(target)
-    if out_path is not None and not out_path.strip():
-        raise ValueError("-o: an empty path; name the file to write")
-    path = Path(out_path or f"{target}_kernel.py")
-    if (path.exists() or path.is_symlink()) and not (path.is_file() and not path.is_symlink()):
-        # the file is replaced by a rename: never a device, a directory or a link's target
-        raise ValueError(f"-o {path}: exists and is not a regular file; choose another path")
-    if not path.parent.is_dir():
-        raise ValueError(f"-o {path}: directory {path.parent} does not exist; create it first")
+    path = _output_path(out_path, f"{target}_kernel.py")
     text = standalone_source(cascade, dtype, module_hint=path.stem)
-    from .cache import write_atomic
+    from .cache import user_file_mode, write_atomic
 
-    umask = os.umask(0)
-    os.umask(umask)
-    write_atomic(path, text, mode=0o666 & ~umask, parents=False)  # as `open(path, "w")` would
+    write_atomic(path, text, mode=user_file_mode(), parents=False)
     print(f"wrote {path} ({cascade.name}, {dtype}, {len(text.splitlines())} lines; needs torch and triton only)",
           file=out)
     return 0
@@ -155,6 +159,8 @@ def _parse_params(items: list[str] | None) -> dict:
         key, value = (x.strip() for x in item.split("=", 1))
         if not key.isidentifier():
             raise ValueError(f"--param takes name=value with a parameter name before `=`, got {item!r}")
+        if key in params:
+            raise ValueError(f"--param {key} is given twice ({params[key]!r} and {value}); give it once")
         params[key] = _parse_value(value)
     return params
 
@@ -167,6 +173,17 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed torch.manual_seed takes, [-2**63, 2**64 - 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not -2**63 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"must be in [-2**63, 2**64 - 1] (a 64-bit seed), got {value}")
     return value
 
 
@@ -257,6 +274,10 @@ def cmd_show(args, out) -> int:
             raise ValueError(f"{flag} must be a power of two, got {value}")
     if args.pixels is not None and not 1 <= args.pixels <= 64:
         raise ValueError(f"--pixels must be in 1..64, got {args.pixels}")
+    n_q, n_kv = args.nq, args.nkv or args.nq
+    if n_q * n_kv > show.MAX_PAIRS:
+        raise ValueError(f"--nq {n_q} × --nkv {n_kv} pairs: the picture evaluates every pair; draw at most "
+                         f"{show.MAX_PAIRS:,} (e.g. --nq 8192)")
     params = _parse_params(args.param)
     try:
         show.require_pillow()
@@ -273,12 +294,11 @@ def cmd_show(args, out) -> int:
     except KeyError as err:
         raise ValueError(f"NAME: {err.args[0]}") from None
     attn = Attention(cascade, sf.path)
-    n_q, n_kv = args.nq, args.nkv or args.nq
     try:
         show.mask_params(attn, n_q, n_kv, params, draw_missing=True)
     except (TypeError, ValueError) as err:
         raise ValueError(f"--param: {err}") from None
-    result = show.render_mask(attn, n_q, n_kv, args.block_m, args.block_n, args.output or f"{attn.name}.png",
+    result = show.render_mask(attn, n_q, n_kv, args.block_m, args.block_n, _output_path(args.output, f"{attn.name}.png"),
                               pixels=args.pixels, visits=not args.no_visits, draw_missing=True, **params)
     missed = result.missed or 0
     print(result.summary() + (" — needed tiles skipped: a kernel bug" if missed else ""), file=out)
@@ -351,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     ch.add_argument("--nkv", type=_positive, default=None, help="default: --nq")
     ch.add_argument("--head-dim", type=_positive, default=32)
     ch.add_argument("--head-dim-v", type=_positive, default=None, help="default: --head-dim")
-    ch.add_argument("--seed", type=int, default=0)
+    ch.add_argument("--seed", type=_seed, default=0)
     ch.add_argument("--examples", type=_positive, default=None,
                     help="property-test on N drawn problems (attnc.testing) instead of one fixed shape")
     ch.add_argument("--property", action="append", metavar="NAME",  # checked in cmd_check: attnc.testing needs hypothesis

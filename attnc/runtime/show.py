@@ -17,8 +17,8 @@ drawn kept when any pair in it is kept. Needs Pillow (``pip install 'attnc[show]
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,12 +26,14 @@ import numpy as np
 import torch
 
 from ..ir import nodes as n
+from .cache import user_file_mode, write_atomic
 from .compiler import Attention
 from .validate import bind_params, sizes_of
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 MAX_SIDE = 1024  # the mask area's longest side, in pixels (tile grid lines add a few)
 MAX_PIXELS = 16  # per pair, for tiny shapes
+MAX_PAIRS = 2**26  # every pair is evaluated (and, with visits, run under the interpreter)
 
 # Tile classes tint the pairs: a kept pair is the dark shade of its tile's class, a dropped one the
 # light shade (an empty tile has only dropped pairs, a full tile only kept ones).
@@ -159,6 +161,9 @@ def _check_args(n_q, n_kv, block_m, block_n, pixels) -> None:
     for name, value in (("n_q", n_q), ("n_kv", n_kv)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if n_q * n_kv > MAX_PAIRS:
+        raise ValueError(f"n_q·n_kv = {n_q}·{n_kv} pairs: the picture evaluates every pair; draw at most "
+                         f"{MAX_PAIRS:,} (e.g. --nq 8192 --nkv 8192)")
     for name, value in (("block_m", block_m), ("block_n", block_n)):
         if not _is_pow2(value):
             raise ValueError(f"{name} must be a power of two, got {value!r}")
@@ -273,23 +278,6 @@ def _shown(attn: Attention, params: dict, given: set[str]) -> dict[str, str]:
     return shown
 
 
-def _write_png(image, path: Path) -> None:
-    """Write through a temporary file in the same directory: never a half-written PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a written picture is not
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def render_mask(attn: Attention, n_q: int, n_kv: int, /, block_m: int = 64, block_n: int = 64,
                 path: str | os.PathLike | None = None, *, pixels: int | None = None, visits: bool = True,
                 draw_missing: bool = False, **params) -> ShowResult:
@@ -380,7 +368,9 @@ def render_mask(attn: Attention, n_q: int, n_kv: int, /, block_m: int = 64, bloc
             draw.rectangle(box, fill=COLORS[swatch])
         draw.text((margin + (18 if swatch else 0), y), label, fill=COLORS["text"], font=font)
         y += line_h
-    _write_png(image, path)
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    write_atomic(path, png.getvalue(), mode=user_file_mode(), parents=False)  # never a half-written PNG
     return result
 
 

@@ -121,6 +121,12 @@ def test_a_file_as_the_cache_is_refused(cache):
         cache_dir()
 
 
+def test_a_dangling_link_as_the_cache_is_named_as_such(cache, tmp_path):
+    cache.symlink_to(tmp_path / "gone")
+    with pytest.raises(CacheDirError, match="ATTNC_CACHE_DIR=.*symbolic link to .*gone.*does not exist"):
+        cache_dir()
+
+
 def test_unusable_default_falls_back_to_a_private_directory(tmp_path, monkeypatch):
     monkeypatch.delenv("ATTNC_CACHE_DIR", raising=False)
     home = tmp_path / "home"
