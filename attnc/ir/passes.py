@@ -212,7 +212,11 @@ def _pull_positive(m: sp.Expr) -> sp.Expr:
     return c * m.func(*[sp.factor_terms(sp.expand_power_exp(a)) / c for a in m.args])
 
 
+@lru_cache(maxsize=4096)
 def _simplify(x: sp.Expr) -> sp.Expr:
+    """A canonical simpler form. Memoized: a file's definitions share norms, so the proofs (and the
+    backward's simplifications) meet the same expressions again, and sympy's simplify is the
+    cost of explaining a file (18 ms a definition without it)."""
     x = sp.powsimp(sp.powdenest(x, force=False), combine="exp")
     if x.free_symbols:
         x = x.replace(lambda e: isinstance(e, (sp.Max, sp.Min)), _pull_positive)
