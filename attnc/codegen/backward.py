@@ -27,7 +27,8 @@ from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text
 from .exprs import ExprPrinter
 from ..ir.ranges import weight_range
-from .generate import CODEGEN_VERSION, FORWARD_STRIDES, FP16_MAX, Specialization, _Builder, _env, specialize_lines
+from .generate import (CODEGEN_VERSION, FORWARD_STRIDES, FP16_MAX, Specialization, _Builder, _env, shifted_exp,
+                       specialize_lines)
 
 _DO_DQ = {t: tuple(f"stride_{t}{a}" for a in "bhmd") for t in ("do", "dq")}
 _DO_DK_DV = {"do": _DO_DQ["do"], **{t: tuple(f"stride_{t}{a}" for a in "bhnd") for t in ("dk", "dv")}}
@@ -48,6 +49,7 @@ class BackwardSource:
     operand_modes: tuple[tuple[str, str], ...] = ()  # ("ds" | "w", mode): ``_BwdBuilder.operand_mode``
     qtile_cols: int = 4  # QTiles columns: the key range, the full range, then a scale exponent per scaled operand
     needs_vnorm: bool = False  # the rows kernel takes max_j ‖v_j‖ per (batch, kv head)
+    exact: bool = False  # an EXACT build exists (and must run) for tiles the forward ran with exact exponents
 
 
 def bwd_ident(name: str) -> str:
@@ -407,15 +409,33 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         [j.body for j in bplan.jsums] + [g.pair for g in bplan.load_grads if g.pair is not None]
     key_range = b.key_range()
     rows_hoisted = b.hoist(loop_exprs, "i")
-    row_passes = b.row_passes()
-    row_grads = b.row_grads()
-    dq_loop = {"loads_v": b.reads_dov([bplan.ds, bplan.dqk]),
-               "body": b.dq_tile(True), "full_body": b.dq_tile(False)}
+    # Query tiles the forward ran with exact exponents (huge logits: forward.py.jinja) are
+    # recomputed alike by a second build of each kernel (EXACT): the same form of the weights, so
+    # the gradients match the forward that produced the statistics.
+    exact = shifted_exp(c)
+
+    def rows_work() -> dict:
+        return {"row_passes": b.row_passes(), "row_grads": b.row_grads(), "scale_lines": b.rows_scale_lines(),
+                "dq_loop": {"loads_v": b.reads_dov([bplan.ds, bplan.dqk]),
+                            "body": b.dq_tile(True), "full_body": b.dq_tile(False)}}
+
+    def kv_work() -> dict:
+        return {"body": b.kv_body(), "full_body": b.kv_body(full=True)}
+
+    def exact_copy(work):
+        if not exact:
+            return None
+        b.printer.exact_exp, b.printer.asm = True, not spec.interpret
+        try:
+            return work()
+        finally:
+            b.printer.exact_exp = False
+
+    rows_fast, rows_exact = rows_work(), exact_copy(rows_work)
     b.printer.hoisted = {}
     kv_hoisted = b.hoist(loop_exprs, "j")
     kv_loads = b.kv_loads()
-    kv_body = b.kv_body()
-    kv_full_body = b.kv_body(full=True)
+    kv_fast, kv_exact = kv_work(), exact_copy(kv_work)
     # a full query tile has no padded rows: only then do its rows all hold loaded values
     whole_rows = "((t + 1) * BLOCK_M <= n_q)"
     full_a, full_b = b.full_range()
@@ -439,6 +459,7 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
                       f"full = meets & (start_n >= full_a) & (start_n + BLOCK_N <= full_b) & {whole_rows}"]
     kv_scale = b.kv_scale_lines()
     scan_lines += kv_scale["scan"]
+
     text = _env().get_template("backward.py.jinja").render(
         version=CODEGEN_VERSION,
         cascade_name=c.name,
@@ -467,20 +488,20 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         scan_lines=scan_lines,
         rows_specialize=specialize_lines(spec.dtype, {**FORWARD_STRIDES, **_DO_DQ}),
         kv_specialize=specialize_lines(spec.dtype, {**{t: FORWARD_STRIDES[t] for t in "qkv"}, **_DO_DK_DV}),
-        row_passes=row_passes,
+        rows_fast=rows_fast,
+        rows_exact=rows_exact,
+        exact_line=(f"exact_tile = (tl.max(tl.load(st_ptrs + {len(bplan.stats)} * stride_sc, mask=row_ok, other=0.0), 0) "
+                    f"> 1.5).to(tl.int32)" if exact else None),
         coef_stores=[f"tl.store(cf_ptrs + {k} * stride_cc, {b.names[name]}, mask=row_ok)"
                      for k, name in enumerate(bplan.coefs)],
-        row_grads=row_grads,
-        dq_loop=dq_loop,
         kv_loads=kv_loads,
-        kv_body=kv_body,
-        kv_full_body=kv_full_body,
+        kv_fast=kv_fast,
+        kv_exact=kv_exact,
         needs_vnorm=b.needs_vnorm,
         scaled=b.scaled,
-        rows_scale_lines=b.rows_scale_lines(),
         kv_scale=kv_scale,
     )
     return BackwardSource(text, tuple(tensors), tuple(scalars), tuple(grads), len(bplan.stats) + 1,
                           len(bplan.coefs), b.bounds.runtime,
                           tuple((name, b.operand_mode(name)) for name in ("ds", "w")), 4 + len(b.scaled),
-                          b.needs_vnorm)
+                          b.needs_vnorm, bool(exact))

@@ -58,6 +58,12 @@ class ExprPrinter:
     hoisted: dict = {}
     # tanh by the hardware's tanh.approx (helpers.py.jinja): compiled fp16/bf16 kernels only
     hardware_tanh = False
+    # exp's argument computed so a row's largest exponent is exactly 0 (``log2e_times``): the
+    # forward's rerun of rows whose exp2 overflowed, and the backward's rows with huge shifts
+    exact_exp = False
+    # compiled kernels: the exact form's additions as PTX add.rn/sub.rn, which ptxas never fuses
+    # into an FMA; the interpreter (numpy) rounds each operation anyway
+    asm = False
 
     def key_range_expr(self, e: n.Expr) -> str:
         """``e`` (free of j) per row of the key-range computation, in int64 (see ``wide``)."""
@@ -185,6 +191,12 @@ class ExprPrinter:
         per-pair work is one fused multiply-add before ``exp2`` (FlashAttention's folding), and
         the scalar and per-row products are computed once per tile, not per element.
         """
+        if self.exact_exp:
+            if self._below_max(e):
+                # x − max_j x ≤ 0, but the backward's q·k is another kernel's (other tiles, other
+                # MMA order) and may round above the saved max: held at 0, never exp2's overflow
+                return f"tl.minimum({self.exact(e, ctx)} * {LOG2E_TEXT}, 0.0)"
+            return f"({self.exact(e, ctx)} * {LOG2E_TEXT})"
         if isinstance(e, n.Const):
             return _const(n.Const(float(e.value) * LOG2E, n.FLOAT))
         if is_raw_score(e):
@@ -207,6 +219,35 @@ class ExprPrinter:
                     isinstance(x, n.Dot) or (isinstance(x, n.Ref) and x.stage == "qk") for x in (inner.left, inner.right)):
                 return self.log2e_times(inner, ctx)  # s = c·qk: fold into c rather than rescale s
         return f"({self.p(e, ctx)} * {LOG2E_TEXT})"
+
+
+    def _below_max(self, e: n.Expr) -> bool:
+        """``x − m`` with ``m`` the running or final ``max_j x`` (softmax's shift): never positive."""
+        if not (isinstance(e, n.Binary) and e.op == "-" and isinstance(e.right, (n.Ref, n.Running))):
+            return False
+        red = self.stage_exprs.get(e.right.stage)
+        if not (isinstance(red, n.Reduce) and red.op == "max"):
+            return False
+        left = e.left
+        if isinstance(left, n.Running) and left.stage == e.right.stage:
+            return left.when == "old"  # a rescale factor: the old max is at most the new
+        return left == red.body
+
+    def exact(self, e: n.Expr, ctx: str) -> str:
+        """``e`` with every addition rounded on its own (no FMA), so ``s − m`` is exactly 0 at the
+        key whose score is the row max ``m`` and ≤ 0 at the others, whatever their magnitude: the
+        folded FMA form rounds its two products apart by up to 2^-22 of |m·log2 e|, which from
+        ~2^29 overflows exp2. A raw score prints as the rounded product the row max was taken of."""
+        if is_raw_score(e):
+            return f"({self.score_scale} * {self.names['qk']})"
+        if isinstance(e, n.Binary) and e.op in ("+", "-") and e.type == n.FLOAT:
+            a, b = self.exact(e.left, ctx), self.exact(e.right, ctx)
+            return f"_{'add' if e.op == '+' else 'sub'}_rn({a}, {b})" if self.asm else f"({a} {e.op} {b})"
+        if isinstance(e, n.Binary) and e.op in ("*", "/") and e.type == n.FLOAT:  # no addition to fuse with
+            return f"({self.exact(e.left, ctx)} {e.op} {self.exact(e.right, ctx)})"
+        if isinstance(e, n.Unary) and e.op == "-":
+            return f"(-{self.exact(e.operand, ctx)})"
+        return self.p(e, ctx)
 
 
 RAW_SCORE = n.Binary("*", n.Var("scale", n.FLOAT), n.Ref("qk", n.FLOAT), n.FLOAT)

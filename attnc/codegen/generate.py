@@ -19,6 +19,7 @@ from the intervals where they decide it (``counts_keys``).
 from __future__ import annotations
 
 import functools
+import re
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,9 @@ from ..ir.names import derived_ident, kernel_ident, tensor_arg_names
 from ..ir.passes import PassPlan, plan_passes
 from ..ir.printer import cascade_text
 from ..ir.ranges import absorbs, index_in_range, weight_range
-from .exprs import ExprPrinter, is_raw_score, qk_only_in_raw_score
+from .exprs import LOG2E_TEXT, ExprPrinter, is_raw_score, qk_only_in_raw_score
 
-CODEGEN_VERSION = "13"
+CODEGEN_VERSION = "14"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
@@ -77,15 +78,24 @@ class KernelSource:
     scalar_params: tuple[n.ParamSpec, ...]
     has_lse: bool
     runtime_tiles: bool = False  # takes the runtime tile classification (``runtime/sparsity.py``)
+    exact: bool = False  # has an EXACT build, launched after the plain one for rows it marks (huge logits)
+
+
+def _exact_loops(text: str) -> str:
+    """A copy of key or query loops with exact exponents: their ``for`` comments say so, which
+    keeps them apart from the loops that run for almost every tile (``runtime/perf.py``)."""
+    return re.sub(r"(:  # )(full|boundary) ", r"\1exact: \2 ", text)
 
 
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(_TEMPLATE_DIR)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
     )
+    env.filters["exact_loops"] = _exact_loops
+    return env
 
 
 class _Builder:
@@ -575,6 +585,21 @@ class _Builder:
         return lines
 
 
+def shifted_exp(c: n.Cascade) -> list[str]:
+    """The per-row values (a row max, an lse) an ``exp`` of ``c`` reads: shifts whose folded FMA
+    exponent rounds by up to 2^-22 of |shift·log2 e|, past exp2's range at huge logits
+    (``ExprPrinter.exact``). Empty: no exponent needs the exact form."""
+    rows = {st.name for st in c.stages if st.ranks == n.ROW}
+    return sorted({y.stage for st in c.stages for x in n.walk(st.expr) if isinstance(x, n.Call) and x.fn == "exp"
+                   for y in n.walk(x.args[0]) if isinstance(y, (n.Ref, n.Running)) and y.stage in rows})
+
+
+# |shift·log2 e| beyond which a forward tile reruns with exact exponents: the FMA form's error
+# (≤ 2^-22 of it) stays under 0.25, so a fast tile's sums keep their range and the backward,
+# which recomputes the weights from the saved statistics in the same form, matches them
+EXACT_SHIFT = 2.0 ** 20
+
+
 def _tile_lines(sfx: str) -> list[str]:
     """Tile-aligned ranges of one clause: visited [lo_t, end), full [mid_lo, mid_hi)."""
     return [
@@ -631,6 +656,15 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
     key_range = b.key_range()
     hoisted = b.hoist(b.loop_exprs(), "i")
     passes = [b.pass_block(k) for k in range(1, plan.num_passes + 1)]
+    epilogue = b.epilogue()
+    rerun = None
+    shifts = shifted_exp(c)
+    if shifts:  # the same passes with exact exponents, for tiles whose exp2 left its range
+        b.printer.exact_exp, b.printer.asm = True, not spec.interpret
+        rerun = {"passes": [b.pass_block(k) for k in range(1, plan.num_passes + 1)], "epilogue": b.epilogue(),
+                 "shifts": [f"(tl.abs({b.names[name]}) * {LOG2E_TEXT} > {EXACT_SHIFT}) & "
+                            f"(tl.abs({b.names[name]}) < float(\"inf\"))" for name in shifts]}
+        b.printer.exact_exp = False
     tensors = [p for p in c.params if p.kind == "tensor"]
     scalars = [p for p in c.params if p.kind != "tensor"]
     text = _env().get_template("forward.py.jinja").render(
@@ -645,7 +679,8 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         passes=passes,
         upcast=".to(tl.float32)" if spec.upcast else "",
         dot_precision=b.dot_precision,
-        epilogue=b.epilogue(),
+        epilogue=epilogue,
+        rerun=rerun,
         key_range=key_range,
         hoisted=hoisted,
         segments=b.segments(),
@@ -657,4 +692,5 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         lse_var=b.names["lse"] if c.has_lse else None,
         stats=[b.names[st.name] for st in c.stages if isinstance(st.expr, n.Reduce)],
     )
-    return KernelSource(text, KERNEL_NAME, tuple(tensors), tuple(scalars), c.has_lse, b.bounds.runtime)
+    return KernelSource(text, KERNEL_NAME, tuple(tensors), tuple(scalars), c.has_lse, b.bounds.runtime,
+                        rerun is not None)

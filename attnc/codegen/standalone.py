@@ -117,6 +117,7 @@ def standalone_source(c: n.Cascade, dtype: str, module_hint: str = "attention_ke
         demo_args=demo,
         parameter_names=repr(tuple(p.name for p in c.params)),
         runtime_tiles=source.runtime_tiles,
+        exact=source.exact,
     )
     return text
 

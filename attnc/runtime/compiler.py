@@ -603,6 +603,11 @@ class Attention:
         kernel = kernel_for(self.cascade, Specialization(_DTYPES[q.dtype], interpret))
         out = rows((B, Hq, Nq, Dv), q.dtype)
         lse = rows((B, Hq, Nq), torch.float32)
+        # rows the plain launch marks for the EXACT one (huge logits: codegen/forward.py.jinja), laid
+        # out as lse (same strides); the plain launch writes every row, so no fill is needed
+        redo = ((packed.rows((B, Hq, Nq), torch.int8) if packed else torch.empty((B, Hq, Nq), dtype=torch.int8,
+                                                                                    device=q.device))
+                if kernel.source.exact else lse)
         n_stats = sum(isinstance(st.expr, n.Reduce) for st in self.cascade.stages) + 1
         stats = rows((B, Hq, Nq, n_stats), torch.float32) if save_stats else None
         if packed:  # the kernel sees each sequence's own lengths; the grid covers the longest
@@ -629,13 +634,14 @@ class Attention:
         cu = packed.pointers if packed else (lse, lse)  # never read unless VARLEN
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()  # masked-off lanes
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
-            fn[grid](
-                q, k, v, out, lse, *targs, *_launch_scalars(scalars, interpret),
-                *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *cu,
-                Nq, Nkv, Hq, Hkv, D, Dv, *_launch_scalars([float(scale)], interpret), st, *st_strides,
-                BLOCK_D=block_d, BLOCK_DV=block_dv, SAVE_STATS=save_stats, VARLEN=packed is not None, **flags,
-                **launch,
-            )
+            for exact in ((False, True) if kernel.source.exact else (False,)):
+                fn[grid](
+                    q, k, v, out, lse, *targs, *_launch_scalars(scalars, interpret),
+                    *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *cu,
+                    Nq, Nkv, Hq, Hkv, D, Dv, *_launch_scalars([float(scale)], interpret), st, *st_strides, redo,
+                    BLOCK_D=block_d, BLOCK_DV=block_dv, SAVE_STATS=save_stats, VARLEN=packed is not None, **flags,
+                    **launch, EXACT=exact,
+                )
         return out, lse, stats
 
     def launch_backward(self, dout, dlse, q, k, v, out, stats, tensors: list, scalars: list, scale: float,
@@ -697,17 +703,24 @@ class Attention:
         if src.runtime_tiles:
             tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n, packed)
             rows_tiles, kv_tiles = _tile_args(tiles.lists, B, Hq), _tile_args(tiles.classes, B, Hq)
+        # the EXACT builds take the query tiles (and kv heads) the forward ran with exact exponents;
+        # without huge logits their programs only exit (codegen/backward.py.jinja)
+        modes = (False, True) if src.exact else (False,)
+        exact_kv = torch.zeros((B, Hkv), dtype=torch.int32, device=q.device) if src.exact else dummy
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
-            kernels.fns[ROWS_KERNEL][(triton.cdiv(Nq, config.block_m), B * Hq)](
-                q, k, v, out, dout, dlse, stats, coef, dq, *targs, *gargs, *_launch_scalars(scalars, interpret),
-                *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dlse.stride(),
-                *stats.stride(), *coef.stride(), *dq.stride(), qtiles, *qtiles.stride()[:3], *vnorm, *rows_tiles, *sizes,
-                **launch, **flags)
-            kernels.fns[KV_KERNEL][(triton.cdiv(Nkv, config.block_n), B * Hkv)](
-                q, k, v, dout, stats, coef, dk, dv, *targs, *gargs, *_launch_scalars(scalars, interpret),
-                *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *stats.stride(), *coef.stride(),
-                *dk.stride(), *dv.stride(), qtiles, *qtiles.stride()[:3], *kv_tiles, *sizes, **launch, **flags)
+            for exact in modes:
+                kernels.fns[ROWS_KERNEL][(triton.cdiv(Nq, config.block_m), B * Hq)](
+                    q, k, v, out, dout, dlse, stats, coef, dq, *targs, *gargs, *_launch_scalars(scalars, interpret),
+                    *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dlse.stride(),
+                    *stats.stride(), *coef.stride(), *dq.stride(), qtiles, *qtiles.stride()[:3], exact_kv, *vnorm,
+                    *rows_tiles, *sizes, **launch, **flags, EXACT=exact)
+            for exact in modes:
+                kernels.fns[KV_KERNEL][(triton.cdiv(Nkv, config.block_n), B * Hkv)](
+                    q, k, v, dout, stats, coef, dk, dv, *targs, *gargs, *_launch_scalars(scalars, interpret),
+                    *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *stats.stride(), *coef.stride(),
+                    *dk.stride(), *dv.stride(), qtiles, *qtiles.stride()[:3], exact_kv, *kv_tiles, *sizes, **launch,
+                    **flags, EXACT=exact)
         return result()
 
 

@@ -45,8 +45,9 @@ import os
 import pytest
 
 import attnc
-from attnc.runtime.aot import (BACKWARD_KERNELS, AotResult, library_backward_jobs, library_jobs, parse_ptxas_log,
-                               parse_resource_usage, run_jobs, toolchain_problem)
+from attnc.runtime.aot import (BACKWARD_KERNELS, AotResult, aot_compile, aot_compile_backward, configs_for,
+                               library_backward_jobs, library_jobs, parse_ptxas_log, parse_resource_usage, run_jobs,
+                               toolchain_problem)
 
 CAPABILITIES = (80, 90)
 DTYPES = ("float16", "float32")
@@ -195,3 +196,19 @@ def test_parse_ptxas_log():
            "ptxas info    : Used 255 registers, used 1 barriers, 232 bytes cumulative stack size\n")
     assert parse_ptxas_log(log) == {"stack_frame": 232, "spill_stores": 228, "spill_loads": 440, "registers": 255}
     assert parse_ptxas_log("") == {}
+
+
+@pytest.mark.parametrize("capability", CAPABILITIES)
+def test_exact_builds_compile(capability):
+    """The EXACT builds (query tiles the forward ran with exact exponents: huge logits,
+    issue 16 item 4) are launched only then, so no other test compiles them: their inline
+    add.rn/sub.rn and early exits must build, within the spill limit."""
+    problem = toolchain_problem(capability)
+    if problem:
+        pytest.skip(f"ahead-of-time builds need Triton's NVIDIA backend: {problem}")
+    cascade = attnc.library_cascade("causal")
+    results = [*aot_compile_backward(cascade, "float16", 64, 64, capability, constexprs={"EXACT": True}).values(),
+               aot_compile(cascade, "float16", 64, 64, capability, configs_for(cascade, capability, "float16", 64, 64)[0],
+                           constexprs={"EXACT": True})]
+    for result in results:
+        assert result.spilled_bytes <= SPILL_LIMIT, result.describe()
