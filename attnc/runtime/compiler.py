@@ -628,9 +628,10 @@ class Attention:
         targs = [x for t in tensors for x in (t, *t.shape, *t.stride())]
         st = stats if save_stats else lse
         st_strides = stats.stride() if save_stats else (0, 0, 0, 0)
+        tile_args = ()
         if kernel.source.runtime_tiles:
             tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n, packed)
-            st_strides = (*st_strides, *_tile_args(tiles.lists, B, Hq))
+            tile_args = _tile_args(tiles.lists, B, Hq)
         cu = packed.pointers if packed else (lse, lse)  # never read unless VARLEN
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()  # masked-off lanes
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
@@ -639,6 +640,7 @@ class Attention:
                     q, k, v, out, lse, *targs, *_launch_scalars(scalars, interpret),
                     *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *cu,
                     Nq, Nkv, Hq, Hkv, D, Dv, *_launch_scalars([float(scale)], interpret), st, *st_strides, redo,
+                    *tile_args,
                     BLOCK_D=block_d, BLOCK_DV=block_dv, SAVE_STATS=save_stats, VARLEN=packed is not None, **flags,
                     **launch, EXACT=exact,
                 )
