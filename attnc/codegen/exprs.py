@@ -17,6 +17,8 @@ generated name (see ``ir/names.py``).
 
 from __future__ import annotations
 
+import math
+
 from ..ir import nodes as n
 from ..ir.names import derived_ident, kernel_ident
 from ..ir.printer import const_text
@@ -140,6 +142,11 @@ class ExprPrinter:
         if op == "**":
             return f"_pow({a}, {b})"
         if op == "/" and e.type == n.FLOAT:
+            if isinstance(e.right, n.Const) and float(e.right.value) == 0.0:
+                # x / ±0 is x·(±inf) in IEEE (±inf, NaN at 0), not Python's ZeroDivisionError on
+                # the literal 1.0 / 0.0 (the interpreter and Triton's constant folding both raise)
+                inf = "float(\"-inf\")" if math.copysign(1.0, float(e.right.value)) < 0 else "float(\"inf\")"
+                return f"({a} * {inf})"
             if ctx == "pair" and "j" in n.free_ranks(e.left, self.stage_ranks) and \
                     "j" not in n.free_ranks(e.right, self.stage_ranks):
                 # a divisor that is the same along a row: one reciprocal per row (or kernel),

@@ -506,7 +506,7 @@ class _Builder:
             m = f"tl.abs({self.printer.key_range_expr(cg.m)})"
             # (t − lo_r) mod m from residues of values that each fit int32 (t is a checked mask
             # sub-expression, lo_r and hi_r lie in [0, n_kv]): their difference would not
-            lines += [f"cg_m = {m}",
+            lines += [f"cg_m = ({m}).to(tl.int64)",  # int64 even for a literal modulus (⌈2^32 / mm⌉ below)
                       f"cg_t = {t}",
                       "res_t = _fmod(cg_t, cg_m)",
                       "res_d = _fmod(lo_r, cg_m)",

@@ -40,7 +40,7 @@ from .cache import cache_dir, load_module, store
 from .frontend import library_spec, spec_from_file, spec_from_text
 from .layout import GridPlan, gather, grid_dims, scatter
 from .sparsity import TileCache, classify
-from .validate import SYMBOLIC, bind_params, check_inputs, check_int32, sizes_of
+from .validate import SYMBOLIC, bind_params, check_inputs, check_int32, require_dense, sizes_of
 
 SPEC_OPENERS = ("attention", "mask", "score", "norm", "from", "#")  # how spec text (not a path) starts
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -294,6 +294,7 @@ def _cu_seqlens(name: str, cu, total: int, device) -> tuple[torch.Tensor, tuple[
     if not isinstance(cu, torch.Tensor) or cu.dim() != 1 or cu.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"`{name}` must be a 1-D int32/int64 tensor of cumulative lengths, got "
                         f"{type(cu).__name__ if not isinstance(cu, torch.Tensor) else f'{cu.dtype} {tuple(cu.shape)}'}")
+    require_dense(f"`{name}`", cu)
     values = [int(x) for x in cu.tolist()]
     if not values or values[0] != 0:
         raise ValueError(f"`{name}` must start at 0, got {values[:1]}")
@@ -302,7 +303,7 @@ def _cu_seqlens(name: str, cu, total: int, device) -> tuple[torch.Tensor, tuple[
         raise ValueError(f"`{name}` must not decrease, got {values}")
     if values[-1] != total:
         raise ValueError(f"`{name}` must end at the number of rows ({total}), got {values[-1]}")
-    return cu.to(device=device, dtype=torch.int32), lens
+    return cu.to(device=device, dtype=torch.int32).contiguous(), lens  # the kernels read it at unit stride
 
 
 class _VarlenFn(torch.autograd.Function):
@@ -434,6 +435,9 @@ class Attention:
         gather the outputs back into the caller's order."""
         bound = bind_params(self.cascade, params, sizes, q.device)
         grid_dims(self.cascade, sizes, bound)  # refuse a call that does not fit the grid first
+        # the permuted kernel's expressions are per axis; the variant's own, as the reference
+        # computes them, must fit int32 too (a dilation of 2**31 - 1 passed the permuted check)
+        check_int32(self.cascade, q.shape[0], sizes, bound)
         if sizes["n_q"] == 0:  # nothing to permute
             out = q.new_zeros((*q.shape[:3], v.shape[3]))
             lse = torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
@@ -452,6 +456,7 @@ class Attention:
         into the caller's token order (the adjoint of ``scatter``)."""
         sizes = sizes_of(q, k, v, scale)
         bound = bind_params(self.cascade, params, sizes, q.device)
+        check_int32(self.cascade, q.shape[0], sizes, bound)
         plan = self.grid_plan(q, k, v, *self.permuted._forward_blocks(q, v), _sizes=sizes, _bound=bound)
         qp, kp, vp = scatter(q, plan.q), scatter(k, plan.k), scatter(v, plan.k)
         perm = self.permuted

@@ -19,15 +19,22 @@ from ..ir.printer import expr_text
 from ..ir.ranges import int32_overflows
 
 
+def require_dense(what: str, t: torch.Tensor) -> None:
+    """A tensor whose values the runtime or a kernel reads: dense (strided), not nested, not meta."""
+    if t.is_nested:
+        raise ValueError(f"{what} is a nested tensor; pass a dense one (pack sequences with `attn.varlen`)")
+    if t.layout != torch.strided:
+        raise ValueError(f"{what} is a {t.layout} tensor; pass a dense one (`.to_dense()`)")
+    if t.device.type == "meta":
+        raise ValueError(f"{what} is on the meta device, which holds no data; pass a tensor on cpu or cuda")
+
+
 def check_inputs(q, k, v, dtypes: tuple | None = None) -> tuple[int, int, int, int, int, int, int]:
     """Validate q [B, Hq, Nq, D], k [B, Hkv, Nkv, D], v [B, Hkv, Nkv, Dv]; returns the sizes."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
-        if t.layout != torch.strided:
-            raise ValueError(f"`{name}` is a {t.layout} tensor; pass a dense one (`{name}.to_dense()`)")
-        if t.device.type == "meta":
-            raise ValueError(f"`{name}` is on the meta device, which holds no data; pass a tensor on cpu or cuda")
+        require_dense(f"`{name}`", t)
         if t.dim() != 4:
             raise ValueError(f"`{name}` must have 4 dimensions [B, H, N, D], got shape {tuple(t.shape)}")
         if not t.dtype.is_floating_point:
@@ -67,6 +74,7 @@ def _number(what: str, value):
     ``torch.tensor(3)``); anything else unchanged. Scalars are kernel constants and get no
     gradient, so a tensor that asks for one is refused rather than silently detached."""
     if isinstance(value, torch.Tensor):
+        require_dense(what, value)
         if value.numel() != 1:
             raise TypeError(f"{what} is a scalar, got a tensor of shape {tuple(value.shape)}")
         if value.requires_grad and torch.is_grad_enabled():
@@ -112,6 +120,7 @@ _PARTIAL_UINTS = tuple(getattr(torch, name) for name in ("uint16", "uint32", "ui
 def _tensor(spec: n.ParamSpec, value, sizes: dict, scalars: dict, device) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"parameter `{spec.name}` is a tensor, got {type(value).__name__}")
+    require_dense(f"parameter `{spec.name}`", value)
     if value.dim() != len(spec.dims):
         shown = ", ".join(expr_text(d) for d in spec.dims)
         raise ValueError(f"parameter `{spec.name}` must have {len(spec.dims)} dimensions [{shown}], "

@@ -244,3 +244,72 @@ def test_compile_output_is_never_a_device_link_or_directory(tmp_path, capsys, ta
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     if target == "link":
         assert (tmp_path / "victim.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("text", ["mask m = (q_idx - kv_idx) % 3 == 0\n", "mask m = (kv_idx - q_idx) % 5 == 1\n",
+                                  "mask m = (q_idx + kv_idx) % 2 == 0 and kv_idx <= q_idx\n"])
+def test_literal_modulus_masks_run(text):
+    """A congruence with a literal modulus: the kernel's ⌈2^32/m⌉ was computed in int32 and the
+    interpreter refused 4294967295 (an adversarial pass's valid input)."""
+    attn = attnc.compile(text)
+    q, k, v = (x.requires_grad_() for x in _qkv(n=40, seed=4))
+    out = attn(q, k, v)
+    want = attn.reference(q.detach(), k.detach(), v.detach())
+    assert torch.allclose(out.double(), want, atol=1e-5, rtol=1e-5)
+    out.sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+def test_varlen_strided_or_meta_offsets():
+    """cu_seqlens read at unit stride by the kernels: a strided view (every other element) is
+    made contiguous, not read past its end (it corrupted the heap); a meta tensor is refused."""
+    attn = attnc.load("sliding_window")
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(12, 2, 16, generator=g) for _ in range(3))
+    cu = torch.tensor([0, 99, 4, 99, 12, 99], dtype=torch.int32)[::2]
+    got = attn.varlen(q, k, v, cu, cu, window=4)
+    want = attn.varlen(q, k, v, cu.contiguous(), cu.contiguous(), window=4)
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="`cu_seqlens_q` is on the meta device"):
+        attn.varlen(q, k, v, torch.empty(3, dtype=torch.int32, device="meta"), cu, window=4)
+
+
+def test_grid_variant_parameters_leaving_int32_are_refused():
+    """natten2d with dilation_h = 2**31 - 1: the variant's own index arithmetic (as the reference
+    computes it) leaves int32 although the per-axis permuted kernel's does not — refused, not a
+    wrong answer (an adversarial pass's rel. error 0.87)."""
+    attn = attnc.load("natten2d")
+    q, k, v = _qkv(n=16, seed=7)
+    with pytest.raises(ValueError, match="beyond int32"):
+        attn(q, k, v, width=4, dilation_h=2**31 - 1)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "meta"])
+def test_tensor_and_scalar_parameters_without_values_are_refused_by_name(kind):
+    ids = torch.zeros(1, 8, dtype=torch.int64)
+    ids = ids.to_sparse() if kind == "sparse" else ids.to("meta")
+    with pytest.raises(ValueError, match=f"parameter `doc` is .*{kind}"):
+        attnc.load("document")(*_qkv(n=8), doc=ids)
+    if kind == "meta":
+        with pytest.raises(ValueError, match="parameter `cap` is on the meta device"):
+            attnc.load("softcap")(*_qkv(), cap=torch.tensor(3.0, device="meta"))
+
+
+def test_nested_inputs_are_refused_by_name():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: nested tensors are a prototype
+        nt = torch.nested.nested_tensor([torch.randn(2, 8, 16), torch.randn(2, 6, 16)])
+    with pytest.raises(ValueError, match="`q` is a nested tensor"):
+        attnc.load("causal")(nt, nt, nt)
+
+
+@pytest.mark.parametrize("make", [lambda: attnc.compile("score sc = score / 0.0\n"),
+                                  lambda: attnc.compile("score sc = score / -0.0 + 1.0\n"),
+                                  lambda: attnc.jit(lambda score, b, h, q_idx, kv_idx: score / 0)])
+def test_division_by_a_literal_zero_is_ieee_not_a_fault(make):
+    """`x / 0.0` is ±inf (NaN at 0) as in IEEE; the generated `1.0 / 0.0` raised ZeroDivisionError
+    in the interpreter (and in Triton's constant folding)."""
+    out = make()(*_qkv())
+    assert out.shape == (1, 2, 6, 16)
