@@ -116,6 +116,11 @@ class Reduce:
 
 Expr = Union[Name, Num, Bool, Unary, BinOp, Compare, BoolOp, Not, IfExp, Call, Index, Reduce]
 
+# An expression larger than this, once definitions and lets are inlined (``ir/lower.py``) or as
+# traced (``dsl/trace.py``), is almost surely a runaway definition: refused before any pass,
+# printer or hash walks it (a chain of `x = x + x` doubles the tree 60 times over).
+MAX_EXPR_NODES = 4000
+
 # ---------------------------------------------------------------------------- types
 
 

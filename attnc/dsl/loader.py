@@ -126,7 +126,7 @@ class Loader:
         path = Path(path)
         try:
             key = path.resolve()
-        except (OSError, RuntimeError) as err:
+        except (OSError, RuntimeError, ValueError) as err:  # ValueError: a NUL byte in the path
             raise SpecError(f"cannot open spec file {str(path)!r}: {err}", span) from None
         if key in self._files:
             return self._files[key]
@@ -141,7 +141,7 @@ class Loader:
         self._loading.append(key)
         try:
             scope = self.load_text(text, str(path), base_dir=path.parent, is_library=is_library,
-                                   claimed=path.suffix == ".attn")
+                                   claimed=path.suffix == ".attn" and key.suffix == ".attn")  # a link's target too
         finally:
             self._loading.pop()
         self._files[key] = scope
@@ -152,6 +152,10 @@ class Loader:
         """``claimed``: the text says it is a spec (text given as such, a ``*.attn`` file). A file
         that is not may be anything (``attnc check /etc/passwd``): if it does not parse, the
         error says where, never what it holds."""
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > MAX_SPEC_BYTES:  # bounded work for text as for files
+            raise SpecError(f"spec text {name!r} is {size} bytes; the limit is {MAX_SPEC_BYTES}", None)
+        text = text.removeprefix("\ufeff")  # a byte-order mark is not part of the spec, in text as in files
         try:
             module = parse(text, name)
         except SpecError as err:

@@ -13,6 +13,7 @@ tensor objects, so each call reads their current contents.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import linecache
 import math
@@ -119,6 +120,11 @@ class Sym:
         self.kind = kind
         self.tracer = tracer
         self.masked = masked
+        if node is not None and tracer.size(node) > ast.MAX_EXPR_NODES:
+            raise trace_error(f"this value is an expression of {tracer.size(node)} nodes (the limit is "
+                              f"{ast.MAX_EXPR_NODES}), past what a spec may hold; a Python loop that builds it up "
+                              f"(`x = x + x` doubles it each time) should compute it in fewer operations "
+                              f"(`x * 2 ** n`)")
         frame = _user_frame()  # where the value was made: for a returned value, its `return` line
         self.origin = None if frame is None else (frame.f_code, frame.f_lineno, frame.f_lasti)
 
@@ -322,6 +328,26 @@ class Tracer:
     functions: list = field(default_factory=list)  # the user's functions, for naming captures
     captured: list[Captured] = field(default_factory=list)
     taken: set[str] = field(default_factory=set)
+
+    sizes: dict = field(default_factory=dict)  # id(node) → (node, tree size): see ``size``
+
+    def size(self, node) -> int:
+        """The tree size of a traced expression, shared sub-expressions counted at each use (as
+        the spec will inline them), in time linear in the distinct nodes: each value's size is
+        kept when its Sym is made, so a new node only adds its children's."""
+        hit = self.sizes.get(id(node))
+        if hit is not None and hit[0] is node:
+            return hit[1]
+        total = 1
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            for kid in (value if isinstance(value, tuple) else (value,)):
+                if isinstance(kid, ast.Keyword):
+                    kid = kid.value
+                if dataclasses.is_dataclass(kid) and not isinstance(kid, type) and not isinstance(kid, Span):
+                    total += self.size(kid)
+        self.sizes[id(node)] = (node, total)
+        return total
 
     # -- functions
     def call(self, fn: str, *args) -> Sym:

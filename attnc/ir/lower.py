@@ -860,7 +860,7 @@ def _param_specs(d: ast.Def, scope: Scope) -> tuple[list[n.ParamSpec], dict]:
     return specs, env
 
 
-MAX_STAGE_NODES = 4000  # an inlined stage larger than this is almost surely a runaway definition
+MAX_STAGE_NODES = ast.MAX_EXPR_NODES  # an inlined stage larger than this is almost surely a runaway definition
 # Deeper inlined expressions would exhaust Python's recursion in later passes (range analysis,
 # sympy, the printers); the parser's own limit per written expression is the same.
 MAX_STAGE_DEPTH = 128  # MAX_NESTING, and the few levels the language adds (score = scale · q·k, ...)

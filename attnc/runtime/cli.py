@@ -165,14 +165,30 @@ def _parse_params(items: list[str] | None) -> dict:
     return params
 
 
+def _shown(text: str, limit: int = 40) -> str:
+    """An argument as an error message quotes it: a 10,000-digit one is cut."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}… ({len(text)} characters)"
+
+
 def _positive(text: str) -> int:
     """argparse type: an integer ≥ 1 (sizes, counts)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+MAX_EXAMPLES = 10_000  # drawn problems take about a second each on the CPU
+
+
+def _examples(text: str) -> int:
+    """argparse type: a number of drawn problems, 1..MAX_EXAMPLES."""
+    value = _positive(text)
+    if value > MAX_EXAMPLES:
+        raise argparse.ArgumentTypeError(f"at most {MAX_EXAMPLES} (about a second each), got {_shown(str(value))}")
     return value
 
 
@@ -181,9 +197,9 @@ def _seed(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        raise argparse.ArgumentTypeError(f"{_shown(text)} is not an integer") from None
     if not -2**63 <= value < 2**64:
-        raise argparse.ArgumentTypeError(f"must be in [-2**63, 2**64 - 1] (a 64-bit seed), got {value}")
+        raise argparse.ArgumentTypeError(f"must be in [-2**63, 2**64 - 1] (a 64-bit seed), got {_shown(str(value))}")
     return value
 
 
@@ -372,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     ch.add_argument("--head-dim", type=_positive, default=32)
     ch.add_argument("--head-dim-v", type=_positive, default=None, help="default: --head-dim")
     ch.add_argument("--seed", type=_seed, default=0)
-    ch.add_argument("--examples", type=_positive, default=None,
+    ch.add_argument("--examples", type=_examples, default=None,
                     help="property-test on N drawn problems (attnc.testing) instead of one fixed shape")
     ch.add_argument("--property", action="append", metavar="NAME",  # checked in cmd_check: attnc.testing needs hypothesis
                     help="with --examples: a property to test (repeatable): reference (default), batch_split, "

@@ -40,7 +40,7 @@ from .cache import cache_dir, load_module, store
 from .frontend import library_spec, spec_from_file, spec_from_text
 from .layout import GridPlan, gather, grid_dims, scatter
 from .sparsity import TileCache, classify
-from .validate import SYMBOLIC, bind_params, check_inputs, check_int32, require_dense, sizes_of
+from .validate import FLOAT32_MAX, SYMBOLIC, bind_params, check_inputs, check_int32, require_dense, sizes_of
 
 SPEC_OPENERS = ("attention", "mask", "score", "norm", "from", "#")  # how spec text (not a path) starts
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -568,13 +568,18 @@ class Attention:
         return [int(x) if kind in (n.BOOL, n.INT) else _fp32_scalar(x) for kind, x in zip(kinds, scalars, strict=True)]
 
     def _int32_tensors(self, tensors: list) -> list:
-        """Integer tensor parameters as kernels read them, int32: a wider one (int64, uint32, ...)
-        is converted after checking its values fit, rather than wrapped silently (document ids
-        2**32 and 0 would otherwise be one document). One reduction and one host sync per wide
-        tensor; int32 tensors skip both."""
+        """Integer tensor parameters as kernels read them, int32: a wider one (int64) is converted
+        after checking its values fit, rather than wrapped silently (document ids 2**32 and 0 would
+        otherwise be one document); a float64 one is checked to fit float32. One reduction and one
+        host sync per such tensor; int8-int32 and 16/32-bit float tensors skip both."""
         specs = [p for p in self.cascade.params if p.kind == "tensor"]
         out = []
         for p, t in zip(specs, tensors, strict=True):
+            if t.dtype == torch.float64 and t.numel():  # read as float32 by the kernels, like the scalars
+                big = t.abs().masked_fill(~torch.isfinite(t), 0).max()
+                if float(big) > FLOAT32_MAX:
+                    raise ValueError(f"parameter `{p.name}` holds {float(big):g}, beyond float32's range (±3.4e38), "
+                                     f"which kernels read it in; pass values within it (±inf passes as given)")
             if p.elem == n.INT and t.dtype not in _NARROW_INTS and t.numel():
                 lo, hi = (int(x) for x in torch.aminmax(t))
                 if lo < -2**31 or hi >= 2**31:

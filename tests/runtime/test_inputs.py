@@ -313,3 +313,69 @@ def test_division_by_a_literal_zero_is_ieee_not_a_fault(make):
     in the interpreter (and in Triton's constant folding)."""
     out = make()(*_qkv())
     assert out.shape == (1, 2, 6, 16)
+
+
+def test_traced_expressions_past_the_node_limit_are_refused_quickly():
+    """`x = x + x` sixty times is a 2^61-node tree behind a 60-node graph: refused at the user's
+    line as it is traced (it timed out), as is a 10,000-step chain (it raised RecursionError)."""
+    import time
+
+    def doubling(score, b, h, q_idx, kv_idx):
+        x = score
+        for _ in range(60):
+            x = x + x
+        return x
+
+    def chain(score, b, h, q_idx, kv_idx):
+        x = score
+        for _ in range(5000):
+            x = x * 1.0 + 0.0
+        return x
+
+    for fn in (doubling, chain):
+        start = time.perf_counter()
+        with pytest.raises(SpecError, match="expression of .* nodes") as info:
+            attnc.jit(fn)(*_qkv())
+        assert time.perf_counter() - start < 20 and info.value.span is not None
+
+
+def test_spec_text_is_bounded_like_files():
+    from attnc.dsl.loader import MAX_SPEC_BYTES
+
+    text = "mask m = q_idx >= kv_idx\n" * (MAX_SPEC_BYTES // 20)
+    with pytest.raises(SpecError, match="bytes; the limit is"):
+        attnc.compile(text)
+    assert attnc.compile("\ufeffmask m = q_idx >= kv_idx\n").name == "m"  # a byte-order mark, as in files
+    with pytest.raises(SpecError, match="cannot open spec file"):
+        attnc.compile("\x00")
+
+
+def test_a_link_named_attn_to_another_file_is_not_quoted(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    link = tmp_path / "looks.attn"
+    link.symlink_to(secret)
+    with pytest.raises(SpecError) as info:
+        attnc.compile(str(link))
+    assert "root:x" not in str(info.value) and "is not a spec" in str(info.value)
+
+
+@pytest.mark.parametrize("kw", [{"cap": 1e39}, {"scale": -1e39}])
+def test_floats_past_float32_are_refused_not_made_inf(kw):
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=f"`{name}` = .* beyond float32's range"):
+        attnc.load("softcap")(*_qkv(), **kw)
+
+
+def test_float64_tensor_parameters_past_float32_are_refused():
+    attn = attnc.compile("score sb(t: tensor[N_KV] float) = score + t[kv_idx]\n")
+    with pytest.raises(ValueError, match="`t` holds 1e\\+300, beyond float32's range"):
+        attn(*_qkv(), t=torch.full((6,), 1e300, dtype=torch.float64))
+
+
+def test_cli_examples_and_long_numbers(capsys):
+    assert cli.main(["check", "causal", "--examples", "99999999999"]) == 2
+    assert "at most 10000" in capsys.readouterr().err
+    assert cli.main(["check", "causal", "--seed", "9" * 10000]) == 2
+    err = capsys.readouterr().err
+    assert len(err) < 200 and "(10000 characters)" in err
