@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from ..dsl import ast
 from ..dsl.errors import Span, SpecError, suggest
 from ..dsl.loader import Scope
-from ..dsl.parser import KEYWORDS
+from ..dsl.parser import FLOAT32_MAX, KEYWORDS
 from . import nodes as n
 from .names import CALL_ARGUMENTS
 from .simplify import simplify
@@ -275,7 +275,9 @@ def _lower_binop(e: ast.BinOp, ctx: Ctx) -> n.Expr:
 
 
 def _check_finite_constant(x: n.Expr, node: ast.Expr) -> None:
-    """A float expression of constants only must evaluate to a finite number (no 1.0 / 0.0)."""
+    """A float expression of constants only must evaluate to a finite number (no 1.0 / 0.0)
+    within float32's range, which kernels compute in (the float64 reference would not overflow
+    on `2.0 ** 1000`: the two would disagree), as float literals must."""
     if any(isinstance(k, (n.Var, n.Param, n.Load, n.Ref, n.ValueRow, n.Dot)) for k in n.walk(x)):
         return
     import math
@@ -288,6 +290,9 @@ def _check_finite_constant(x: n.Expr, node: ast.Expr) -> None:
         value = math.nan
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise SpecError(f"`{_describe(node)}` evaluates to {value}, not a finite number", node.span)
+    if abs(value) > FLOAT32_MAX:
+        raise SpecError(f"`{_describe(node)}` evaluates to {value:g}, beyond float32's range (±3.4e38), which "
+                        f"kernels compute in", node.span)
 
 
 def _lower_compare(e: ast.Compare, ctx: Ctx) -> n.Expr:

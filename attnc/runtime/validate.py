@@ -13,6 +13,7 @@ import math
 import numpy as np
 import torch
 
+from ..dsl.parser import FLOAT32_MAX
 from ..ir import nodes as n
 from ..ir.evaluate import eval_size_expr
 from ..ir.printer import expr_text
@@ -112,9 +113,6 @@ def _scalar(spec: n.ParamSpec, value):
             raise ValueError(f"parameter `{spec.name}` = {value} does not fit in int32")
         return value
     return _float32(f"parameter `{spec.name}`", value)
-
-
-FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _float32(what: str, value) -> float:

@@ -379,3 +379,11 @@ def test_cli_examples_and_long_numbers(capsys):
     assert cli.main(["check", "causal", "--seed", "9" * 10000]) == 2
     err = capsys.readouterr().err
     assert len(err) < 200 and "(10000 characters)" in err
+
+
+@pytest.mark.parametrize("expr", ["2.0 ** 1000", "1e38 * 10.0", "float(2147483647) * float(2147483647) * 1e20"])
+def test_constant_expressions_past_float32_are_refused_at_their_span(expr):
+    """As float literals are: in a kernel they would be inf, in the float64 reference finite."""
+    with pytest.raises(SpecError, match="beyond float32's range") as info:
+        attnc.compile(f"score sc = score + {expr}\n")
+    assert info.value.span is not None and info.value.span.line == 1
