@@ -590,6 +590,9 @@ def extra_params(fn, role: str) -> list[ExtraParam]:
         where = _def_span(fn)
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             raise SpecError(f"`{fn.__name__}`: *args/**kwargs cannot become spec parameters", where)
+        if p.kind == p.KEYWORD_ONLY:  # the tracer passes every parameter by position
+            raise SpecError(f"`{fn.__name__}`: keyword-only parameter `{p.name}`; declare it before the `*` "
+                            f"(callers still pass it by name: `attn(q, k, v, {p.name}=...)`)", where)
         kind = None
         ann = p.annotation
         if ann in (int, "int"):

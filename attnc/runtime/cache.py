@@ -53,6 +53,9 @@ def _problem(path: Path) -> str | None:
         return "it is not a directory"
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
         return f"it belongs to another user (uid {st.st_uid})"
+    if st.st_mode & 0o022 and st.st_mode & stat.S_ISVTX:  # a shared directory such as /tmp: never narrowed
+        return (f"it is a shared directory (mode {stat.S_IMODE(st.st_mode):o}) that others write to; use a "
+                f"directory of its own inside it")
     if st.st_mode & 0o022:
         try:
             os.chmod(path, 0o700)

@@ -393,6 +393,8 @@ class Attention:
         """Checks shared by dense and packed calls, then the sizes and the kernel arguments of the
         parameters (``lengths`` overrides the sizes a packed call binds parameters with)."""
         check_inputs(q, k, v, dtypes=tuple(_DTYPES))
+        if not isinstance(return_lse, bool):  # `return_lse="no"` would be taken as true
+            raise TypeError(f"`return_lse` is True or False, got {type(return_lse).__name__} {return_lse!r}")
         D, Dv = q.shape[3], v.shape[3]
         if not (1 <= D <= 256 and 1 <= Dv <= 256):
             raise ValueError(f"head dims must be 1..256, got D={D}, Dv={Dv}")

@@ -121,6 +121,15 @@ def test_a_file_as_the_cache_is_refused(cache):
         cache_dir()
 
 
+def test_a_shared_sticky_directory_is_refused_not_narrowed(cache):
+    """ATTNC_CACHE_DIR=/tmp must not chmod /tmp to 0700 (for everyone); a 1777 directory is refused."""
+    cache.mkdir()
+    cache.chmod(0o1777)
+    with pytest.raises(CacheDirError, match="ATTNC_CACHE_DIR=.*shared directory"):
+        cache_dir()
+    assert cache.stat().st_mode & 0o7777 == 0o1777
+
+
 def test_a_dangling_link_as_the_cache_is_named_as_such(cache, tmp_path):
     cache.symlink_to(tmp_path / "gone")
     with pytest.raises(CacheDirError, match="ATTNC_CACHE_DIR=.*symbolic link to .*gone.*does not exist"):

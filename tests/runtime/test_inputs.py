@@ -387,3 +387,16 @@ def test_constant_expressions_past_float32_are_refused_at_their_span(expr):
     with pytest.raises(SpecError, match="beyond float32's range") as info:
         attnc.compile(f"score sc = score + {expr}\n")
     assert info.value.span is not None and info.value.span.line == 1
+
+
+def test_return_lse_must_be_a_bool():
+    with pytest.raises(TypeError, match="`return_lse` is True or False"):
+        attnc.load("causal")(*_qkv(), return_lse="no")
+
+
+def test_jit_keyword_only_parameter_is_a_spec_error():
+    def kwonly(score, b, h, q_idx, kv_idx, *, cap: float = 1.0):
+        return score * cap
+
+    with pytest.raises(SpecError, match="keyword-only parameter `cap`"):
+        attnc.jit(kwonly)(*_qkv())
