@@ -245,6 +245,12 @@ class Sym:
     def __getitem__(self, _):
         raise trace_error("a traced value is a single number; it cannot be indexed")
 
+    def _unsupported(self, *_):
+        raise trace_error("shifts (`<<`, `>>`), `@` and round() have no spec meaning on a traced value "
+                          "(a number per (q_idx, kv_idx)); write the arithmetic with + - * / // % **")
+
+    __lshift__ = __rlshift__ = __rshift__ = __rrshift__ = __matmul__ = __rmatmul__ = __round__ = _unsupported
+
     def __repr__(self) -> str:
         from .printer import print_expr
 

@@ -400,3 +400,12 @@ def test_jit_keyword_only_parameter_is_a_spec_error():
 
     with pytest.raises(SpecError, match="keyword-only parameter `cap`"):
         attnc.jit(kwonly)(*_qkv())
+
+
+@pytest.mark.parametrize("fn", [lambda score, b, h, q_idx, kv_idx: score + (q_idx << 1),
+                                lambda score, b, h, q_idx, kv_idx: score + (q_idx >> 1),
+                                lambda score, b, h, q_idx, kv_idx: score @ score,
+                                lambda score, b, h, q_idx, kv_idx: round(score)])
+def test_jit_operators_without_spec_meaning_are_spec_errors(fn):
+    with pytest.raises(SpecError, match="no spec meaning on a traced value"):
+        attnc.jit(fn)(*_qkv())
