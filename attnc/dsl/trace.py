@@ -14,6 +14,7 @@ tensor objects, so each call reads their current contents.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import linecache
 import math
@@ -570,18 +571,25 @@ class ExtraParam:
     default: object  # a Python value, or inspect.Parameter.empty
 
 
+def fn_name(fn) -> str:
+    """A user function's name for messages: a ``functools.partial`` has none of its own."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
 def role_of(fn) -> str:
     """"score" for ``score_mod(score, b, h, q_idx, kv_idx, ...)``, "mask" for
     ``mask_mod(b, h, q_idx, kv_idx, ...)``; a SpecError at the def line otherwise."""
     try:
         params = list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
-        raise SpecError(f"{getattr(fn, '__name__', fn)!r} has no inspectable signature") from None
+        raise SpecError(f"{fn_name(fn)!r} has no inspectable signature") from None
     if len(params) >= 5 and params[0] == "score":
         return "score"
     if len(params) >= 4 and params[0] != "score":
         return "mask"
-    name = getattr(fn, "__name__", "the function")
+    name = fn_name(fn)
     raise SpecError(
         f"`{name}({', '.join(params)})` is neither a score_mod (score, b, h, q_idx, kv_idx, ...) "
         "nor a mask_mod (b, h, q_idx, kv_idx, ...)", _def_span(fn))
@@ -595,9 +603,11 @@ def extra_params(fn, role: str) -> list[ExtraParam]:
     for p in list(sig.parameters.values())[n_std:]:
         where = _def_span(fn)
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            raise SpecError(f"`{fn.__name__}`: *args/**kwargs cannot become spec parameters", where)
+            raise SpecError(f"`{fn_name(fn)}`: *args/**kwargs cannot become spec parameters", where)
+        if p.kind == p.KEYWORD_ONLY and isinstance(fn, functools.partial) and p.name in fn.keywords:
+            continue  # bound by the partial: a constant of the traced function, not a parameter
         if p.kind == p.KEYWORD_ONLY:  # the tracer passes every parameter by position
-            raise SpecError(f"`{fn.__name__}`: keyword-only parameter `{p.name}`; declare it before the `*` "
+            raise SpecError(f"`{fn_name(fn)}`: keyword-only parameter `{p.name}`; declare it before the `*` "
                             f"(callers still pass it by name: `attn(q, k, v, {p.name}=...)`)", where)
         kind = None
         ann = p.annotation
@@ -611,18 +621,18 @@ def extra_params(fn, role: str) -> list[ExtraParam]:
             kind = "bool" if isinstance(p.default, bool) else "int" if isinstance(p.default, int) else "float"
         if kind is None:
             raise SpecError(
-                f"`{fn.__name__}`: extra parameter `{p.name}` needs an int/float/bool annotation or a "
+                f"`{fn_name(fn)}`: extra parameter `{p.name}` needs an int/float/bool annotation or a "
                 "number default (it becomes a runtime parameter of the attention)", where)
         if p.name in RESERVED or p.name.startswith("_"):
-            raise SpecError(f"`{fn.__name__}`: parameter name `{p.name}` is reserved in attnc specs; rename it", where)
+            raise SpecError(f"`{fn_name(fn)}`: parameter name `{p.name}` is reserved in attnc specs; rename it", where)
         if not p.name.isascii():
-            raise SpecError(f"`{fn.__name__}`: parameter name `{p.name}` is not ASCII; spec names are ASCII "
+            raise SpecError(f"`{fn_name(fn)}`: parameter name `{p.name}` is not ASCII; spec names are ASCII "
                             f"identifiers (letters, digits, `_`)", where)
         if isinstance(p.default, float) and not abs(p.default) <= FLOAT32_MAX:
-            raise SpecError(f"`{fn.__name__}`: the default of `{p.name}` is {p.default}; a float parameter's default "
+            raise SpecError(f"`{fn_name(fn)}`: the default of `{p.name}` is {p.default}; a float parameter's default "
                             f"must be a finite float32 number (|x| <= {FLOAT32_MAX:.7g})", where)
         if isinstance(p.default, int) and not isinstance(p.default, bool) and not -(2**31) <= p.default < 2**31:
-            raise SpecError(f"`{fn.__name__}`: the default of `{p.name}` is {p.default}, which does not fit in "
+            raise SpecError(f"`{fn_name(fn)}`: the default of `{p.name}` is {p.default}, which does not fit in "
                             f"int32", where)
         out.append(ExtraParam(p.name, kind, p.default))
     return out
@@ -639,7 +649,7 @@ def trace(fn, role: str, tracer: Tracer, extras: list[ExtraParam]) -> Sym | bool
     }
     std = SCORE_ARGS if role == "score" else MASK_ARGS
     positional = [args[a] for a in std]
-    names = list(inspect.signature(fn).parameters)[len(std):]
+    names = [nm for nm in list(inspect.signature(fn).parameters)[len(std):] if nm in {e.name for e in extras}]
     by_name = {e.name: e for e in extras}
     extra_syms = [Sym(ast.Name(nm), by_name[nm].kind, tracer) for nm in names]
     tracer.functions.append(fn)
@@ -649,7 +659,7 @@ def trace(fn, role: str, tracer: Tracer, extras: list[ExtraParam]) -> Sym | bool
 def as_expr(result, role: str, fn, tracer: Tracer) -> tuple[ast.Expr, ast.Expr | None]:
     """The function's result as a spec expression of the right type for its role, and for a
     score_mod the mask its ``torch.where(cond, score, -inf)`` selections mean (or None)."""
-    name = getattr(fn, "__name__", "the function")
+    name = fn_name(fn)
     origin = getattr(result, "origin", None)
     where = _span_at(*origin) if origin is not None else _def_span(fn)
     masked = None

@@ -26,6 +26,7 @@ from ..dsl.parser import parse
 from ..dsl.printer import print_module
 from ..dsl.trace import (
     RESERVED,
+    fn_name,
     Captured,
     ExtraParam,
     Tracer,
@@ -99,7 +100,7 @@ def build(score_mod=None, mask_mod=None, norm: str = DEFAULT_NORM, name: str | N
             raise TypeError(f"`{role}_mod` must be a function, got {type(fn).__name__}")
         if role_of(fn) != role:
             other = "mask_mod" if role == "score" else "score_mod"
-            raise SpecError(f"`{fn.__name__}` is passed as the {role}_mod, but its signature makes it a {other}",
+            raise SpecError(f"`{fn_name(fn)}` is passed as the {role}_mod, but its signature makes it a {other}",
                             _def_span(fn))
         for e in extra_params(fn, role):
             if e.name in extras and extras[e.name] != e:
@@ -140,7 +141,7 @@ def build(score_mod=None, mask_mod=None, norm: str = DEFAULT_NORM, name: str | N
     fn0 = mods[0][0] if mods else None
     if name is not None and (not isinstance(name, str) or not name.isidentifier() or not name.isascii()):
         raise TypeError(f"`name` must be an ASCII identifier (the attention's name in the spec), got {name!r}")
-    attn_name = name or (getattr(fn0, "__name__", None) if fn0 is not None else None) or "traced"
+    attn_name = name or (fn_name(fn0) if fn0 is not None else None) or "traced"
     if not attn_name.isidentifier() or attn_name in RESERVED or attn_name.startswith("_") \
             or attn_name in {d.name for d in norm_defs}:
         attn_name = f"traced_{attn_name.strip('_')}" if attn_name.isidentifier() else "traced"

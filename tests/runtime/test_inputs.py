@@ -409,3 +409,16 @@ def test_jit_keyword_only_parameter_is_a_spec_error():
 def test_jit_operators_without_spec_meaning_are_spec_errors(fn):
     with pytest.raises(SpecError, match="no spec meaning on a traced value"):
         attnc.jit(fn)(*_qkv())
+
+
+def test_jit_functools_partial_mask():
+    """A partial's bound keywords are constants of the traced function (its name comes from the
+    wrapped function; `functools.partial` has no __name__)."""
+    import functools
+
+    def near(b, h, q_idx, kv_idx, w):
+        return q_idx - kv_idx <= w
+
+    got = attnc.jit(functools.partial(near, w=3))(*_qkv())
+    want = attnc.compile("mask m = q_idx - kv_idx <= 3\n")(*_qkv())
+    assert torch.equal(got, want)
