@@ -663,7 +663,8 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         b.printer.exact_exp, b.printer.asm = True, not spec.interpret
         rerun = {"passes": [b.pass_block(k) for k in range(1, plan.num_passes + 1)], "epilogue": b.epilogue(),
                  "shifts": [f"(tl.abs({b.names[name]}) * {LOG2E_TEXT} > {EXACT_SHIFT}) & "
-                            f"(tl.abs({b.names[name]}) < float(\"inf\"))" for name in shifts]}
+                            f"(tl.abs({b.names[name]}) < float(\"inf\"))" for name in shifts],
+                 "overflow": [f"{b.names[name]} == float(\"inf\")" for name in shifts]}
         b.printer.exact_exp = False
     tensors = [p for p in c.params if p.kind == "tensor"]
     scalars = [p for p in c.params if p.kind != "tensor"]

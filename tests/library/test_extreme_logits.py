@@ -97,3 +97,16 @@ def test_exact_reruns_only_tiles_with_huge_shifts():
         exact = stats[..., -1] == 2.0
         assert bool(exact.any()) == expect, scale
         assert ((stats[..., -1] == 1.0) | exact).all()
+
+
+def test_scores_past_float32_give_nan_rows_not_a_silent_average():
+    """q·k beyond float32's range is +inf in the kernel (the float64 reference stays finite): the
+    row comes out NaN, as a +inf score makes it in the reference, not the finite average over the
+    infinite scores the running sums would otherwise give (an adversarial pass's silent error)."""
+    attn = attnc.load("full")
+    g = torch.Generator().manual_seed(9)
+    q, k, v = (torch.randn(1, 1, 8, 16, generator=g) for _ in range(3))
+    out = attn(q * 1e30, k * 1e30, v)
+    s = (q.double() * 1e30) @ (k.double() * 1e30).transpose(-1, -2) / 4.0
+    over = s.amax(-1) > 3.4e38
+    assert over.any() and torch.isnan(out[over]).all()
