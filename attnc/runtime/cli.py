@@ -133,7 +133,10 @@ def cmd_compile(spec: str, name: str | None, out_path: str | None, dtype: str, o
     text = standalone_source(cascade, dtype, module_hint=path.stem)
     from .cache import user_file_mode, write_atomic
 
-    write_atomic(path, text, mode=user_file_mode(), parents=False)
+    try:
+        write_atomic(path, text, mode=user_file_mode(), parents=False)
+    except OSError as err:  # e.g. /proc/self/x.py: the temporary file beside it cannot be made
+        raise ValueError(f"-o {path}: cannot write it ({err.strerror or err})") from None
     print(f"wrote {path} ({cascade.name}, {dtype}, {len(text.splitlines())} lines; needs torch and triton only)",
           file=out)
     return 0
@@ -314,8 +317,12 @@ def cmd_show(args, out) -> int:
         show.mask_params(attn, n_q, n_kv, params, draw_missing=True)
     except (TypeError, ValueError) as err:
         raise ValueError(f"--param: {err}") from None
-    result = show.render_mask(attn, n_q, n_kv, args.block_m, args.block_n, _output_path(args.output, f"{attn.name}.png"),
-                              pixels=args.pixels, visits=not args.no_visits, draw_missing=True, **params)
+    output = _output_path(args.output, f"{attn.name}.png")
+    try:
+        result = show.render_mask(attn, n_q, n_kv, args.block_m, args.block_n, output,
+                                  pixels=args.pixels, visits=not args.no_visits, draw_missing=True, **params)
+    except OSError as err:  # the only file it touches is the picture
+        raise ValueError(f"-o {output}: cannot write it ({err.strerror or err})") from None
     missed = result.missed or 0
     print(result.summary() + (" — needed tiles skipped: a kernel bug" if missed else ""), file=out)
     return 1 if missed else 0
