@@ -40,7 +40,8 @@ from .cache import cache_dir, load_module, store
 from .frontend import library_spec, spec_from_file, spec_from_text
 from .layout import GridPlan, gather, grid_dims, scatter
 from .sparsity import TileCache, classify
-from .validate import FLOAT32_MAX, SYMBOLIC, bind_params, check_inputs, check_int32, require_dense, sizes_of
+from .validate import (FLOAT32_MAX, SYMBOLIC, bind_params, check_float32, check_inputs, check_int32, require_dense,
+                       sizes_of)
 
 SPEC_OPENERS = ("attention", "mask", "score", "norm", "from", "#")  # how spec text (not a path) starts
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -609,6 +610,9 @@ class Attention:
         # Checks that need concrete values run here, where torch.compile does not trace.
         values = dict(zip([p.name for p in self.cascade.params if p.kind != "tensor"], scalars, strict=True))
         check_int32(self.cascade, B, sizes_of(q, k, v, scale), values)
+        for p in self.cascade.params:  # traced calls skipped these in validation: numbers now
+            if p.kind == n.FLOAT:
+                check_float32(f"parameter `{p.name}`", values[p.name])
         tensors = self._int32_tensors(tensors)
         scalars = self._kernel_scalars(scalars)
         interpret = q.device.type == "cpu"

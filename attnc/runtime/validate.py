@@ -66,7 +66,7 @@ def sizes_of(q, k, v, scale: float | None) -> dict:
     scale = _number("`scale`", scale)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"`scale` must be a number, got {type(scale).__name__}")
-    return {"n_q": Nq, "n_kv": Nkv, "head_dim": D, "n_heads": Hq, "n_kv_heads": Hkv, "scale": _float32("`scale`", scale),
+    return {"n_q": Nq, "n_kv": Nkv, "head_dim": D, "n_heads": Hq, "n_kv_heads": Hkv, "scale": check_float32("`scale`", scale),
             "B": B, "H": Hq, "H_KV": Hkv, "N_Q": Nq, "N_KV": Nkv, "D": D, "D_V": Dv}
 
 
@@ -112,13 +112,15 @@ def _scalar(spec: n.ParamSpec, value):
         if not -(2**31) <= value < 2**31:
             raise ValueError(f"parameter `{spec.name}` = {value} does not fit in int32")
         return value
-    return _float32(f"parameter `{spec.name}`", value)
+    return check_float32(f"parameter `{spec.name}`", value)
 
 
-def _float32(what: str, value) -> float:
+def check_float32(what: str, value) -> float:
     """A float kernels take as float32: a finite value past its range would become ±inf there
     (and NaN downstream, `cap · tanh(s / cap)`) while the float64 reference stays finite."""
     value = float(value)
+    if torch.compiler.is_compiling():  # traced (a SymFloat scale): the op's real implementation runs
+        return value                   # with the number, and dynamo cannot trace math.isfinite on it
     if math.isfinite(value) and abs(value) > FLOAT32_MAX:
         raise ValueError(f"{what} = {value:g} is beyond float32's range (±3.4e38), which kernels compute in; "
                          f"pass a value within it, or ±inf explicitly")
