@@ -227,7 +227,6 @@ class ExprPrinter:
                 return self.log2e_times(inner, ctx)  # s = c·qk: fold into c rather than rescale s
         return f"({self.p(e, ctx)} * {LOG2E_TEXT})"
 
-
     def _below_max(self, e: n.Expr) -> bool:
         """``x − m`` with ``m`` the running or final ``max_j x`` (softmax's shift): never positive."""
         if not (isinstance(e, n.Binary) and e.op == "-" and isinstance(e.right, (n.Ref, n.Running))):
@@ -250,6 +249,8 @@ class ExprPrinter:
         if isinstance(e, n.Binary) and e.op in ("+", "-") and e.type == n.FLOAT:
             a, b = self.exact(e.left, ctx), self.exact(e.right, ctx)
             return f"_{'add' if e.op == '+' else 'sub'}_rn({a}, {b})" if self.asm else f"({a} {e.op} {b})"
+        if isinstance(e, n.Binary) and e.op == "/" and isinstance(e.right, n.Const):
+            return self.p(e, ctx)  # x / c: the printer's IEEE form of a zero divisor (no addition inside)
         if isinstance(e, n.Binary) and e.op in ("*", "/") and e.type == n.FLOAT:  # no addition to fuse with
             return f"({self.exact(e.left, ctx)} {e.op} {self.exact(e.right, ctx)})"
         if isinstance(e, n.Unary) and e.op == "-":

@@ -66,8 +66,8 @@ def sizes_of(q, k, v, scale: float | None) -> dict:
     scale = _number("`scale`", scale)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"`scale` must be a number, got {type(scale).__name__}")
-    return {"n_q": Nq, "n_kv": Nkv, "head_dim": D, "n_heads": Hq, "n_kv_heads": Hkv, "scale": check_float32("`scale`", scale),
-            "B": B, "H": Hq, "H_KV": Hkv, "N_Q": Nq, "N_KV": Nkv, "D": D, "D_V": Dv}
+    return {"n_q": Nq, "n_kv": Nkv, "head_dim": D, "n_heads": Hq, "n_kv_heads": Hkv,
+            "scale": check_float32("`scale`", scale), "B": B, "H": Hq, "H_KV": Hkv, "N_Q": Nq, "N_KV": Nkv, "D": D, "D_V": Dv}
 
 
 def _number(what: str, value):
