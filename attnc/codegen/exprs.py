@@ -9,8 +9,9 @@ shape the consumer needs:
     pair     [BLOCK_M, BLOCK_N]
 
 Integer `//` and `%` are floor division and modulo (the spec language's meaning, total: x // 0
-is 0 and x % 0 is x); they and the functions Triton lacks on some backends (`tanh`, `log1p`,
-`softplus`, float `**`) are small helpers the kernel template defines once.
+is 0 and x % 0 is x); they and float `**` are small helpers the kernel template defines once.
+Built-in functions print as their row of ``dsl/functions.py`` spells them (functions Triton lacks
+on some backends are helpers there too), except where a faster spelling exists.
 Spec identifiers are never printed as they are: ``names`` maps each parameter and stage to the
 generated name (see ``ir/names.py``).
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import math
 
+from ..dsl.functions import ARGS, FUNCTIONS, fold
 from ..ir import nodes as n
 from ..ir.names import derived_ident, kernel_ident
 from ..ir.printer import const_text
@@ -157,37 +159,17 @@ class ExprPrinter:
 
     def call(self, e: n.Call, ctx: str) -> str:
         args = [self.p(x, ctx) for x in e.args]
-        x = args[0]
         fn = e.fn
-        simple = {"exp": "tl.exp", "exp2": "tl.exp2", "log": "tl.log", "log2": "tl.log2", "sqrt": "tl.sqrt",
-                  "rsqrt": "tl.rsqrt", "sin": "tl.sin", "cos": "tl.cos", "abs": "tl.abs"}
+        # the spellings that beat the table's on speed (see log2e_times and helpers.py.jinja)
         if fn == "exp":
             return f"tl.exp2({self.log2e_times(e.args[0], ctx)})"
-        if fn in simple:
-            return f"{simple[fn]}({x})"
         if fn == "tanh" and self.hardware_tanh:
-            return f"_tanh_approx({x})"
-        if fn in ("tanh", "log1p", "softplus"):  # helpers defined in the kernel template
-            return f"_{fn}({x})"
-        if fn == "sigmoid":  # on a whole tile, half the reciprocals on the FMA units (helpers)
-            whole = ctx == "pair" and {"i", "j"} <= n.free_ranks(e.args[0], self.stage_ranks)
-            return f"_sigmoid_tile({x})" if whole else f"_sigmoid({x})"
-        if fn == "relu":
-            return f"tl.maximum({x}, {'0' if e.type == n.INT else '0.0'})"
-        if fn in ("min", "max"):
-            out = x
-            for y in args[1:]:
-                out = f"tl.{'minimum' if fn == 'min' else 'maximum'}({out}, {y})"
-            return out
-        if fn == "clamp":
-            return f"tl.minimum(tl.maximum({x}, {args[1]}), {args[2]})"
-        if fn == "floor":
-            return f"tl.floor({x}).to(tl.int32)"
-        if fn == "ceil":
-            return f"tl.ceil({x}).to(tl.int32)"
-        if fn == "float":
-            return f"({x}).to(tl.float32)"
-        raise TypeError(f"the kernel printer has no function {fn}")
+            return f"_tanh_approx({args[0]})"
+        if fn == "sigmoid" and ctx == "pair" and {"i", "j"} <= n.free_ranks(e.args[0], self.stage_ranks):
+            return f"_sigmoid_tile({args[0]})"  # on a whole tile, half the reciprocals on the FMA units
+        f = FUNCTIONS[fn]
+        zero = "0" if e.type == n.INT else "0.0"
+        return fold(f, args, lambda *xs: f.triton.format(zero=zero, **dict(zip(ARGS, xs))))
 
 
     # -- exp(x) = exp2(x·log2 e), with the constant pushed down to the cheapest operand

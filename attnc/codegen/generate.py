@@ -26,6 +26,7 @@ from pathlib import Path
 
 import jinja2
 
+from ..dsl.functions import helpers as function_helpers
 from ..ir import nodes as n
 from ..ir.bounds import tile_bounds
 from ..ir.names import derived_ident, kernel_ident, tensor_arg_names
@@ -95,6 +96,7 @@ def _env() -> jinja2.Environment:
         autoescape=False,
     )
     env.filters["exact_loops"] = _exact_loops
+    env.globals["function_helpers"] = function_helpers()  # the built-ins' own (dsl/functions.py)
     return env
 
 

@@ -6,6 +6,7 @@ spec language's total ``//``, ``%`` and ``/`` (see ``ir/evaluate.py``, which the
 
 from __future__ import annotations
 
+from ..dsl.functions import FUNCTIONS
 from ..ir import nodes as n
 from ..ir.evaluate import eval_size_expr
 from ..ir.passes import plan_passes
@@ -113,6 +114,7 @@ def standalone_source(c: n.Cascade, dtype: str, module_hint: str = "attention_ke
         interpreter_tile=INTERPRETER_CONFIG.block_m,
         params=c.params,
         scalars=scalars,
+        functions=list(FUNCTIONS.values()),
         tensors=tensors,
         demo_args=demo,
         parameter_names=repr(tuple(p.name for p in c.params)),

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import ast
+from .functions import FUNCTIONS, lookup_traced
 from .errors import Source, Span, SpecError
 from .parser import FLOAT32_MAX, KEYWORDS
 
@@ -34,10 +35,8 @@ _TORCH = os.path.dirname(os.path.abspath(torch.__file__))
 # Names the spec language gives a meaning to; a user name equal to one cannot be a parameter.
 RESERVED = frozenset(KEYWORDS) | {
     "q_idx", "kv_idx", "b", "h", "n_q", "n_kv", "head_dim", "n_heads", "n_kv_heads", "scale",
-    "B", "H", "H_KV", "N_Q", "N_KV", "D", "D_V", "exp", "exp2", "log", "log2", "log1p", "sqrt", "rsqrt",
-    "tanh", "sigmoid", "softplus", "relu", "abs", "min", "max", "clamp", "floor", "ceil", "sin", "cos",
-    "sum", "i", "j", "s", "v", "out", "lse",
-}
+    "B", "H", "H_KV", "N_Q", "N_KV", "D", "D_V", "sum", "i", "j", "s", "v", "out", "lse",
+} | set(FUNCTIONS)
 
 
 # ---------------------------------------------------------------------------- source locations
@@ -275,13 +274,9 @@ class Sym:
         return checked
 
     def _method(self, name: str):
-        methods = {
-            "abs": "abs", "exp": "exp", "exp2": "exp2", "log": "log", "log2": "log2", "log1p": "log1p",
-            "sqrt": "sqrt", "rsqrt": "rsqrt", "tanh": "tanh", "sigmoid": "sigmoid", "sin": "sin", "cos": "cos",
-            "floor": "floor", "ceil": "ceil", "relu": "relu",
-        }
-        if name in methods:
-            return lambda: self.tracer.call(methods[name], self)
+        f = lookup_traced(name, None)
+        if f is not None and f.arity == (1, 1) and hasattr(torch.Tensor, name):  # x.tanh(), x.erf(), ...
+            return lambda: self.tracer.call(f.name, self)
         if name in ("float", "double", "half", "bfloat16"):
             return lambda: self.tracer.to_float(self)
         if name in ("int", "long"):
@@ -363,7 +358,8 @@ class Tracer:
         for a in lifted:
             if a.kind == "bool":
                 raise trace_error(f"`{fn}` of a boolean; use torch.where(cond, 1.0, 0.0) to get a number")
-        if fn in ("floor", "ceil") or fn in ("abs", "min", "max", "relu") and all(a.kind == "int" for a in lifted):
+        typing = FUNCTIONS[fn].typing
+        if typing == "int" or typing == "same" and all(a.kind == "int" for a in lifted):
             kind = "int"
         else:
             kind = "float"
@@ -494,11 +490,9 @@ class Tracer:
         name = getattr(func, "__name__", str(func))
         if func is torch.Tensor.__getitem__:
             return self.index(args[0], args[1])
-        unary = {"tanh": "tanh", "exp": "exp", "exp2": "exp2", "log": "log", "log2": "log2", "log1p": "log1p",
-                 "sqrt": "sqrt", "rsqrt": "rsqrt", "sigmoid": "sigmoid", "abs": "abs", "sin": "sin", "cos": "cos",
-                 "floor": "floor", "ceil": "ceil", "relu": "relu", "softplus": "softplus"}
-        if name in unary and len(args) == 1 and not kwargs:
-            return self.call(unary[name], args[0])
+        f = lookup_traced(name, kwargs)
+        if f is not None and f.arity == (1, 1) and len(args) == 1:
+            return self.call(f.name, args[0])
         if name == "where" and len(args) == 3:
             return self.where(*args)
         if name in ("minimum", "maximum", "fmin", "fmax") and len(args) == 2:
@@ -536,8 +530,8 @@ class Tracer:
                 a, b = (args[1], args[0]) if reverse else (args[0], args[1])
                 return _binary((a, b), _OPS[op])
         raise trace_error(f"`torch.{name}` has no spec meaning in attnc (supported: arithmetic, comparisons, "
-                          "& | ~, torch.where, tanh, exp, log, sqrt, sigmoid, abs, minimum, maximum, clamp, "
-                          "and indexing captured tensors)")
+                          "& | ~, torch.where, minimum, maximum, clamp, indexing captured tensors, and "
+                          f"{', '.join(sorted({t for f in FUNCTIONS.values() for t in f.traced}))})")
 
 
 _OPS = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%", "pow": "**",

@@ -37,30 +37,11 @@ import sympy as sp
 
 from ..dsl.errors import SpecError
 from . import nodes as n
-from .passes import _SYMPY_FUNCS, _Symbolic, _simplify, _to_ir
+from .passes import _SYMPY_FUNCS, OPAQUE, _Symbolic, _simplify, _to_ir
 from .printer import expr_text
 
 
-class Sigmoid(sp.Function):
-    """σ(x), kept opaque so that its derivative prints as σ·(1 − σ), which cannot overflow."""
-
-    is_real = True
-
-    def fdiff(self, argindex=1):
-        s = Sigmoid(self.args[0])
-        return s * (1 - s)
-
-
-class Softplus(sp.Function):
-    """log(1 + eˣ), opaque for the same reason: its derivative is σ(x), not eˣ/(1 + eˣ)."""
-
-    is_real = True
-
-    def fdiff(self, argindex=1):
-        return Sigmoid(self.args[0])
-
-
-_BWD_FUNCS = {**_SYMPY_FUNCS, "sigmoid": Sigmoid, "softplus": Softplus}
+_BWD_FUNCS = {**_SYMPY_FUNCS, **OPAQUE}  # σ, softplus, ...: derivatives that cannot overflow
 
 # Names of the backward's own values in IR ``Ref``s: a dot cannot occur in a spec identifier.
 DOV, DOUT, DL, DS = "bwd.dov", "bwd.dout", "bwd.dl", "bwd.ds"
@@ -128,7 +109,8 @@ class BackwardError(SpecError):
 
 class _Sym(_Symbolic):
     """The forward's sympy translation, with int and bool sub-expressions opaque (never
-    differentiated: masks and index arithmetic are piecewise constant) and σ, softplus opaque."""
+    differentiated: masks and index arithmetic are piecewise constant) and the functions with a
+    derivative of their own (``dsl/functions.py``) opaque."""
 
     def __init__(self, c: n.Cascade):
         super().__init__(c)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from ..dsl.functions import FUNCTIONS, fold
 from . import nodes as n
 
 
@@ -46,24 +47,6 @@ def eval_size_expr(e: n.Expr, sizes: dict, params: dict):
         return ops[e.op]()
     if isinstance(e, n.Call):
         args = [eval_size_expr(x, sizes, params) for x in e.args]
-        return _FUNCS[e.fn](*args)
+        f = FUNCTIONS[e.fn]
+        return fold(f, args, f.scalar)
     raise TypeError(f"not a size expression: {e!r}")
-
-
-def _safe(fn):
-    def call(*args):
-        try:
-            return fn(*args)
-        except (ValueError, OverflowError, ZeroDivisionError):
-            return math.nan
-    return call
-
-
-_FUNCS = {
-    "exp": _safe(math.exp), "exp2": _safe(lambda x: 2.0**x), "log": _safe(math.log), "log2": _safe(math.log2),
-    "log1p": _safe(math.log1p), "sqrt": _safe(math.sqrt), "rsqrt": _safe(lambda x: 1 / math.sqrt(x)),
-    "tanh": math.tanh, "sigmoid": _safe(lambda x: 1 / (1 + math.exp(-x))),
-    "softplus": _safe(lambda x: max(x, 0.0) + math.log1p(math.exp(-abs(x)))), "sin": math.sin, "cos": math.cos,
-    "abs": abs, "relu": lambda x: max(x, 0), "min": min, "max": max, "clamp": lambda x, lo, hi: min(max(x, lo), hi),
-    "floor": lambda x: int(math.floor(x)), "ceil": lambda x: int(math.ceil(x)), "float": float,
-}

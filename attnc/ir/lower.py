@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..dsl import ast
 from ..dsl.errors import Span, SpecError, suggest
+from ..dsl.functions import FUNCTIONS
 from ..dsl.loader import Scope
 from ..dsl.parser import FLOAT32_MAX, KEYWORDS
 from . import nodes as n
@@ -26,15 +27,6 @@ from .verify import verify
 DEFAULT_NORM = "softmax"  # DESIGN.md: an attention without `norm =` normalizes with softmax
 INT32_MAX = 2**31 - 1
 
-# name → (min args, max args or None, rule); rules: "float" (result float, numeric args),
-# "same" (result int when every arg is int), "int" (float → int), "tofloat".
-FUNCTIONS = {
-    "exp": (1, 1, "float"), "exp2": (1, 1, "float"), "log": (1, 1, "float"), "log2": (1, 1, "float"),
-    "log1p": (1, 1, "float"), "sqrt": (1, 1, "float"), "rsqrt": (1, 1, "float"), "tanh": (1, 1, "float"),
-    "sigmoid": (1, 1, "float"), "softplus": (1, 1, "float"), "sin": (1, 1, "float"), "cos": (1, 1, "float"),
-    "abs": (1, 1, "same"), "relu": (1, 1, "same"), "min": (2, None, "same"), "max": (2, None, "same"),
-    "clamp": (3, 3, "same"), "floor": (1, 1, "int"), "ceil": (1, 1, "int"), "float": (1, 1, "tofloat"),
-}
 
 _TYPE_WORDS = {n.INT: "an int", n.FLOAT: "a float", n.BOOL: "a bool", n.VEC: "a value vector (v[j])"}
 
@@ -373,7 +365,7 @@ def _lower_call(e: ast.Call, ctx: Ctx) -> n.Expr:
 
 
 def _lower_builtin_call(e: ast.Call, ctx: Ctx) -> n.Expr:
-    lo, hi, rule = FUNCTIONS[e.func]
+    (lo, hi), rule = FUNCTIONS[e.func].arity, FUNCTIONS[e.func].typing
     if e.kwargs:
         raise SpecError(f"`{e.func}` takes no keyword arguments", e.kwargs[0].span)
     count = len(e.args)

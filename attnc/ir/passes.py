@@ -24,6 +24,7 @@ from functools import lru_cache
 
 import sympy as sp
 
+from ..dsl.functions import FUNCTIONS
 from . import nodes as n
 from .printer import expr_text
 
@@ -158,14 +159,17 @@ class _Symbolic:
         raise TypeError(f"no sympy form for {e!r}")
 
 
-_SYMPY_FUNCS = {
-    "exp": sp.exp, "exp2": lambda x: 2**x, "log": sp.log, "log2": lambda x: sp.log(x) / sp.log(2),
-    "log1p": lambda x: sp.log(1 + x), "sqrt": sp.sqrt, "rsqrt": lambda x: 1 / sp.sqrt(x), "tanh": sp.tanh,
-    "sigmoid": lambda x: 1 / (1 + sp.exp(-x)), "softplus": lambda x: sp.log(1 + sp.exp(x)),
-    "sin": sp.sin, "cos": sp.cos, "abs": sp.Abs, "relu": lambda x: sp.Max(x, 0),
-    "min": sp.Min, "max": sp.Max, "clamp": lambda x, lo, hi: sp.Min(sp.Max(x, lo), hi),
-    "floor": sp.floor, "ceil": sp.ceiling, "float": lambda x: x,
-}
+_SYMPY_FUNCS = {f.name: f.sympy for f in FUNCTIONS.values()}
+
+
+def _opaque(f):
+    """``f`` as a sympy function the backward does not expand: its derivative is the row's."""
+    def fdiff(self, argindex=1):
+        return f.derivative(self.args[0], self, OPAQUE.__getitem__)
+    return type(f.name.capitalize(), (sp.Function,), {"is_real": True, "fdiff": fdiff, "__doc__": f.math})
+
+
+OPAQUE = {f.name: _opaque(f) for f in FUNCTIONS.values() if f.derivative is not None}
 
 
 def _reduction_deps(c: n.Cascade, stage: str) -> set[str]:
@@ -369,8 +373,20 @@ def _to_ir(x, names: dict) -> n.Expr:
     raise ValueError(f"no IR form for {x}")
 
 
-_IR_FUNCS = {"exp": "exp", "log": "log", "tanh": "tanh", "sin": "sin", "cos": "cos", "Abs": "abs",
-             "Sigmoid": "sigmoid", "Softplus": "softplus"}
+def _ir_functions() -> dict[str, str]:
+    """sympy function class name → built-in: the opaque ones, and the rows whose sympy form is
+    one sympy function of the argument (exp, log, tanh, Abs, ...)."""
+    out = {cls.__name__: name for name, cls in OPAQUE.items()}
+    x = sp.Symbol("x", real=True)
+    for f in FUNCTIONS.values():
+        if f.typing == "float" and f.arity == (1, 1):
+            app = f.sympy(x)
+            if isinstance(app, sp.Function) and app.args == (x,):
+                out.setdefault(type(app).__name__, f.name)
+    return out
+
+
+_IR_FUNCS = _ir_functions()
 
 
 def _product(parts: list[n.Expr]) -> n.Expr:

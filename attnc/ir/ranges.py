@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+from ..dsl.functions import FUNCTIONS, fold
 from . import nodes as n
 
 INF = math.inf
@@ -109,33 +110,22 @@ class _Ranges:
         return ALL  # **
 
     def _call(self, e: n.Call) -> tuple[float, float]:
-        args = [self(a) for a in e.args]
-        fn = e.fn
-        if fn == "sigmoid":
-            return (0.0, 1.0)
-        if fn == "tanh":
-            return (-1.0, 1.0)
-        if fn in ("exp", "exp2"):
-            base = math.e if fn == "exp" else 2.0
-            hi = args[0][1]
-            return (0.0, INF if hi > 700 else base ** hi)
-        if fn == "abs":
-            a = args[0]
-            return (0.0 if a[0] <= 0 <= a[1] else min(abs(a[0]), abs(a[1])), max(abs(a[0]), abs(a[1])))
-        if fn == "relu":
-            return (max(args[0][0], 0.0), max(args[0][1], 0.0))
-        if fn == "min":
-            return (min(a[0] for a in args), min(a[1] for a in args))
-        if fn == "max":
-            return (max(a[0] for a in args), max(a[1] for a in args))
-        if fn == "clamp":
-            x, lo, hi = args  # min(max(x, lo), hi), monotone in every argument
-            return (min(max(x[0], lo[0]), hi[0]), min(max(x[1], lo[1]), hi[1]))
-        if fn == "softplus":
-            return (0.0, INF if args[0][1] == INF else max(args[0][1], 0.0) + math.log(2.0))
-        if fn in ("sin", "cos"):
-            return (-1.0, 1.0)
-        return ALL
+        return call_interval(FUNCTIONS[e.fn], [self(a) for a in e.args])
+
+
+def call_interval(f, args: list[tuple[float, float]]) -> tuple[float, float]:
+    """An interval holding ``f`` of any arguments in ``args`` (the row's shape and bounds)."""
+    lo_b, hi_b = f.bounds
+    if f.shape == "monotone":  # non-decreasing in every argument: the ends map to the ends
+        lo = fold(f, [a[0] for a in args], f.scalar)
+        hi = fold(f, [a[1] for a in args], f.scalar)
+    elif f.shape == "even":  # f(|x|), non-decreasing in |x|
+        (a,) = args
+        m = max(abs(a[0]), abs(a[1]))
+        lo, hi = f.scalar(0.0 if a[0] <= 0 <= a[1] else min(abs(a[0]), abs(a[1]))), f.scalar(m)
+    else:  # the image of the whole line (NaN, as sin(inf), is no value an interval holds)
+        return (lo_b, hi_b)
+    return (lo_b if lo != lo else max(lo, lo_b), hi_b if hi != hi else min(hi, hi_b))  # NaN: the bound
 
 
 def weight_range(c: n.Cascade, weight: n.Expr) -> tuple[float, float]:

@@ -43,6 +43,7 @@ import math
 
 import torch
 
+from ..dsl.functions import FUNCTIONS, fold
 from ..ir import nodes as n
 from .layout import grid_dims
 from .validate import bind_params, check_inputs, sizes_of
@@ -190,49 +191,8 @@ class _Eval:
 
     @staticmethod
     def call(fn: str, args: list[torch.Tensor]) -> torch.Tensor:
-        x = args[0]
-        if fn == "exp":
-            return torch.exp(x)
-        if fn == "exp2":
-            return torch.exp2(x)
-        if fn == "log":
-            return torch.log(x)
-        if fn == "log2":
-            return torch.log2(x)
-        if fn == "log1p":
-            return torch.log1p(x)
-        if fn == "sqrt":
-            return torch.sqrt(x)
-        if fn == "rsqrt":
-            return torch.rsqrt(x)
-        if fn == "tanh":
-            return torch.tanh(x)
-        if fn == "sigmoid":
-            return torch.sigmoid(x)
-        if fn == "softplus":
-            return torch.logaddexp(x, torch.zeros_like(x))
-        if fn == "sin":
-            return torch.sin(x)
-        if fn == "cos":
-            return torch.cos(x)
-        if fn == "abs":
-            return torch.abs(x)
-        if fn == "relu":
-            return torch.clamp_min(x, 0)
-        if fn in ("min", "max"):
-            out = x
-            for y in args[1:]:
-                out = torch.minimum(out, y) if fn == "min" else torch.maximum(out, y)
-            return out
-        if fn == "clamp":
-            return torch.minimum(torch.maximum(x, args[1]), args[2])
-        if fn == "floor":
-            return torch.floor(x).to(_I64)
-        if fn == "ceil":
-            return torch.ceil(x).to(_I64)
-        if fn == "float":
-            return x.to(_F64)
-        raise TypeError(f"the reference has no function {fn}")
+        f = FUNCTIONS[fn]  # its torch form, in float64 (dsl/functions.py)
+        return fold(f, args, f.torch)
 
 
 def _as_tensor(spec: n.ParamSpec, value) -> torch.Tensor:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..dsl.functions import FUNCTIONS
 from ..ir import nodes as n
 
 BIG = 2**60  # "any integer": |x| > BIG saturates, so sums of two bounds stay inside int64
@@ -230,10 +231,6 @@ class _Evaluator:
         hi = torch.where(cond.must, a.hi, torch.where(~cond.may, b.hi, torch.maximum(a.hi, b.hi)))
         return _Int(lo, hi)
 
-    _MONOTONE = {"exp": torch.exp, "exp2": torch.exp2, "log": torch.log, "log2": torch.log2, "sqrt": torch.sqrt,
-                 "sigmoid": torch.sigmoid, "tanh": torch.tanh, "log1p": torch.log1p,
-                 "softplus": torch.nn.functional.softplus}
-
     def call(self, e: n.Call):
         args = [self(x) for x in e.args]
         fn = e.fn
@@ -261,13 +258,14 @@ class _Evaluator:
             return _Int(lo.nan_to_num(-BIG).clamp(-BIG, BIG).to(_I64), hi.nan_to_num(BIG).clamp(-BIG, BIG).to(_I64))
         if fn == "float":
             return _Int(args[0].lo.to(_F64), args[0].hi.to(_F64))
-        if fn in self._MONOTONE:  # non-decreasing; NaN (log of a negative) means anything
-            f = self._MONOTONE[fn]
-            lo, hi = f(args[0].lo.to(_F64)), f(args[0].hi.to(_F64))
+        f = FUNCTIONS[fn]
+        lo_b, hi_b = f.bounds
+        if f.shape == "monotone" and f.arity == (1, 1):  # non-decreasing; NaN (log of a negative) means anything
+            lo, hi = f.torch(args[0].lo.to(_F64)), f.torch(args[0].hi.to(_F64))
             return _Int(torch.where(torch.isnan(lo), -math.inf, lo), torch.where(torch.isnan(hi), math.inf, hi))
-        if fn in ("sin", "cos"):  # NaN at ±inf: anything, unless the argument is finite
+        if f.shape == "bounded":  # the function's image; NaN at ±inf (sin): anything, unless finite
             finite = torch.isfinite(args[0].lo) & torch.isfinite(args[0].hi)
-            return _Int(torch.where(finite, -1.0, -math.inf), torch.where(finite, 1.0, math.inf))
+            return _Int(torch.where(finite, lo_b, -math.inf), torch.where(finite, hi_b, math.inf))
         return _unknown(e)
 
     def load(self, e: n.Load):
