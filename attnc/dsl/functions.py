@@ -97,6 +97,15 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
              lambda x: torch.logaddexp(x, torch.zeros_like(x)), lambda x: sp.log(1 + sp.exp(x)), "_softplus({x})",
              derivative=lambda x, f, op: op("sigmoid")(x), shape="monotone", bounds=(0.0, INF),
              traced=("softplus",)),
+    Function("expm1", (1, 1), "float", "eˣ − 1", "lambda x: math.expm1(x)", torch.expm1, lambda x: sp.exp(x) - 1,
+             "_expm1({x})", helper="""
+def _expm1(x):
+    # e^x - 1: below |x| = 0.35, where the subtraction cancels, a Taylor polynomial (relative
+    # error under 2e-8 there); beyond, e^x - 1 loses at most two bits
+    p = x * (1.0 + x * (0.5 + x * (0.16666666666666666 + x * (0.041666666666666664 + x * (
+        0.008333333333333333 + x * (0.001388888888888889 + x * (1.984126984126984e-04 + x * 2.48015873015873e-05)))))))
+    return tl.where(tl.abs(x) < 0.35, p, tl.exp(x) - 1.0)
+""", derivative=lambda x, f, op: sp.exp(x), shape="monotone", bounds=(-1.0, INF), traced=("expm1",)),
     Function("sin", (1, 1), "float", "sin x", "lambda x: math.sin(x)", torch.sin, sp.sin, "tl.sin({x})",
              bounds=(-1.0, 1.0), traced=("sin",)),
     Function("cos", (1, 1), "float", "cos x", "lambda x: math.cos(x)", torch.cos, sp.cos, "tl.cos({x})",
