@@ -106,6 +106,13 @@ def _expm1(x):
         0.008333333333333333 + x * (0.001388888888888889 + x * (1.984126984126984e-04 + x * 2.48015873015873e-05)))))))
     return tl.where(tl.abs(x) < 0.35, p, tl.exp(x) - 1.0)
 """, derivative=lambda x, f, op: sp.exp(x), shape="monotone", bounds=(-1.0, INF), traced=("expm1",)),
+    Function("elu", (1, 1), "float", "x if x > 0 else eˣ − 1", "lambda x: x if x > 0 else math.expm1(x)",
+             torch.nn.functional.elu, lambda x: sp.Piecewise((x, x > 0), (sp.exp(x) - 1, True)), "_elu({x})",
+             helper="""
+def _elu(x):
+    return tl.where(x > 0.0, x, _expm1(x))
+""", derivative=lambda x, f, op: sp.Piecewise((1, x > 0), (sp.exp(x), True)), shape="monotone",
+             bounds=(-1.0, INF), traced=("elu",)),
     Function("sin", (1, 1), "float", "sin x", "lambda x: math.sin(x)", torch.sin, sp.sin, "tl.sin({x})",
              bounds=(-1.0, 1.0), traced=("sin",)),
     Function("cos", (1, 1), "float", "cos x", "lambda x: math.cos(x)", torch.cos, sp.cos, "tl.cos({x})",
