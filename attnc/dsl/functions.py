@@ -73,6 +73,13 @@ TRACED_DEFAULT_KWARGS = (("inplace", False), ("approximate", "none"), ("alpha", 
 _SIG = lambda x: 1 / (1 + sp.exp(-x))  # noqa: E731
 
 
+def _gelu_tanh_derivative(x):
+    # with u = c·(x + a·x³), t = tanh u: ½(1 + t) + ½·x·(1 − t²)·c·(1 + 3a·x²)
+    c, a = 0.7978845608028654, 0.044715
+    t = sp.tanh(c * (x + a * x**3))
+    return (1 + t) / 2 + x * (1 - t**2) * c * (1 + 3 * a * x**2) / 2
+
+
 FUNCTIONS: dict[str, Function] = {f.name: f for f in (
     Function("exp", (1, 1), "float", "eˣ", "lambda x: math.exp(x)", torch.exp, sp.exp, "tl.exp({x})",
              shape="monotone", bounds=(0.0, INF), traced=("exp",)),
@@ -92,7 +99,7 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
              shape="monotone", bounds=(-1.0, 1.0), traced=("tanh",)),
     Function("sigmoid", (1, 1), "float", "σ(x) = 1/(1 + e⁻ˣ)", "lambda x: 1 / (1 + math.exp(-x))", torch.sigmoid,
              _SIG, "_sigmoid({x})", derivative=lambda x, f, op: f * (1 - f), shape="monotone",
-             bounds=(0.0, 1.0), traced=("sigmoid", "special_expit")),
+             bounds=(0.0, 1.0), traced=("sigmoid", "expit")),
     Function("softplus", (1, 1), "float", "ln(1 + eˣ)", "lambda x: max(x, 0.0) + math.log1p(math.exp(-abs(x)))",
              lambda x: torch.logaddexp(x, torch.zeros_like(x)), lambda x: sp.log(1 + sp.exp(x)), "_softplus({x})",
              derivative=lambda x, f, op: op("sigmoid")(x), shape="monotone", bounds=(0.0, INF),
@@ -113,14 +120,55 @@ def _elu(x):
     return tl.where(x > 0.0, x, _expm1(x))
 """, derivative=lambda x, f, op: sp.Piecewise((1, x > 0), (sp.exp(x), True)), shape="monotone",
              bounds=(-1.0, INF), traced=("elu",)),
+    Function("logsigmoid", (1, 1), "float", "ln σ(x)", "lambda x: min(x, 0.0) - math.log1p(math.exp(-abs(x)))",
+             torch.nn.functional.logsigmoid, lambda x: -sp.log(1 + sp.exp(-x)), "_logsigmoid({x})", helper="""
+def _logsigmoid(x):
+    return tl.minimum(x, 0.0) - _log1p(tl.exp(-tl.abs(x)))
+""", derivative=lambda x, f, op: op("sigmoid")(-x), shape="monotone", bounds=(-INF, 0.0),
+             traced=("log_sigmoid",)),
+    Function("silu", (1, 1), "float", "x·σ(x)",
+             "lambda x: x / (1 + math.exp(-x)) if x >= 0 else x * math.exp(x) / (1 + math.exp(x))",
+             torch.nn.functional.silu, lambda x: x / (1 + sp.exp(-x)), "_silu({x})", helper="""
+def _silu(x):
+    return x * _sigmoid(x)
+""", derivative=lambda x, f, op: op("sigmoid")(x) * (1 + x * (1 - op("sigmoid")(x))),
+             bounds=(-0.2785, INF), traced=("silu",)),
+    Function("gelu", (1, 1), "float", "x·Φ(x) = x/2·(1 + erf(x/√2))", "lambda x: 0.5 * x * (1 + math.erf(x * 0.7071067811865476))",
+             torch.nn.functional.gelu, lambda x: x / 2 * (1 + sp.erf(x / sp.sqrt(2))), "_gelu({x})", helper="""
+def _gelu(x):
+    return 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+""", derivative=lambda x, f, op: (1 + op("erf")(x * 0.7071067811865476)) / 2 + x * 0.3989422804014327 * sp.exp(-x**2 / 2),
+             bounds=(-0.17, INF), traced=("gelu",)),
+    Function("gelu_tanh", (1, 1), "float", "x/2·(1 + tanh(√(2/π)·(x + 0.044715x³)))",
+             "lambda x: 0.5 * x * (1 + math.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))",
+             lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+             lambda x: x / 2 * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + sp.Rational(44715, 1000000) * x**3))),
+             "_gelu_tanh({x})", helper="""
+def _gelu_tanh(x):
+    return 0.5 * x * (1.0 + _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+""", derivative=lambda x, f, op: _gelu_tanh_derivative(x), bounds=(-0.17, INF), traced=("gelu",),
+             traced_kwargs=(("approximate", "tanh"),)),
+    Function("erf", (1, 1), "float", "2/√π·∫₀ˣ e^(−t²) dt", "lambda x: math.erf(x)", torch.erf, sp.erf, "tl.erf({x})",
+             derivative=lambda x, f, op: 1.1283791670955126 * sp.exp(-x**2), shape="monotone", bounds=(-1.0, 1.0),
+             traced=("erf",)),
     Function("sin", (1, 1), "float", "sin x", "lambda x: math.sin(x)", torch.sin, sp.sin, "tl.sin({x})",
              bounds=(-1.0, 1.0), traced=("sin",)),
     Function("cos", (1, 1), "float", "cos x", "lambda x: math.cos(x)", torch.cos, sp.cos, "tl.cos({x})",
              bounds=(-1.0, 1.0), traced=("cos",)),
+    Function("tan", (1, 1), "float", "tan x", "lambda x: math.tan(x)", torch.tan, sp.tan, "_tan({x})", helper="""
+def _tan(x):
+    return tl.sin(x) / tl.cos(x)
+""", traced=("tan",)),
     Function("abs", (1, 1), "same", "|x|", "lambda x: abs(x)", torch.abs, sp.Abs, "tl.abs({x})",
              shape="even", bounds=(0.0, INF), traced=("abs",)),
     Function("relu", (1, 1), "same", "max(x, 0)", "lambda x: max(x, 0)", lambda x: torch.clamp_min(x, 0),
              lambda x: sp.Max(x, 0), "tl.maximum({x}, {zero})", shape="monotone", bounds=(0.0, INF), traced=("relu",)),
+    Function("sign", (1, 1), "same", "−1, 0 or 1 (ints stay ints; sign(NaN) = 0, as torch)",
+             "lambda x: type(x)((x > 0) - (x < 0))", torch.sign, sp.sign, "_sign({x}, {zero})", helper="""
+def _sign(x, zero):
+    # zero (0 or 0.0) gives the result its type; x may be a constant
+    return tl.where(x > zero, zero + 1, tl.where(x < zero, zero - 1, zero))
+""", derivative=lambda x, f, op: sp.Integer(0), shape="monotone", bounds=(-1.0, 1.0), traced=("sign",)),
     Function("min", (2, None), "same", "the smallest argument", "lambda x, y: min(x, y)", torch.minimum, sp.Min,
              "tl.minimum({x}, {y})", shape="monotone"),
     Function("max", (2, None), "same", "the largest argument", "lambda x, y: max(x, y)", torch.maximum, sp.Max,
@@ -148,6 +196,7 @@ def lookup_traced(torch_name: str, kwargs: dict | None) -> Function | None:
     """The row a torch function or Tensor method called ``torch_name`` stands for, given the
     call's keyword arguments (those at their defaults aside), or None."""
     given = tuple(sorted((k, v) for k, v in (kwargs or {}).items() if (k, v) not in TRACED_DEFAULT_KWARGS))
+    torch_name = torch_name.removeprefix("special_")  # torch.special.erf arrives as special_erf
     for f in FUNCTIONS.values():
         if torch_name in f.traced and given == tuple(sorted(f.traced_kwargs)):
             return f

@@ -531,7 +531,8 @@ class Tracer:
                 return _binary((a, b), _OPS[op])
         raise trace_error(f"`torch.{name}` has no spec meaning in attnc (supported: arithmetic, comparisons, "
                           "& | ~, torch.where, minimum, maximum, clamp, indexing captured tensors, and "
-                          f"{', '.join(sorted({t for f in FUNCTIONS.values() for t in f.traced}))})")
+                          f"the torch forms of {', '.join(sorted(f.name for f in FUNCTIONS.values() if f.traced))}; "
+                          "see docs/language.md)")
 
 
 _OPS = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%", "pow": "**",

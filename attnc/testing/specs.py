@@ -55,14 +55,15 @@ INDEX_VARS = ("q_idx", "kv_idx", "b", "h", "n_q", "n_kv")
 
 # ----------------------------------------------------------------------------- trees
 # Trees are tuples: (tag, *children). Int: ("var", name) ("int", v) ("param", name)
-# ("tget", tensor, idx...) (op, a, b) for + - * // % min max, ("abs", a), ("neg", a),
+# ("tget", tensor, idx...) (op, a, b) for + - * // % min max, ("abs"|"sign", a), ("neg", a),
 # ("clamp", a, lo, hi). Bool: ("cmp", op, a, b) ("chain", op1, a, op2, b, c) ("and"|"or", a, b)
 # ("not", a) ("bparam", name) ("bool", v) ("lib", name, *args) ("piece", name). Float: ("score",)
 # ("flt", v) ("fparam", name) ("tget", ...) ("i2f", c, int) ("fn", name, a) ("mulc", c, a)
 # ("mulb", bounded, a) ("add"|"sub", a, b) ("fmin"|"fmax", a, b) ("fclamp", a, lo, hi)
 # ("if", cond, a, b) ("capped", cap, a) ("let", name).
 
-FLOAT_FNS = ("tanh", "sigmoid", "softplus", "abs", "relu", "sqrt_abs", "log1p_abs", "exp_neg_abs", "tanh_sq")
+FLOAT_FNS = ("tanh", "sigmoid", "softplus", "abs", "relu", "sqrt_abs", "log1p_abs", "exp_neg_abs", "tanh_sq",
+             "elu", "silu", "gelu", "gelu_tanh", "erf", "logsigmoid", "expm1_tanh", "tan_tanh")
 
 
 def _lit(lo, hi, digits=2):
@@ -89,7 +90,7 @@ def _int_trees(ctx, max_leaves=4, linear=False):
     def extend(kids):
         return st.one_of(
             st.tuples(st.sampled_from(ops), kids, kids),
-            st.tuples(st.sampled_from(["abs", "neg"]), kids),
+            st.tuples(st.sampled_from(["abs", "neg"] + ([] if linear else ["sign"])), kids),
             st.tuples(st.just("clamp"), kids, st.integers(-3, 3).map(lambda v: ("int", v)),
                       st.integers(4, 30).map(lambda v: ("int", v))),
         )
@@ -177,8 +178,8 @@ def _r_int(t):
         return t[1]
     if tag == "tget":
         return f"{t[1]}[{', '.join(_r_int(x) for x in t[2:])}]"
-    if tag == "abs":
-        return f"abs({_r_int(t[1])})"
+    if tag in ("abs", "sign"):
+        return f"{tag}({_r_int(t[1])})"
     if tag == "neg":
         return f"(-{_r_int(t[1])})"
     if tag == "clamp":
@@ -227,7 +228,8 @@ def _r_float(t, in_norm=False):
     if tag == "fn":
         name, a = t[1], r(t[2])
         return {"sqrt_abs": f"sqrt(abs({a}))", "log1p_abs": f"log1p(abs({a}))",
-                "exp_neg_abs": f"exp(-abs({a}))", "tanh_sq": f"(tanh({a}) ** 2)"}.get(name, f"{name}({a})")
+                "exp_neg_abs": f"exp(-abs({a}))", "tanh_sq": f"(tanh({a}) ** 2)", "expm1_tanh": f"expm1(tanh({a}))",
+                "tan_tanh": f"tan(tanh({a}))"}.get(name, f"{name}({a})")
     if tag == "mulc":
         return f"({_r_float(('flt', t[1]))} * {r(t[2])})"
     if tag == "mulb":
@@ -288,6 +290,8 @@ def _e_int(t, env):
         return got if tensor.dtype == torch.bool else got.to(torch.int64)
     if tag == "abs":
         return _e_int(t[1], env).abs()
+    if tag == "sign":
+        return _e_int(t[1], env).sign()
     if tag == "neg":
         return -_e_int(t[1], env)
     if tag == "clamp":
@@ -348,6 +352,11 @@ _FN = {
     "tanh": torch.tanh, "sigmoid": torch.sigmoid, "softplus": torch.nn.functional.softplus, "abs": torch.abs,
     "relu": torch.relu, "sqrt_abs": lambda x: x.abs().sqrt(), "log1p_abs": lambda x: x.abs().log1p(),
     "exp_neg_abs": lambda x: (-x.abs()).exp(), "tanh_sq": lambda x: x.tanh() ** 2,
+    # the literature's activations, by torch's own implementations (not attnc's function table)
+    "elu": torch.nn.functional.elu, "silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu,
+    "gelu_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"), "erf": torch.special.erf,
+    "logsigmoid": torch.nn.functional.logsigmoid, "expm1_tanh": lambda x: torch.special.expm1(x.tanh()),
+    "tan_tanh": lambda x: x.tanh().tan(),
 }
 
 

@@ -716,3 +716,30 @@ def test_tracing_works_under_a_profiler():
     prof = cProfile.Profile()
     attn = prof.runcall(attnc.jit, causal_mod)
     assert "q_idx >= kv_idx" in attn.spec_text
+
+
+def activations(score, b, h, q_idx, kv_idx):
+    """torch's activations and special functions, each a row of attnc's function table."""
+    import torch.nn.functional as F
+
+    a = F.elu(score) + F.silu(score) - F.gelu(score) + F.gelu(score, approximate="tanh")
+    a = a + F.logsigmoid(score) + torch.erf(score) + torch.special.expm1(score * 0.5) + score.sign() * 0.1
+    return a + torch.tan(torch.tanh(score)) + F.relu(score) + torch.special.expit(score)
+
+
+def test_activations_trace_to_the_function_table():
+    attn = attnc.jit(mask_mod=causal)(activations)
+    text = attnc.explain(attn.cascade) if hasattr(attnc, "explain") else ""
+    q, k, v = make_qkv(1, 2, 1, 17, 17, seed=9)
+    s, keep, v64 = _dense_scores(q, k, v, activations, causal)
+    want = torch.softmax(s.masked_fill(~keep, -math.inf), -1) @ v64
+    assert rel_err(attn(q, k, v), want) <= TOL32, text
+
+
+def test_an_activation_with_other_arguments_is_refused_by_name():
+    import torch.nn.functional as F
+
+    with pytest.raises(attnc.SpecError, match="gelu"):
+        attnc.jit(lambda score, b, h, q_idx, kv_idx: F.gelu(score, approximate="cubic"))
+    with pytest.raises(attnc.SpecError, match="elu"):
+        attnc.jit(lambda score, b, h, q_idx, kv_idx: F.elu(score, alpha=2.0))
