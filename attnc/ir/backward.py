@@ -37,7 +37,7 @@ import sympy as sp
 
 from ..dsl.errors import SpecError
 from . import nodes as n
-from .passes import _SYMPY_FUNCS, OPAQUE, _Symbolic, _simplify, _to_ir
+from .passes import _SYMPY_FUNCS, OPAQUE, _prove_online, _reduction_deps, _Symbolic, _simplify, _to_ir
 from .printer import expr_text
 
 
@@ -267,7 +267,7 @@ class _Derivation:
                 row, residual = self.split(d, weight[a.name], C[a.name] * self.dov, C[a.name] * D[a.name], row,
                                            residual, f"Σ_j ∂{a.name}/∂{st.name}", contract=True)
             if st.expr.op in ("max", "min"):
-                if not self.is_zero(row, residual):
+                if not self.is_zero(row, residual) and not self.invariant(st, out, lse, rsym):
                     raise BackwardError(
                         f"the result depends on `{st.name}` = {st.expr.op}_j(...) beyond a shift it is invariant "
                         f"to, and attnc derives no gradient through a {st.expr.op} over the keys (the forward runs: call "
@@ -315,6 +315,29 @@ class _Derivation:
                 continue
             load_grads.append((load, row, residual.xreplace({S: s_leaf}) if S != s_leaf else residual))
         return self.finish(ds, dqk, dv_weight, load_grads)
+
+    def invariant(self, red: n.Stage, out: sp.Expr, lse: sp.Expr, rsym: dict) -> bool:
+        """Whether out and lse stay the same when ``red`` (a max or min) takes another value: every
+        sum and contraction that reads it scales by a factor free of j (the forward's online
+        proof), and out and lse with their sums so scaled do not change. Softpick's shifted form
+        passes where the derivative test cannot (sympy does not see that H(x)·x = relu(x))."""
+        c, sym = self.c, self.sym
+        old, new = sym.reduction_symbol(red.name, "old"), sym.reduction_symbol(red.name, "new")
+        scaled = {rsym[red.name]: new}
+        for st in self.reds + self.cons:
+            if st is red or red.name not in _reduction_deps(c, st.name):
+                continue
+            if isinstance(st.expr, n.Reduce) and st.expr.op in ("max", "min"):
+                return False  # a max of values that move with red: no scaling argument
+            proof = _prove_online(sym, st, (red.name,))
+            if not proof.ok:
+                return False
+            scaled[rsym[st.name]] = (proof.factor if proof.factor is not None else 1) * rsym[st.name]
+        try:
+            return all(_simplify(e.xreplace({rsym[red.name]: old}) - e.xreplace(scaled)) == 0
+                       for e in (out, lse) if e != 0)
+        except Exception:  # sympy gave up: no proof
+            return False
 
     def split(self, d, body, coef_pair, coef_row_sum, row, residual, what, contract=False):
         """Add ``Σ_j coef·d`` to (row, residual): by the identity when ``d/body`` is free of j."""

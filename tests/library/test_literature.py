@@ -1,0 +1,113 @@
+"""Attention mechanisms from the literature against formulas written from the papers.
+
+Each formula below is plain torch float64, transcribed from the paper's equation (quoted), with
+its own GQA expansion and masks — never from attnc's cascades. Forward in fp32/fp16/bf16 and the
+gradients of q, k, v and of every float tensor parameter, over hypothesis-drawn shapes including
+GQA and Nq ≠ Nkv, through the interpreted kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+import attnc
+
+F64 = torch.float64
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parents[2] / "examples"
+FWD = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+BWD = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+FEW = settings(max_examples=4, deadline=None, phases=[p for p in Phase if p is not Phase.explain],
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    monkeypatch.setattr(attnc.Attention, "POISON", True)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def expand(t: torch.Tensor, Hq: int) -> torch.Tensor:
+    """GQA: query head h reads key/value head h // (Hq // Hkv)."""
+    return t.repeat_interleave(Hq // t.shape[1], dim=1)
+
+
+def causal_keep(Nq: int, Nkv: int) -> torch.Tensor:
+    """Bottom-right aligned: query i sits at key position i + Nkv − Nq."""
+    i = torch.arange(Nq).view(-1, 1)
+    j = torch.arange(Nkv).view(1, -1)
+    return j <= i + (Nkv - Nq)
+
+
+def scores(q, k, scale=None):
+    """s_ij = scale·q_i·k_j in float64, [B, Hq, Nq, Nkv]."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return scale * q @ expand(k, q.shape[1]).transpose(-1, -2)
+
+
+def rel_err(got, want, floor=0.0):
+    got, want = got.detach().double(), want.detach()
+    return float((got - want).norm() / max(want.norm().item(), floor, 1e-30))
+
+
+shapes = st.tuples(
+    st.integers(1, 2), st.sampled_from([(1, 1), (2, 1), (2, 2), (4, 2)]), st.integers(1, 21), st.integers(1, 21),
+    st.sampled_from([4, 8, 16]), st.sampled_from([4, 8, 16]))
+dtypes = st.sampled_from([torch.float32, torch.float16, torch.bfloat16])
+
+
+def check(attn, formula, shape, dtype, seed, params=None, *, temperature=1.0, what=""):
+    """attn's forward and gradients (q, k, v, float tensor parameters) against ``formula`` (float64
+    autograd on the same rounded inputs)."""
+    B, (Hq, Hkv), Nq, Nkv, D, Dv = shape
+    g = torch.Generator().manual_seed(seed)
+    q = (torch.randn(B, Hq, Nq, D, generator=g) * temperature).to(dtype)
+    k = torch.randn(B, Hkv, Nkv, D, generator=g).to(dtype)
+    v = torch.randn(B, Hkv, Nkv, Dv, generator=g).to(dtype)
+    params = dict(params(B, Hq, Hkv, Nq, Nkv, D, g) if callable(params) else params or {})
+    leaves = {"q": q, "k": k, "v": v, **{n: t for n, t in params.items()
+                                          if isinstance(t, torch.Tensor) and t.is_floating_point()}}
+    mine = {n: t.detach().clone().requires_grad_() for n, t in leaves.items()}
+    ref = {n: t.detach().to(F64).requires_grad_() for n, t in leaves.items()}
+    out = attn(mine["q"], mine["k"], mine["v"], **{**params, **{n: mine[n] for n in params if n in mine}})
+    want = formula(ref["q"], ref["k"], ref["v"], **{**params, **{n: ref[n] for n in params if n in ref}})
+    label = f"{what} B={B} Hq={Hq} Hkv={Hkv} Nq={Nq} Nkv={Nkv} D={D} Dv={Dv} {dtype} seed={seed}"
+    assert torch.isfinite(out).all(), label
+    assert rel_err(out, want) <= FWD[dtype], f"{label}: forward rel err {rel_err(out, want):.2e}"
+    dout = torch.randn(out.shape, generator=g).to(dtype)
+    got = torch.autograd.grad(out, list(mine.values()), dout, allow_unused=True)
+    exp = torch.autograd.grad(want, list(ref.values()), dout.to(F64), allow_unused=True)
+    scale = max((e.abs().max().item() for e in exp if e is not None and e.numel()), default=0.0)
+    for name, a, b in zip(mine, got, exp):
+        b = torch.zeros_like(ref[name]) if b is None else b
+        assert a is not None and torch.isfinite(a).all(), f"{label}: d{name} missing or not finite"
+        err = rel_err(a, b, floor=1e-2 * scale * math.sqrt(b.numel()))
+        assert err <= BWD[dtype], f"{label}: d{name} rel err {err:.2e}"
+
+
+# ----------------------------------------------------------------------------- softpick
+
+
+def softpick_formula(q, k, v, eps=1e-6):
+    """Zuhri et al., 2025, eq. (1), unshifted: Softpick(x)_i = ReLU(e^{x_i} − 1) / (Σ_j |e^{x_j} − 1| + ε),
+    over the causally visible keys."""
+    s = scores(q, k)
+    keep = causal_keep(q.shape[2], k.shape[2])
+    e = torch.where(keep, torch.expm1(s), torch.zeros_like(s))
+    w = torch.relu(e) / (e.abs().sum(-1, keepdim=True) + eps)
+    return w @ expand(v, q.shape[1])
+
+
+@FEW
+@given(shape=shapes, dtype=dtypes, seed=st.integers(0, 2**16))
+def test_softpick_trains(shape, dtype, seed):
+    """The max-shifted form (examples/softpick.attn) gets gradients: out does not depend on the
+    shift, so the backward holds it constant."""
+    attn = attnc.compile(EXAMPLES / "softpick.attn", "causal_softpick")
+    check(attn, softpick_formula, shape, dtype, seed, temperature=2.0, what="softpick")
