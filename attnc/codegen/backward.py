@@ -80,6 +80,14 @@ class _BwdBuilder(_Builder):
         self.grad_params = {g.load.tensor for g in bplan.load_grads}
 
     # -- helpers
+    def feature_grad(self, side: str, acc: str, ok: str) -> str:
+        """``acc`` (dq or dk before the chain rule) times the feature map's derivative at the
+        tile read again (none: "")."""
+        d = dict(self.bp.feature_grads).get(side)
+        if d is None:
+            return ""
+        return f"{acc} = {acc} * tl.where({ok}, {self.feature_expr(side, d, ok)}, 0.0)  # ∂{side}̃/∂{side}"
+
     def mm(self, a: str, b: str, sixteen: bool = True) -> str:
         """``tl.dot`` of an fp32 tile of gradients with an input tile: fp32 operands when the
         inputs are fp32 (or upcast); else 16-bit operands (the inputs' type) when ``sixteen`` —
@@ -495,6 +503,10 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         coef_stores=[f"tl.store(cf_ptrs + {k} * stride_cc, {b.names[name]}, mask=row_ok)"
                      for k, name in enumerate(bplan.coefs)],
         kv_loads=kv_loads,
+        q_map=b.feature_map("q", "row_ok[:, None] & d_ok[None, :]"),
+        k_map={True: b.feature_map("k", "d_ok[None, :]"), False: b.feature_map("k", "col_ok[:, None] & d_ok[None, :]")},
+        dq_map=b.feature_grad("q", "dq", "row_ok[:, None] & d_ok[None, :]"),
+        dk_map=b.feature_grad("k", "dk", "col_ok[:, None] & d_ok[None, :]"),
         kv_fast=kv_fast,
         kv_exact=kv_exact,
         needs_vnorm=b.needs_vnorm,

@@ -60,6 +60,8 @@ class ExprPrinter:
     pair_overrides: dict = {}
     # sub-expression → name of its value computed once before a loop (``_Builder.hoist``)
     hoisted: dict = {}
+    # side → the tile a feature map's element prints as (``_Builder.feature_map``)
+    features: dict = {}
     # tanh by the hardware's tanh.approx (helpers.py.jinja): compiled fp16/bf16 kernels only
     hardware_tanh = False
     # exp's argument computed so a row's largest exponent is exactly 0 (``log2e_times``): the
@@ -105,6 +107,8 @@ class ExprPrinter:
             return f"({ident} != 0)" if e.type == n.BOOL else ident
         if isinstance(e, n.Load):
             return self.loads(e, ctx)
+        if isinstance(e, n.Feature):
+            return self.features[e.side]
         if isinstance(e, n.Ref):
             name = self.names[e.stage]
             if ctx in ("pair", "vec") and e.stage in self.pair_overrides:

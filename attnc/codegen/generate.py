@@ -129,7 +129,7 @@ class _Builder:
         for k, ix in enumerate(e.indices):
             if dims[k] != n.ANY_DIM and index_in_range(ix, dims[k]):
                 saved = self.printer.rows, self.printer.cols
-                self.printer.rows = "offs_m_safe"
+                self.printer.rows = self.safe_rows
                 self.printer.cols = "offs_n_safe" if self.tile_masked else "offs_n"
                 try:
                     parts.append(f"({self.printer(ix, ctx)}) * {derived_ident(t, f'stride{k}')}")
@@ -147,6 +147,35 @@ class _Builder:
 
     def expr(self, e: n.Expr, ctx: str) -> str:
         return self.printer(e, ctx)
+
+    safe_rows = "offs_m_safe"  # the clamped row positions tensor reads use (``_load``)
+
+    def feature_map(self, side: str, ok: str) -> str:
+        """The line mapping the loaded ``q_tile`` / ``k_tile`` through its feature map (none: ""),
+        in float32, then back to the tile's type for the dot; padding (``ok`` false) is 0, as
+        loaded, whatever the map gives there."""
+        m = self.c.stages[0].expr.map(side)
+        if m is None:
+            return ""
+        tile = f"{side}_tile"
+        return f"{tile} = tl.where({ok}, {self.feature_expr(side, m, ok)}, 0.0).to({tile}.dtype)  # the feature map of {side}"
+
+    def feature_expr(self, side: str, m: n.Expr, ok: str) -> str:
+        """``m``, an expression over the element of q (k), on the whole ``q_tile`` (``k_tile``). The
+        k side prints over the tile's rows: its key index takes the query index's place (a map
+        reads no other index of the pair)."""
+        tile = f"{side}_tile"
+        if side == "k":
+            m = n.transform(m, lambda x: n.Var("i", x.type) if isinstance(x, n.Var) and x.name == "j" else x)
+        saved = self.printer.rows, self.printer.hoisted, self.printer.features, self.safe_rows
+        if side == "k":
+            self.printer.rows = "offs_n"
+            self.safe_rows = "offs_n_safe" if "col_ok" in ok else "offs_n"
+        self.printer.hoisted, self.printer.features = {}, {side: f"{tile}.to(tl.float32)"}
+        try:
+            return self.printer(m, "vec")
+        finally:
+            self.printer.rows, self.printer.hoisted, self.printer.features, self.safe_rows = saved
 
     def full(self, e: n.Expr, ranks: tuple[str, ...]) -> str:
         """``e`` printed at the full shape of ``ranks``: a value that does not vary over a rank
@@ -694,6 +723,8 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         out_var=b.names["out"],
         lse_var=b.names["lse"] if c.has_lse else None,
         stats=[b.names[st.name] for st in c.stages if isinstance(st.expr, n.Reduce)],
+        q_map=b.feature_map("q", "row_ok[:, None] & d_ok[None, :]"),
+        k_map={True: b.feature_map("k", "d_ok[None, :]"), False: b.feature_map("k", "col_ok[:, None] & d_ok[None, :]")},
     )
     return KernelSource(text, KERNEL_NAME, tuple(tensors), tuple(scalars), c.has_lse, b.bounds.runtime,
                         rerun is not None)

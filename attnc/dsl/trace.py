@@ -35,7 +35,7 @@ _TORCH = os.path.dirname(os.path.abspath(torch.__file__))
 # Names the spec language gives a meaning to; a user name equal to one cannot be a parameter.
 RESERVED = frozenset(KEYWORDS) | {
     "q_idx", "kv_idx", "b", "h", "n_q", "n_kv", "head_dim", "n_heads", "n_kv_heads", "scale",
-    "B", "H", "H_KV", "N_Q", "N_KV", "D", "D_V", "sum", "i", "j", "s", "v", "out", "lse",
+    "B", "H", "H_KV", "N_Q", "N_KV", "D", "D_V", "sum", "i", "j", "s", "v", "out", "lse", "dot",
 } | set(FUNCTIONS)
 
 

@@ -91,6 +91,9 @@ class BackwardPlan:
     uses_dout: bool
     uses_dl: bool
     identities: tuple[str, ...] = field(default=())
+    # (side, ∂map/∂element): dq = (Σ_j dqk·k̃) ⊙ φ'(q), dk = (Σ_i dqk·q̃) ⊙ ψ'(k) (the chain rule
+    # through each feature map, elementwise)
+    feature_grads: tuple[tuple[str, n.Expr], ...] = field(default=())
 
     def ranks(self) -> dict[str, tuple[str, ...]]:
         out = {DOV: n.PAIR, DS: n.PAIR, DOUT: n.ROW, DL: n.ROW}
@@ -145,6 +148,8 @@ class _Sym(_Symbolic):
                 out[s] = key[1]
             elif kind == "stage":
                 out[s] = n.Ref(key[1], n.FLOAT)
+            elif kind == "feature":
+                out[s] = n.Feature(key[1])
         return out
 
 
@@ -405,6 +410,25 @@ class _Derivation:
             pass
         return x
 
+    def feature_grads(self) -> tuple[tuple[str, n.Expr], ...]:
+        """The derivative of each feature map by its element, as kernel expressions."""
+        dot = self.c.stages[0].expr
+        out = []
+        for side in ("q", "k"):
+            m = dot.map(side)
+            if m is None:
+                continue
+            if any(isinstance(x, n.Load) and x.type == n.FLOAT for x in n.walk(m)):
+                raise BackwardError(f"the feature map of {side} reads a float tensor parameter, and attnc derives no "
+                                    f"gradient for a tensor inside a feature map yet (the forward runs: call it under "
+                                    f"torch.no_grad(), or keep that tensor out of the map)", self.c.stage("qk").span
+                                    or self.c.span)
+            x = self.sym.expr(m, {})
+            element = self.sym.leaf(("feature", side), f"{side} element", False)
+            d = _clean(sp.diff(x, element), self.c.stage("qk"))
+            out.append((side, _to_ir(sp.powsimp(d, combine="exp"), {**self.sym.names(), **self.irnames})))
+        return tuple(out)
+
     def finish(self, ds, dqk, dv_weight, load_grads) -> BackwardPlan:
         names = {**self.sym.names(), **self.irnames}
         self.rowdef = {s: self.smaller(e, names) for s, e in self.rowdef.items()}
@@ -458,7 +482,8 @@ class _Derivation:
             stats=tuple(st.name for st in self.reds), temps=temps,
             rows=rows, jsums=jsums, num_row_passes=max((j.level for j in jsums), default=0), coefs=coefs,
             ds=ir(ds), dqk=ir(dqk), dv_weight=ir(dv_weight), load_grads=grads,
-            uses_dout=self.dout in used, uses_dl=self.dl in used, identities=tuple(self.identities))
+            uses_dout=self.dout in used, uses_dl=self.dl in used, identities=tuple(self.identities),
+            feature_grads=self.feature_grads())
 
 
 def _short(x, limit: int = 60) -> str:
@@ -488,6 +513,9 @@ def backward_text(c: n.Cascade, plan: BackwardPlan) -> str:
     for name, e in plan.temps:
         lines.append(f"  {name[4:]} = {show(e)}")
     lines += [f"  ds = {show(plan.ds)}", f"  dqk = {show(plan.dqk)}", f"  W = {show(plan.dv_weight)}"]
+    for side, d in plan.feature_grads:
+        acc = "Σ_j dqk·k̃[j]" if side == "q" else "Σ_i dqk·q̃[i]"
+        lines.append(f"  d{side} = ({acc}) ⊙ {show(d)}    (through the feature map of {side})")
     for g in plan.load_grads:
         where = " + ".join(w for w, x in (("per row", g.row), ("per pair", g.pair)) if x is not None)
         lines.append(f"  ∂/∂{expr_text(g.load)} ({where}, fp32 atomics):")

@@ -37,7 +37,7 @@ _INDEX_BUILTINS = {
 _SIZE_BUILTINS = {name: n.Var(name, n.INT) for name in ("n_q", "n_kv", "head_dim", "n_heads", "n_kv_heads")}
 _SCALE = {"scale": n.Var("scale", n.FLOAT)}
 _DIM_BUILTINS = {name: n.Var(name, n.INT) for name in n.DIM_VARS}
-ALL_BUILTINS = set(_INDEX_BUILTINS) | set(_SIZE_BUILTINS) | set(_SCALE) | {"score", "s", "v", "i", "j"} | set(n.DIM_VARS)
+ALL_BUILTINS = set(_INDEX_BUILTINS) | set(_SIZE_BUILTINS) | set(_SCALE) | {"score", "dot", "s", "v", "i", "j"} | set(n.DIM_VARS)
 RESERVED_STAGES = {"qk", "s", "keep", "v", "i", "j", "f", "b", "h", "d"}
 
 
@@ -76,7 +76,7 @@ class NormState:
 
 @dataclass
 class Ctx:
-    kind: str  # score | mask | norm | default | dim | attention
+    kind: str  # score | mask | norm | default | dim | attention | feature map
     scope: Scope
     env: dict
     stack: tuple[tuple[str, str], ...] = ()
@@ -85,10 +85,11 @@ class Ctx:
     in_sum: bool = False
     # the grids declared so far, shared by every context of one cascade: [(grid, span)]
     grids: list = field(default_factory=list)
+    side: str | None = None  # a feature map's: "q" or "k"
 
     def child(self, **kw) -> "Ctx":
         base = dict(kind=self.kind, scope=self.scope, env=self.env, stack=self.stack, norm=self.norm,
-                    in_reduce=self.in_reduce, in_sum=self.in_sum, grids=self.grids)
+                    in_reduce=self.in_reduce, in_sum=self.in_sum, grids=self.grids, side=self.side)
         base.update(kw)
         return Ctx(**base)
 
@@ -100,6 +101,8 @@ def _builtins(kind: str) -> dict:
         env.update({k: Value(v, "built-in") for k, v in _SIZE_BUILTINS.items()})
     if kind in ("score", "norm", "attention"):
         env.update({k: Value(v, "built-in") for k, v in _SCALE.items()})
+    if kind in ("score", "attention"):
+        env["dot"] = Value(n.Ref("qk", n.FLOAT), "built-in")  # q̃·k̃ without the scale
     if kind == "norm":
         env["i"] = Value(n.Var("i", n.INT), "built-in")
         env["j"] = Value(n.Var("j", n.INT), "built-in")
@@ -186,9 +189,21 @@ def _lower_name(e: ast.Name, ctx: Ctx) -> n.Expr:
     _unknown(e.id, e.span, ctx)
 
 
+_FEATURE_SEES = {"q": "its element `q` and q_idx, b, h", "k": "its element `k` and kv_idx, b (not h: keys are shared by a group of query heads)"}
+
+
 def _unknown(name: str, span: Span | None, ctx: Ctx, what: str = "name"):
+    if ctx.kind == "feature map" and name in ("q", "k", "q_idx", "kv_idx", "h", "score", "dot", "s"):
+        raise SpecError(f"a feature map `{ctx.side} = ...` is applied to each element of {ctx.side} before the "
+                        f"dot product and sees only {_FEATURE_SEES[ctx.side]}, sizes and parameters; `{name}` "
+                        f"belongs to {'the score' if name in ('score', 'dot', 's', 'q_idx', 'kv_idx', 'h') else 'its own feature map'}",
+                        span)
     if name in KEYWORDS:
         raise SpecError(f"`{name}` is a keyword, not a {what}", span)
+    if name in ("q", "k") and ctx.kind in ("score", "attention", "mask", "norm"):
+        raise SpecError(f"`{name}` is not a value here: a score sees the queries and keys through `score` "
+                        f"(scale · q·k) or `dot` (q·k); to transform {name} itself, write a feature map "
+                        f"`{name} = elu({name}) + 1.0` in the attention body", span)
     pool = set(ctx.env) | ctx.scope.visible_names() | set(FUNCTIONS)
     if ctx.kind == "norm":
         pool |= {"s", "v"}
@@ -270,7 +285,7 @@ def _check_finite_constant(x: n.Expr, node: ast.Expr) -> None:
     """A float expression of constants only must evaluate to a finite number (no 1.0 / 0.0)
     within float32's range, which kernels compute in (the float64 reference would not overflow
     on `2.0 ** 1000`: the two would disagree), as float literals must."""
-    if any(isinstance(k, (n.Var, n.Param, n.Load, n.Ref, n.ValueRow, n.Dot)) for k in n.walk(x)):
+    if any(isinstance(k, (n.Var, n.Param, n.Load, n.Ref, n.ValueRow, n.Dot, n.Feature)) for k in n.walk(x)):
         return
     import math
 
@@ -375,7 +390,11 @@ def _lower_builtin_call(e: ast.Call, ctx: Ctx) -> n.Expr:
     args = [lower_expr(a, ctx) for a in e.args]
     for x, node in zip(args, e.args):
         _num_operand(x, node, e.func)
-    if rule in ("float", "tofloat"):
+    if rule == "tofloat":  # float(x): the promotion itself (float of a float is that float)
+        out = _promote(args[0], n.FLOAT)
+        _check_finite_constant(out, e)
+        return out
+    if rule == "float":
         out = n.Call(e.func, tuple(_promote(a, n.FLOAT) for a in args), n.FLOAT)
         _check_finite_constant(out, e)
         return out
@@ -592,7 +611,8 @@ def _call_def(found: tuple[ast.Def, Scope], call: ast.Call, ctx: Ctx) -> n.Expr:
     if key in ctx.stack:
         chain = " → ".join(name for _, name in ctx.stack[ctx.stack.index(key):] + (key,))
         raise SpecError(f"`{d.name}` is defined in terms of itself ({chain})", call.span)
-    allowed = {"score": ("mask", "score"), "attention": ("mask", "score"), "mask": ("mask",), "norm": ("mask",)}
+    allowed = {"score": ("mask", "score"), "attention": ("mask", "score"), "mask": ("mask",), "norm": ("mask",),
+               "feature map": ()}
     if d.kind not in allowed.get(ctx.kind, ()):
         if d.kind in ("norm", "attention"):
             why = "a norm is chosen with `norm = ...` in an attention" if d.kind == "norm" else "an attention cannot be called"
@@ -655,6 +675,27 @@ def _run_body(d: ast.Def, ctx: Ctx) -> n.Expr:
     if result is None:
         raise SpecError(f"{d.kind} `{d.name}` has no `{d.kind} = ...` line", d.name_span)
     return result
+
+
+def _lower_feature_map(stmt: ast.Assign, ctx: Ctx, current: n.Expr | None) -> n.Expr:
+    """``q = expr`` / ``k = expr`` in an attention: a map applied to each element of q (or k) before
+    the dot product; a second line maps the first one's result."""
+    side = stmt.target
+    env = {name: b for name, b in ctx.env.items()
+           if name not in ("score", "dot", "kv_idx" if side == "q" else "q_idx") and not (side == "k" and name == "h")}
+    env[side] = Value(current if current is not None else n.Feature(side), "built-in")
+    value = lower_expr(stmt.value, ctx.child(kind="feature map", env=env, side=side))
+    if value.type not in n.NUMERIC:
+        raise SpecError(f"a feature map gives a number for each element of {side}, but `{_describe(stmt.value)}` "
+                        f"is {_words(value.type)}", stmt.value.span)
+    value = _promote(value, n.FLOAT)
+    other = {"q": ("j",), "k": ("i", "h")}[side]
+    for x in n.walk(value):  # through a `let` written earlier in the body
+        if isinstance(x, (n.Ref, n.Dot)) or (isinstance(x, n.Var) and x.name in other):
+            what = "the score" if isinstance(x, (n.Ref, n.Dot)) else {"i": "q_idx", "j": "kv_idx", "h": "h"}[x.name]
+            raise SpecError(f"the feature map of {side} reads {what} (through a `let`?); it sees only "
+                            f"{_FEATURE_SEES[side]}, sizes and parameters", stmt.value.span)
+    return value
 
 
 def _lower_part(stmt: ast.Assign, ctx: Ctx) -> n.Expr:
@@ -727,9 +768,13 @@ def _bad_stmt(stmt, kind: str) -> None:
     if isinstance(stmt, ast.StageAssign):
         raise SpecError(f"cascade lines like `{stmt.name}[...] = ...` belong in a norm, not in {_a(kind)}", stmt.target_span)
     if isinstance(stmt, ast.Assign):
+        if stmt.target in ("q", "k") and kind != "attention":
+            raise SpecError(f"a feature map `{stmt.target} = ...` belongs in an attention body, not in {_a(kind)}",
+                            stmt.target_span)
         if kind == "attention":
             raise SpecError(
-                f"an attention body assigns score, mask or norm; use `let {stmt.target} = ...` for a local name",
+                f"an attention body assigns score, mask, norm or a feature map (q, k); use `let {stmt.target} = ...` "
+                f"for a local name",
                 stmt.target_span,
             )
         if kind == "norm":
@@ -881,13 +926,17 @@ def _check_size(e: n.Expr, what: str, span) -> None:
         )
 
 
-def _assemble(name: str, specs, score: n.Expr, mask: n.Expr | None, norm_stages, span, grids=()) -> n.Cascade:
+def _assemble(name: str, specs, score: n.Expr, mask: n.Expr | None, norm_stages, span, grids=(),
+              maps=None) -> n.Cascade:
+    maps = {side: simplify(m) for side, m in (maps or {}).items()}
+    for side, m in maps.items():
+        _check_size(m, f"the feature map of {side}", span)
     _check_size(score, "the score", span)
     if mask is not None:
         _check_size(mask, "the mask", span)
     for st in norm_stages:
         _check_size(st.expr, f"stage `{st.name}`", st.span or span)
-    stages = [n.Stage("qk", n.PAIR, n.Dot()), n.Stage("s", n.PAIR, simplify(score))]
+    stages = [n.Stage("qk", n.PAIR, n.Dot(q_map=maps.get("q"), k_map=maps.get("k"))), n.Stage("s", n.PAIR, simplify(score))]
     if mask is not None:
         mask = simplify(mask)
         if not (isinstance(mask, n.Const) and mask.value is True):
@@ -917,12 +966,15 @@ def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
     score = env["score"].expr
     mask = None
     norm_call: tuple | None = None
+    maps: dict[str, n.Expr] = {}  # feature maps, by side
     for stmt in d.body:
         if isinstance(stmt, ast.Let):
             _check_new_name(stmt.name, stmt.name_span or stmt.span, ctx, "let")
             env[stmt.name] = Value(lower_expr(stmt.value, ctx), "let")
         elif isinstance(stmt, ast.Grid):
             _lower_grid(stmt, ctx)
+        elif isinstance(stmt, ast.Assign) and stmt.target in ("q", "k"):
+            maps[stmt.target] = _lower_feature_map(stmt, ctx, maps.get(stmt.target))
         elif isinstance(stmt, ast.Assign) and stmt.target == "score":
             score = _lower_part(stmt, ctx)
             env["score"] = Value(score, "built-in")
@@ -940,7 +992,7 @@ def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
         norm_call = _default_norm(d, scope)
     (nd, nscope), call = norm_call
     stages = _lower_norm(nd, nscope, call, ctx)
-    return _assemble(d.name, specs, score, mask, stages, d.span, ctx.grids)
+    return _assemble(d.name, specs, score, mask, stages, d.span, ctx.grids, maps)
 
 
 def _default_norm(d: ast.Def, scope: Scope):

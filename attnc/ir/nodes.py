@@ -7,7 +7,7 @@ A ``Cascade`` is a list of ``Stage``s, each an Einsum over some of the ranks
 Every value is implicitly over ``b, h``; a stage is *per query* (``[i]``), *per pair*
 (``[i, j]``), or a per-query *vector* over ``f`` (``[i, f]``). The first stages are always
 
-    qk[i, j]   = Σ_d q[i, d] · k[j, d]          (``Dot``)
+    qk[i, j]   = Σ_d q̃[i, d] · k̃[j, d]          (``Dot``; q̃ = φ(q), k̃ = ψ(k) the feature maps, if any)
     s[i, j]    = the score function of ``scale * qk``
     keep[i, j] = the mask                        (absent when every pair is kept)
 
@@ -87,10 +87,25 @@ class ValueRow:
 
 
 @dataclass(frozen=True)
+class Feature:
+    """In a feature map: the element ``q[b, h, i, d]`` (side "q") or ``k[b, hkv, j, d]`` ("k")."""
+
+    side: str
+    type: str = FLOAT
+
+
+@dataclass(frozen=True)
 class Dot:
-    """``Σ_d q[b, h, i, d] · k[b, h // (n_heads // n_kv_heads), j, d]``."""
+    """``Σ_d q̃[b, h, i, d] · k̃[b, h // (n_heads // n_kv_heads), j, d]``, where ``q̃ = q_map`` and
+    ``k̃ = k_map`` are the feature maps: elementwise pre-stages over ``[i, d]`` and ``[j, d]``
+    (expressions over ``Feature``, the indices and parameters; None: q and k themselves)."""
 
     type: str = FLOAT
+    q_map: "Expr | None" = None
+    k_map: "Expr | None" = None
+
+    def map(self, side: str) -> "Expr | None":
+        return self.q_map if side == "q" else self.k_map
 
 
 @dataclass(frozen=True)
@@ -149,7 +164,7 @@ class Running:
     type: str = FLOAT
 
 
-Expr = Union[Const, Var, Param, Load, Ref, ValueRow, Dot, Unary, Binary, Call, Select, Reduce, Contract, Running]
+Expr = Union[Const, Var, Param, Load, Ref, ValueRow, Feature, Dot, Unary, Binary, Call, Select, Reduce, Contract, Running]
 
 
 # A tensor dimension declared ``_``: any size (the kernel clamps indices by the runtime size).

@@ -109,6 +109,8 @@ class _Symbolic:
         if isinstance(e, n.Load):
             ranks = n.free_ranks(e, {st: s.ranks for st, s in self.stages.items()})
             return self.leaf(("load", e), expr_text(e), "j" in ranks)
+        if isinstance(e, n.Feature):  # in a feature map: the element of q or k
+            return self.leaf(("feature", e.side), f"{e.side} element", False)
         if isinstance(e, n.Running):
             return self.reduction_symbol(e.stage, e.when)
         if isinstance(e, n.Ref):

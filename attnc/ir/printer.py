@@ -69,7 +69,11 @@ def _text(e: n.Expr, ctx) -> str:
     if isinstance(e, n.ValueRow):
         return "v[j]"
     if isinstance(e, n.Dot):
-        return "Σ_d q[i, d]·k[j, d]"
+        q = "q̃" if e.q_map is not None else "q"
+        k = "k̃" if e.k_map is not None else "k"
+        return f"Σ_d {q}[i, d]·{k}[j, d]"
+    if isinstance(e, n.Feature):
+        return f"{e.side}[{'i' if e.side == 'q' else 'j'}, d]"
     if isinstance(e, n.Unary):
         if e.op == "not":
             return f"not {_wrap(e.operand, _PREC['not'], ctx)}"
@@ -117,6 +121,10 @@ def cascade_text(c: n.Cascade) -> str:
         g = c.grid
         lines.append(f"  grid ({', '.join(g.axes)}) = ({', '.join(expr_text(x, {}, False) for x in g.sizes)}) "
                      f"dilated ({', '.join(expr_text(x, {}, False) for x in g.dilated)})")
+    dot = c.stages[0].expr if c.stages else None
+    for side in ("q", "k"):  # the feature maps: pre-stages over [i, d] and [j, d]
+        if isinstance(dot, n.Dot) and dot.map(side) is not None:
+            lines.append(f"  {side}̃[{'i' if side == 'q' else 'j'}, d] = {expr_text(dot.map(side), {}, False)}")
     width = max((len(stage_lhs(st)) for st in c.stages), default=0)
     ranks = {st.name: st.ranks for st in c.stages}
     for st in c.stages:

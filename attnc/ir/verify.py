@@ -48,7 +48,7 @@ def _type_of(e: n.Expr, types: dict[str, str], params: dict[str, n.ParamSpec], w
         if e.stage not in types or types[e.stage] != e.type:
             fail(f"reference to {e.stage}, which is not an earlier stage of type {e.type}")
         return e.type
-    if isinstance(e, (n.Dot, n.ValueRow, n.Running)):
+    if isinstance(e, (n.Dot, n.ValueRow, n.Running, n.Feature)):
         return e.type
     kids = [_type_of(k, types, params, where) for k in n.children(e)]
     if isinstance(e, n.Unary):
@@ -97,6 +97,18 @@ def verify(c: n.Cascade) -> n.Cascade:
         raise IRError(f"{c.name}: a cascade starts with qk = Dot and s")
     if "out" not in names:
         raise IRError(f"{c.name}: no out stage")
+    dot = c.stages[0].expr
+    for side, other in (("q", {"j"}), ("k", {"i", "h"})):
+        m = dot.map(side)
+        if m is None:
+            continue
+        where = f"{c.name}.{side}̃"
+        for node in n.walk(m):
+            if isinstance(node, (n.Ref, n.Dot, n.ValueRow, n.Running, n.Reduce, n.Contract)) or (
+                    isinstance(node, n.Feature) and node.side != side) or (isinstance(node, n.Var) and node.name in other):
+                raise IRError(f"{where}: a feature map reads only its element, its own index, b, sizes and parameters")
+        if _type_of(m, {}, params, where) != n.FLOAT:
+            raise IRError(f"{where}: a feature map is a float")
     types: dict[str, str] = {}
     ranks: dict[str, tuple[str, ...]] = {}
     for pos, st in enumerate(c.stages):

@@ -66,6 +66,7 @@ class _Eval:
         self.safe = False
         self.live: torch.Tensor | None = None
         self._live_row: torch.Tensor | None = None
+        self.feature: torch.Tensor | None = None  # q or k, in a feature map (``_mapped``)
 
     def expr(self, e: n.Expr) -> torch.Tensor:
         x = self._expr(e)
@@ -135,6 +136,8 @@ class _Eval:
             return t[tuple(idx)]
         if isinstance(e, n.Ref):
             return self.values[e.stage]
+        if isinstance(e, n.Feature):
+            return self.feature
         if isinstance(e, n.Unary):
             x = self.expr(e.operand)
             return torch.logical_not(x) if e.op == "not" else -x
@@ -203,6 +206,19 @@ def _as_tensor(spec: n.ParamSpec, value) -> torch.Tensor:
     return torch.tensor(value, dtype=dtype)
 
 
+def _mapped(cascade: n.Cascade, sizes: dict, values: dict, x: torch.Tensor, side: str) -> torch.Tensor:
+    """q [B, Hq, Nq, D] (or k [B, Hkv, Nkv, D]) through its feature map, elementwise in float64."""
+    m = cascade.stages[0].expr.map(side)
+    if m is None:
+        return x
+    B, H, N, _ = x.shape
+    index = {"b": torch.arange(B).view(B, 1, 1, 1), "h": torch.arange(H).view(1, H, 1, 1),
+             "i" if side == "q" else "j": torch.arange(N).view(1, 1, N, 1)}
+    ev = _Eval(cascade, sizes, values, index)
+    ev.feature = x
+    return ev.expr(m).to(_F64).expand(x.shape)
+
+
 def _evaluator(cascade: n.Cascade, sizes: dict, values: dict, pair_shape: tuple[int, int, int, int]) -> _Eval:
     B, Hq, Nq, Nkv = pair_shape
     index = {
@@ -233,8 +249,8 @@ def reference_keep(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torc
         group = Hq // Hkv
         for st in cascade.stages:
             if isinstance(st.expr, n.Dot):
-                k64 = k.to("cpu", _F64).repeat_interleave(group, dim=1)
-                ev.values[st.name] = q.to("cpu", _F64) @ k64.transpose(-1, -2)
+                k64 = _mapped(cascade, sizes, values, k.to("cpu", _F64), "k").repeat_interleave(group, dim=1)
+                ev.values[st.name] = _mapped(cascade, sizes, values, q.to("cpu", _F64), "q") @ k64.transpose(-1, -2)
             elif st.name == "keep":
                 return ev.expr(st.expr).expand(ev.pair_shape).clone()
             else:
@@ -264,7 +280,10 @@ def reference(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
 
     group = Hq // Hkv
     q64 = q.to("cpu", _F64)  # not detached: GQA's repeated heads sum their gradients
-    k64 = k.to("cpu", _F64).repeat_interleave(group, dim=1)
+    k64 = k.to("cpu", _F64)
+    if Nq and Nkv:  # the feature maps, if any
+        q64, k64 = _mapped(cascade, sizes, values, q64, "q"), _mapped(cascade, sizes, values, k64, "k")
+    k64 = k64.repeat_interleave(group, dim=1)
     v64 = v.to("cpu", _F64).repeat_interleave(group, dim=1)
     out = torch.zeros(B, Hq, Nq, Dv, dtype=_F64)
     lse = torch.full((B, Hq, Nq), -math.inf, dtype=_F64)

@@ -11,7 +11,8 @@
 A ``Definition`` is spec text drawn from the grammar — masks from comparisons, chains and
 ``and``/``or``/``not`` of index expressions (with ``//``, ``%``, ``min``/``max``/``abs``/``clamp``,
 int parameters, int/bool tensor look-ups and the library's ``causal``, ``sliding_window``,
-``chunked``, ``prefix_lm``), score functions from arithmetic and built-in functions over ``score``,
+``chunked``, ``prefix_lm``), feature maps of q and k (``q = elu(q) + 1.0``, ReLU, tanh, a
+position-dependent scale), score functions from arithmetic and built-in functions over ``score``,
 indices, float parameters and tensor look-ups (one or two ``score =`` lines, ``let`` bindings,
 locally defined mask/score pieces called with arguments), and a normalization from a family of
 cascades (the library's norms; softmax-like with offsets, sinks, temperatures and weights;
@@ -252,8 +253,18 @@ def _r_float(t, in_norm=False):
 # Written against the language documentation (docs/language.md, docs/semantics.md), not
 # against attnc's code: floor // and %, x // 0 = 0, x % 0 = x, tensor indices clamped.
 
+# Feature maps (`q = ...`, `k = ...` in the attention body): spec text over the element `x` and
+# its position `p` (q_idx or kv_idx), and the same map in torch (x [B, H, N, D], p [N, 1]).
+FEATURE_MAPS = {
+    "elu1": ("elu({x}) + 1.0", lambda x, p: torch.nn.functional.elu(x) + 1),
+    "relu": ("relu({x})", lambda x, p: torch.relu(x)),
+    "tanh": ("tanh({x})", lambda x, p: torch.tanh(x)),
+    "positional": ("{x} * (1.0 + 0.25 * float({p} % 3))", lambda x, p: x * (1 + 0.25 * (p % 3))),
+}
+
+
 class _Env:
-    def __init__(self, q, k, v, params, scale):
+    def __init__(self, q, k, v, params, scale, maps=(None, None)):
         B, Hq, Nq, D = q.shape
         Hkv, Nkv = k.shape[1], k.shape[2]
         self.sizes = {"B": B, "H": Hq, "N_Q": Nq, "N_KV": Nkv}
@@ -263,6 +274,11 @@ class _Env:
         self.params = params
         self.lets = {}
         qd, kd, vd = q.double(), k.double(), v.double()
+        for side, name in zip(("q", "k"), maps):
+            if name is not None:
+                x = qd if side == "q" else kd
+                x = FEATURE_MAPS[name][1](x, torch.arange(x.shape[2], dtype=torch.float64).view(-1, 1))
+                qd, kd = (x, kd) if side == "q" else (qd, x)
         kd = kd.repeat_interleave(Hq // Hkv, dim=1)
         self.v = vd.repeat_interleave(Hq // Hkv, dim=1)
         self.score = (scale if scale is not None else 1 / math.sqrt(D)) * qd @ kd.transpose(-1, -2)
@@ -629,13 +645,14 @@ class Definition:
     params: tuple  # names the attention declares
     mask_piece: bool = False
     param_strategies: dict = field(default_factory=dict, compare=False)
+    maps: tuple = (None, None)  # FEATURE_MAPS names of q's and k's feature maps
 
     def __repr__(self) -> str:  # what hypothesis prints for a falsifying example
         return "Definition:\n" + self.text
 
     def expected(self, q, k, v, params, scale=None):
         """(out [B, Hq, Nq, Dv], lse [B, Hq, Nq] or None), float64, materialized."""
-        env = _Env(q, k, v, params, scale)
+        env = _Env(q, k, v, params, scale, self.maps)
         keep = torch.ones(env.shape, dtype=torch.bool)
         if self.mask is not None:  # a mask piece is inlined where it is called: same tree
             keep = keep & _e_bool(self.mask, env)
@@ -695,6 +712,10 @@ def definitions(draw, name: str = "generated") -> Definition:
     if norm_def is not None:
         pieces.append(norm_def)
     body = []
+    maps = tuple(draw(st.sampled_from([None, None, *sorted(FEATURE_MAPS)])) for _ in "qk")
+    for side, m in zip("qk", maps):
+        if m is not None:
+            body.append(f"{side} = " + FEATURE_MAPS[m][0].format(x=side, p="q_idx" if side == "q" else "kv_idx"))
     if let is not None:
         body.append(f"let u = {_r_float(let)}")
     for tree in scores:
@@ -717,4 +738,4 @@ def definitions(draw, name: str = "generated") -> Definition:
             + f"attention {name}" + (f"({', '.join(declared)})" if declared else "") + ":\n"
             + "".join(f"    {line}\n" for line in body))
     strategies = {p: s for p, s in {**INT_PARAMS, **FLOAT_PARAMS, **BOOL_PARAMS}.items() if p in used}
-    return Definition(text, name, mask, scores, let, norm, tuple(sorted(used)), mask_piece, strategies)
+    return Definition(text, name, mask, scores, let, norm, tuple(sorted(used)), mask_piece, strategies, maps)

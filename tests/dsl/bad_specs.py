@@ -212,4 +212,14 @@ BAD_SPECS: list[BadSpec] = [
     # BUG: lark VisitError (ValueError: Exceeds the limit (4300 digits) for integer string
     # conversion) escapes from the parser's int_lit.
     B("integer-literal-5000-digits", "mask g = q_idx < " + "9" * 5000 + "\n", "does not fit in 32 bits", 1, 18),
+    # ------------------------------------------------------------------ feature maps (issue 17)
+    B("feature-map-reads-kv-idx", "attention a:\n    q = q * float(kv_idx)\n", "sees only its element `q`", 2, 19),
+    B("feature-map-reads-score", "attention a:\n    k = k + score\n", "belongs to the score", 2, 13),
+    B("feature-map-key-reads-h", "attention a:\n    k = k * float(h + 1)\n", "not h", 2, 19),
+    B("feature-map-q-in-k-map", "attention a:\n    k = k * q\n", "its own feature map", 2, 13),
+    B("feature-map-through-let", "attention a:\n    let w = float(kv_idx)\n    q = q * w\n", "reads kv_idx", 3, 9),
+    B("feature-map-outside-attention", "score g:\n    q = relu(q)\n    score = score\n", "belongs in an attention body", 2, 5),
+    B("feature-map-bool", "attention a:\n    q = q > 0.0\n", "gives a number", 2, 9),
+    B("q-in-a-score", "score g = score + q\n", "feature map", 1, 19),
+    B("q-in-a-norm", "norm a:\n    out[i] = sum(q * v[j] for j)\n", "feature map", 2, 18),
 ]

@@ -223,7 +223,7 @@ def check_error(err: attnc.SpecError, text: str) -> None:
         return
     src_text = span.source.text  # an error in an imported file points into that file
     if span.source.name == "fuzz.attn":
-        assert src_text == text
+        assert src_text == text.removeprefix("\ufeff")  # a leading byte-order mark is not spec text
     n_lines = src_text.count("\n") + (0 if src_text.endswith("\n") else 1)
     assert 1 <= span.line <= n_lines + 1, (span.line, n_lines, err.message)
     assert span.col >= 1, (span.col, err.message)

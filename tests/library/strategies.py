@@ -142,6 +142,14 @@ def relative_bias_params(draw, s: Shape):
 
 
 @st.composite
+def gpsa_params(draw, s: Shape):
+    """ConViT GPSA: an image width, per-head gates and positional weights v_pos[h] (3 each)."""
+    g = seeded(draw(st.integers(0, 2**31 - 1)))
+    return {"width": draw(st.integers(1, 8)), "gate": torch.randn(s.Hq, generator=g, dtype=F64),
+            "vpos": 0.5 * torch.randn(s.Hq, 3, generator=g, dtype=F64)}
+
+
+@st.composite
 def sink_params(draw, s: Shape):
     """Per-head sink logits for softmax_sink, sometimes large enough to take most of the mass."""
     seed = draw(st.integers(0, 2**31 - 1))
@@ -433,6 +441,11 @@ def no_params(s: Shape):
     return st.just({})
 
 
+def linear_attention_params(s: Shape):
+    """Causal or not; eps from the default to 1e-2."""
+    return st.fixed_dictionaries({}, optional={"causal": st.booleans(), "eps": st.floats(1e-6, 1e-2)})
+
+
 # library variant -> parameter strategy (natten1d/2d/3d need their own shapes: see natten_kernel_problems)
 LIBRARY_PARAMS = {
     "alibi": no_params, "causal": no_params, "full": no_params, "none": no_params, "softmax": no_params,
@@ -441,7 +454,8 @@ LIBRARY_PARAMS = {
     "prefix_lm": prefix_params, "relative_bias": relative_bias_params, "relu": relu_params,
     "sigmoid": sigmoid_params, "sigmoid_attention": sigmoid_params, "sink_window": sink_window_params,
     "sliding_window": window_params, "softcap": softcap_params, "softmax_sink": sink_params,
-    "clipped_softmax": clipped_softmax_params,
+    "clipped_softmax": clipped_softmax_params, "linear_attention": linear_attention_params,
+    "gpsa": gpsa_params,
 }
 
 

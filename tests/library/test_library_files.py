@@ -14,7 +14,9 @@ REQUIRED = {
     "softmax_sink", "natten2d",
 }
 # definitions shared by several library files, each in the file of its first user
-HELPERS = {"natten1d": {"neighborhood"}}  # one axis of NATTEN's window, for natten1d/2d/3d
+HELPERS = {"natten1d": {"neighborhood"},  # one axis of NATTEN's window, for natten1d/2d/3d
+           "linear_attention": {"linear_norm"},  # linear attention's normalization, usable on its own
+           "gpsa": {"gated_positional"}}  # GPSA's two-softmax norm
 
 
 def test_the_first_set_is_complete():

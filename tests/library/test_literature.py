@@ -111,3 +111,73 @@ def test_softpick_trains(shape, dtype, seed):
     shift, so the backward holds it constant."""
     attn = attnc.compile(EXAMPLES / "softpick.attn", "causal_softpick")
     check(attn, softpick_formula, shape, dtype, seed, temperature=2.0, what="softpick")
+
+
+# ----------------------------------------------------------------------------- linear attention
+
+RELU_LINEAR = """
+attention relu_linear(eps: float = 1e-6, causal: bool = False):
+    q = relu(q)
+    k = relu(k)
+    score = dot
+    mask = kv_idx <= q_idx + (n_kv - n_q) or not causal
+    norm = linear_norm(eps)
+"""
+
+
+def linear_formula(phi):
+    def formula(q, k, v, eps=1e-6, causal=False):
+        """Katharopoulos et al., 2020, eq. (4)/(9): V'_i = φ(Q_i)ᵀ Σ_j φ(K_j) V_jᵀ / (φ(Q_i)ᵀ Σ_j φ(K_j)),
+        the sums over j ≤ i when causal; with the reference code's eps in the denominator."""
+        qf, kf = phi(q), expand(phi(k), q.shape[1])
+        sim = qf @ kf.transpose(-1, -2)
+        if causal:
+            sim = torch.where(causal_keep(q.shape[2], k.shape[2]), sim, torch.zeros_like(sim))
+        return (sim @ expand(v, q.shape[1])) / (sim.sum(-1, keepdim=True) + eps)
+    return formula
+
+
+@FEW
+@given(shape=shapes, dtype=dtypes, seed=st.integers(0, 2**16), causal=st.booleans(),
+       relu=st.booleans())
+def test_linear_attention_matches_the_paper(shape, dtype, seed, causal, relu):
+    if relu:
+        attn = attnc.compile(RELU_LINEAR, "relu_linear")
+        phi = torch.relu
+    else:
+        attn = attnc.load("linear_attention")
+        phi = lambda x: torch.nn.functional.elu(x) + 1  # noqa: E731
+    eps = 1e-6 if not relu else 1e-2  # ReLU features can make a whole row's similarities 0
+    check(attn, linear_formula(phi), shape, dtype, seed, {"eps": eps, "causal": causal},
+          what=f"linear ({'relu' if relu else 'elu+1'}, causal={causal})")
+
+
+# ----------------------------------------------------------------------------- ConViT GPSA
+
+
+def gpsa_formula(q, k, v, width, gate, vpos):
+    """d'Ascoli et al., 2021 (ConViT), eq. (5)–(6) as their code computes it: rel_indices[i, j] =
+    (x_j − x_i, y_j − y_i, (x_j − x_i)² + (y_j − y_i)²) for patches laid out in rows of `width`,
+    pos_score = softmax_j(rel_indices · v_pos^h), patch_score = softmax_j(q_i·k_j·scale),
+    attn = (1 − σ(λ_h))·patch_score + σ(λ_h)·pos_score, out = attn @ v."""
+    Nq, Nkv = q.shape[2], k.shape[2]
+    pi, pj = torch.arange(Nq), torch.arange(Nkv)
+    dx = ((pj % width).view(1, -1) - (pi % width).view(-1, 1)).to(F64)
+    dy = ((pj // width).view(1, -1) - (pi // width).view(-1, 1)).to(F64)
+    rel = torch.stack([dx, dy, dx * dx + dy * dy], -1)  # [Nq, Nkv, 3]
+    pos = torch.einsum("ijc,hc->hij", rel, vpos).unsqueeze(0)  # [1, H, Nq, Nkv]
+    patch = torch.softmax(scores(q, k), -1)
+    g = torch.sigmoid(gate).view(1, -1, 1, 1)
+    attn = (1 - g) * patch + g * torch.softmax(pos, -1)
+    return attn @ expand(v, q.shape[1])
+
+
+@FEW
+@given(shape=shapes, dtype=dtypes, seed=st.integers(0, 2**16), width=st.integers(1, 6))
+def test_convit_gpsa_matches_the_paper(shape, dtype, seed, width):
+    attn = attnc.load("gpsa")
+
+    def params(B, Hq, Hkv, Nq, Nkv, D, g):
+        return {"width": width, "gate": torch.randn(Hq, generator=g),
+                "vpos": (0.3 * torch.randn(Hq, 3, generator=g))}
+    check(attn, gpsa_formula, shape, dtype, seed, params, what=f"gpsa width={width}")

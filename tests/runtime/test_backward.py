@@ -227,13 +227,15 @@ SCALARS = {
     "sink_window": {"sinks": st.integers(0, 5), "window": st.integers(0, 42)},
     "sliding_window": {"window": st.integers(0, 42)},
     "softcap": {"cap": st.floats(0.5, 30.0)},
+    "linear_attention": {"causal": st.booleans(), "eps": st.floats(1e-6, 1e-2)},
+    "gpsa": {"width": st.integers(1, 8)},
 }
 LIBRARY = attnc.library.names()
 
 
 def test_the_parametrization_is_the_whole_library():
     on_disk = sorted(p.stem for p in attnc.library.LIBRARY_DIR.glob("*.attn"))
-    assert LIBRARY == on_disk and len(LIBRARY) == 22
+    assert LIBRARY == on_disk and len(LIBRARY) == 24
     assert set(SCALARS) == set(LIBRARY)  # a new variant needs its parameter ranges here
 
 

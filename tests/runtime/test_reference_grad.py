@@ -381,7 +381,8 @@ LIBRARY_PARAMS = {
     "none": {}, "prefix_lm": {"prefix": 2}, "relative_bias": {"table": torch.randn(2, 9, dtype=F64)},
     "relu": {}, "sigmoid": {}, "sigmoid_attention": {}, "sink_window": {"sinks": 1, "window": 2},
     "sliding_window": {"window": 2}, "softcap": {"cap": 2.0}, "softmax": {}, "softmax_off_by_one": {},
-    "softmax_sink": {"sink": torch.randn(2, dtype=F64)},
+    "softmax_sink": {"sink": torch.randn(2, dtype=F64)}, "linear_attention": {"causal": True},
+    "gpsa": {"width": 2, "gate": torch.randn(2, dtype=F64), "vpos": torch.randn(2, 3, dtype=F64)},
 }
 
 
