@@ -8,6 +8,8 @@ after a keyword one, an inconsistent dedent), becomes a ``SpecError`` pointing a
 
 from __future__ import annotations
 
+import re
+
 from functools import lru_cache
 from pathlib import Path
 
@@ -408,6 +410,13 @@ def _syntax_error(src: Source, err: UnexpectedInput) -> SpecError:
         else:
             span = _tok_span(src, tok)
         msg = f"unexpected {_describe_token(tok)}"
+        before = src.line(tok.line)[: max(tok.column - 1, 0)] if tok.line else ""
+        if tok.value == "if" and re.search(r"\bfor\s+[A-Za-z_]\w*\s*$", before):
+            return SpecError(
+                "a reduction has no filter: it runs over every key the mask keeps. Put the condition in "
+                "its body (`sum(x[i, j] if j < q_idx else 0.0 for j)`) or in the attention's mask; sums "
+                "over part of the keys per pair (cumulative sums, as stick-breaking needs) are not in "
+                "the language yet", span)
         if expected and len(expected) <= 8:
             msg += "; expected " + (expected[0] if len(expected) == 1 else "one of " + ", ".join(expected))
         return SpecError(msg, span)

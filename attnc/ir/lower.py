@@ -458,8 +458,15 @@ def _lower_reduce(e: ast.Reduce, ctx: Ctx, into: str | None = None) -> n.Expr:
         )
     if e.op not in n.REDUCE_OPS:
         raise SpecError(f"unknown reduction `{e.op}`{suggest(e.op, n.REDUCE_OPS)}; use sum, max or min", e.span)
+    if e.var == "d":
+        raise SpecError("the head dimension d is reduced only by the dot product: transform q or k "
+                        "elementwise with a feature map in the attention (`q = elu(q) + 1.0`) and read the "
+                        "result through `score` or `dot`", e.var_span)
     if e.var != "j":
-        raise SpecError(f"reductions run over the key index j, not `{e.var}`", e.var_span)
+        raise SpecError(f"reductions run over the key index j, not `{e.var}`: a sum over other keys for "
+                        f"each pair (a cumulative or partial sum along the row, as stick-breaking needs) is "
+                        f"not in the language yet; per-row values over all kept keys are `sum(... for j)`",
+                        e.var_span)
     body = lower_expr(e.body, ctx.child(in_reduce=True, in_sum=(e.op == "sum")))
     if any(isinstance(x, n.Ref) and x.type == n.VEC for x in n.walk(body)):
         raise SpecError(

@@ -222,4 +222,11 @@ BAD_SPECS: list[BadSpec] = [
     B("feature-map-bool", "attention a:\n    q = q > 0.0\n", "gives a number", 2, 9),
     B("q-in-a-score", "score g = score + q\n", "feature map", 1, 19),
     B("q-in-a-norm", "norm a:\n    out[i] = sum(q * v[j] for j)\n", "feature map", 2, 18),
+    # ------------------------------------------------------------------ what the language offers instead (issue 17)
+    B("filtered-reduction", "norm a:\n    z[i] = sum(s[i, j] for j if j < i)\n    out[i] = sum(s[i, j] * v[j] for j)\n",
+      "a reduction has no filter", 2, 30),
+    B("partial-reduction-over-k", "norm a:\n    c[i, j] = sum(s[i, k] for k)\n    out[i] = sum(c[i, j] * v[j] for j)\n",
+      "cumulative or partial sum", 2, 31),
+    B("reduction-over-d", "norm a:\n    z[i] = sum(q[i, d] for d)\n    out[i] = sum(s[i, j] * v[j] for j)\n",
+      "feature map", 2, 28),
 ]
