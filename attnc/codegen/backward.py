@@ -27,8 +27,8 @@ from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text
 from .exprs import ExprPrinter
 from ..ir.ranges import weight_range
-from .generate import (CODEGEN_VERSION, FORWARD_STRIDES, FP16_MAX, Specialization, _Builder, _env, shifted_exp,
-                       specialize_lines)
+from .generate import (CODEGEN_VERSION, FORWARD_STRIDES, FP16_MAX, Specialization, _Builder, _env, prune_helpers,
+                       shifted_exp, specialize_lines)
 
 _DO_DQ = {t: tuple(f"stride_{t}{a}" for a in "bhmd") for t in ("do", "dq")}
 _DO_DK_DV = {"do": _DO_DQ["do"], **{t: tuple(f"stride_{t}{a}" for a in "bhnd") for t in ("dk", "dv")}}
@@ -513,6 +513,7 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         scaled=b.scaled,
         kv_scale=kv_scale,
     )
+    text = prune_helpers(text)
     return BackwardSource(text, tuple(tensors), tuple(scalars), tuple(grads), len(bplan.stats) + 1,
                           len(bplan.coefs), b.bounds.runtime,
                           tuple((name, b.operand_mode(name)) for name in ("ds", "w")), 4 + len(b.scaled),

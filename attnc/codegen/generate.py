@@ -35,7 +35,7 @@ from ..ir.printer import cascade_text
 from ..ir.ranges import absorbs, index_in_range, weight_range
 from .exprs import LOG2E_TEXT, ExprPrinter, is_raw_score, qk_only_in_raw_score
 
-CODEGEN_VERSION = "14"
+CODEGEN_VERSION = "15"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
@@ -86,6 +86,20 @@ def _exact_loops(text: str) -> str:
     """A copy of key or query loops with exact exponents: their ``for`` comments say so, which
     keeps them apart from the loops that run for almost every tile (``runtime/perf.py``)."""
     return re.sub(r"(:  # )(full|boundary) ", r"\1exact: \2 ", text)
+
+
+def prune_helpers(text: str) -> str:
+    """``text`` without the built-in functions' helpers (``dsl/functions.py``) that nothing in it
+    calls: every kernel module is rendered with all of them, and keeps those its code uses."""
+    table = function_helpers()
+    while True:
+        for name, source in table:
+            block = "\n\n\n" + source
+            if block in text and text.count(f"{name}(") == source.count(f"{name}("):
+                text = text.replace(block, "", 1).replace(f', "{name}"', "", 1)
+                break
+        else:
+            return text
 
 
 def _env() -> jinja2.Environment:
@@ -726,5 +740,6 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         q_map=b.feature_map("q", "row_ok[:, None] & d_ok[None, :]"),
         k_map={True: b.feature_map("k", "d_ok[None, :]"), False: b.feature_map("k", "col_ok[:, None] & d_ok[None, :]")},
     )
+    text = prune_helpers(text)
     return KernelSource(text, KERNEL_NAME, tuple(tensors), tuple(scalars), c.has_lse, b.bounds.runtime,
                         rerun is not None)
