@@ -142,7 +142,7 @@ def _gelu(x):
     Function("gelu_tanh", (1, 1), "float", "x/2·(1 + tanh(√(2/π)·(x + 0.044715x³)))",
              "lambda x: 0.5 * x * (1 + math.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))",
              lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
-             lambda x: x / 2 * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + sp.Rational(44715, 1000000) * x**3))),
+             lambda x: x / 2 * (1 + sp.tanh(0.7978845608028654 * (x + 0.044715 * x**3))),
              "_gelu_tanh({x})", helper="""
 def _gelu_tanh(x):
     return 0.5 * x * (1.0 + _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))

@@ -381,7 +381,7 @@ def _ir_functions() -> dict[str, str]:
     out = {cls.__name__: name for name, cls in OPAQUE.items()}
     x = sp.Symbol("x", real=True)
     for f in FUNCTIONS.values():
-        if f.typing == "float" and f.arity == (1, 1):
+        if f.typing in ("float", "same") and f.arity == (1, 1):  # abs: `same`, float in a derivative
             app = f.sympy(x)
             if isinstance(app, sp.Function) and app.args == (x,):
                 out.setdefault(type(app).__name__, f.name)

@@ -38,6 +38,9 @@ KNOWN_BELOW = {
     # two MUFU operations (tanh.approx, ex2) at 16 per clock per SM, while D = 64 gives the tensor
     # cores 256 FLOP of work per element at 4096 per clock: 50 % at most (docs/performance.md).
     ("softcap", 64): 0.48,
+    # ConViT's GPSA: a second softmax over positional scores computed per pair (integer % and //,
+    # three FMAs, a second exp) and two sets of running statistics; spills in the loop. Not tuned yet.
+    ("gpsa", 64): 0.17,
 }
 
 

@@ -144,3 +144,12 @@ def test_the_language_docs_list_every_function():
     section = text.split("### Built-in functions", 1)[1].split("\n## ", 1)[0]
     missing = [f.name for f in ROWS if f"`{f.name}(" not in section]
     assert not missing, f"docs/language.md's function table lacks {missing}"
+
+
+@pytest.mark.parametrize("f", [f for f in ROWS if f.arity == (1, 1) and f.typing in ("float", "same")],
+                         ids=lambda f: f.name)
+def test_every_function_has_a_kernel_spelling_inside_a_derivative(f):
+    """What sympy makes of a row comes back as IR (a derivative such as d(s·|s|)/ds keeps |s|)."""
+    x = sp.Symbol("x", real=True)
+    _to_ir(f.sympy(x) * x, {x: n.Var("x", n.FLOAT)})
+    _to_ir(sp.diff(OPAQUE[f.name](x) if f.name in OPAQUE else f.sympy(x), x) * x, {x: n.Var("x", n.FLOAT)})

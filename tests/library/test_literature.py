@@ -181,3 +181,30 @@ def test_convit_gpsa_matches_the_paper(shape, dtype, seed, width):
         return {"width": width, "gate": torch.randn(Hq, generator=g),
                 "vpos": (0.3 * torch.randn(Hq, 3, generator=g))}
     check(attn, gpsa_formula, shape, dtype, seed, params, what=f"gpsa width={width}")
+
+
+GRID_MAP = """
+attention grid_mapped(width: int):
+    grid (y, x) = (n_kv // width, width)
+    q = q * (1.0 + 0.1 * float(q_idx) + 0.05 * float(q_x))
+    k = k * (1.0 + 0.02 * float(kv_idx) - 0.03 * float(kv_y) + 0.001 * float(n_kv))
+    mask = abs(q_y - kv_y) <= 1 and abs(q_x - kv_x) <= 1
+"""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_feature_maps_read_original_positions_on_token_grids(dtype):
+    """The kernels of a grid variant run on tile-permuted tokens; a map reading q_idx, kv_idx,
+    coordinates or n_kv sees the caller's positions, as the reference does (review finding)."""
+    attn = attnc.compile(GRID_MAP, "grid_mapped")
+
+    def formula(q, k, v, width):
+        n = q.shape[2]
+        p = torch.arange(n, dtype=F64).view(-1, 1)
+        y, x = p // width, p % width
+        qf = q * (1 + 0.1 * p + 0.05 * x)
+        kf = k * (1 + 0.02 * p - 0.03 * y + 0.001 * n)
+        s = scores(qf, kf)
+        keep = ((y - y.T).abs() <= 1) & ((x - x.T).abs() <= 1)
+        return torch.softmax(s.masked_fill(~keep, -math.inf), -1) @ expand(v, q.shape[1])
+    check(attn, formula, (1, (2, 1), 30, 30, 8, 8), dtype, 3, {"width": 6}, what="grid + maps")

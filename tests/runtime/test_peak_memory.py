@@ -39,6 +39,7 @@ def _params(name: str) -> dict:
         "document": {"doc": docs}, "natten2d": {"width": 128, "kernel_h": 7, "kernel_w": 7},
         "natten3d": {"height": 32, "width": 32, "causal_d": True},  # 16 × 32 × 32
         "relative_bias": {"table": torch.randn(2, 2 * N - 1)}, "softmax_sink": {"sink": torch.randn(2)},
+        "gpsa": {"width": 64, "gate": torch.randn(2), "vpos": torch.randn(2, 3)},
     }.get(name, {})
 
 
