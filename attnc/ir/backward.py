@@ -94,6 +94,9 @@ class BackwardPlan:
     # (side, ∂map/∂element): dq = (Σ_j dqk·k̃) ⊙ φ'(q), dk = (Σ_i dqk·q̃) ⊙ ψ'(k) (the chain rule
     # through each feature map, elementwise)
     feature_grads: tuple[tuple[str, n.Expr], ...] = field(default=())
+    # float tensors read inside a feature map: constants to this backward (no gradient of their own;
+    # the runtime refuses a call in which one requires grad)
+    map_tensors: tuple[str, ...] = field(default=())
 
     def ranks(self) -> dict[str, tuple[str, ...]]:
         out = {DOV: n.PAIR, DS: n.PAIR, DOUT: n.ROW, DL: n.ROW}
@@ -418,11 +421,6 @@ class _Derivation:
             m = dot.map(side)
             if m is None:
                 continue
-            if any(isinstance(x, n.Load) and x.type == n.FLOAT for x in n.walk(m)):
-                raise BackwardError(f"the feature map of {side} reads a float tensor parameter, and attnc derives no "
-                                    f"gradient for a tensor inside a feature map yet (the forward runs: call it under "
-                                    f"torch.no_grad(), or keep that tensor out of the map)", self.c.stage("qk").span
-                                    or self.c.span)
             x = self.sym.expr(m, {})
             element = self.sym.leaf(("feature", side), f"{side} element", False)
             d = _clean(sp.diff(x, element), self.c.stage("qk"))
@@ -483,7 +481,10 @@ class _Derivation:
             rows=rows, jsums=jsums, num_row_passes=max((j.level for j in jsums), default=0), coefs=coefs,
             ds=ir(ds), dqk=ir(dqk), dv_weight=ir(dv_weight), load_grads=grads,
             uses_dout=self.dout in used, uses_dl=self.dl in used, identities=tuple(self.identities),
-            feature_grads=self.feature_grads())
+            feature_grads=self.feature_grads(),
+            map_tensors=tuple(sorted({x.tensor for side in "qk" if self.c.stages[0].expr.map(side) is not None
+                                      for x in n.walk(self.c.stages[0].expr.map(side))
+                                      if isinstance(x, n.Load) and x.type == n.FLOAT})))
 
 
 def _short(x, limit: int = 60) -> str:

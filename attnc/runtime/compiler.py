@@ -32,7 +32,7 @@ from ..codegen.generate import CODEGEN_VERSION, KernelSource, Specialization, ge
 from ..codegen.tuning import INTERPRETER_CONFIG, LaunchConfig, bwd_gpu_config, gpu_configs
 from ..dsl.errors import SpecError
 from ..ir import nodes as n
-from ..ir.backward import derive_backward
+from ..ir.backward import BackwardError, derive_backward
 from ..ir.layout import permute
 from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text
@@ -409,7 +409,14 @@ class Attention:
     def _needs_grad(self, q, k, v, tensors: list) -> bool:
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *tensors))
         if grad and not torch.compiler.is_compiling():  # a variant without a derivable backward fails here
-            derive_backward(self.cascade)
+            plan = derive_backward(self.cascade)
+            names = [p.name for p in self.cascade.params if p.kind == "tensor"]
+            for name, t in zip(names, tensors):
+                if name in plan.map_tensors and t.requires_grad:
+                    raise BackwardError(
+                        f"`{name}` requires grad, but it is read inside a feature map, and attnc derives no "
+                        f"gradient for a tensor there yet; pass `{name}.detach()` (q, k, v and the other "
+                        f"parameters still get theirs)", self.cascade.stage("qk").span or self.cascade.span)
         return grad
 
     def __call__(self, q, k, v, /, *, scale: float | None = None, return_lse: bool = False, **params):

@@ -62,7 +62,7 @@ shapes = st.tuples(
 dtypes = st.sampled_from([torch.float32, torch.float16, torch.bfloat16])
 
 
-def check(attn, formula, shape, dtype, seed, params=None, *, temperature=1.0, what=""):
+def check(attn, formula, shape, dtype, seed, params=None, *, temperature=1.0, what="", constants=()):
     """attn's forward and gradients (q, k, v, float tensor parameters) against ``formula`` (float64
     autograd on the same rounded inputs)."""
     B, (Hq, Hkv), Nq, Nkv, D, Dv = shape
@@ -72,7 +72,8 @@ def check(attn, formula, shape, dtype, seed, params=None, *, temperature=1.0, wh
     v = torch.randn(B, Hkv, Nkv, Dv, generator=g).to(dtype)
     params = dict(params(B, Hq, Hkv, Nq, Nkv, D, g) if callable(params) else params or {})
     leaves = {"q": q, "k": k, "v": v, **{n: t for n, t in params.items()
-                                          if isinstance(t, torch.Tensor) and t.is_floating_point()}}
+                                          if isinstance(t, torch.Tensor) and t.is_floating_point()
+                                          and n not in constants}}
     mine = {n: t.detach().clone().requires_grad_() for n, t in leaves.items()}
     ref = {n: t.detach().to(F64).requires_grad_() for n, t in leaves.items()}
     out = attn(mine["q"], mine["k"], mine["v"], **{**params, **{n: mine[n] for n in params if n in mine}})
@@ -208,3 +209,22 @@ def test_feature_maps_read_original_positions_on_token_grids(dtype):
         keep = ((y - y.T).abs() <= 1) & ((x - x.T).abs() <= 1)
         return torch.softmax(s.masked_fill(~keep, -math.inf), -1) @ expand(v, q.shape[1])
     check(attn, formula, (1, (2, 1), 30, 30, 8, 8), dtype, 3, {"width": 6}, what="grid + maps")
+
+
+def test_a_tensor_inside_a_map_is_a_constant_to_the_backward():
+    attn = attnc.compile("""
+attention a(wq: tensor[H] float, bias: tensor[H, N_KV] float):
+    q = q * wq[h]
+    score = score + bias[h, kv_idx]
+""", "a")
+
+    def formula(q, k, v, wq, bias):
+        s = scores(q * wq.view(1, -1, 1, 1), k) + bias.unsqueeze(1).unsqueeze(0)
+        return torch.softmax(s, -1) @ expand(v, q.shape[1])
+    g = torch.Generator().manual_seed(5)
+    wq = torch.rand(2, generator=g) + 0.5  # no grad: q, k, v and bias get theirs
+    check(attn, formula, (1, (2, 1), 9, 11, 8, 8), torch.float32, 5,
+          lambda *a: {"wq": wq, "bias": torch.randn(2, 11, generator=g)}, what="map tensor", constants=("wq",))
+    q, k, v = (torch.randn(1, 2, 9, 8, requires_grad=True) for _ in range(3))
+    with pytest.raises(attnc.SpecError, match="wq.detach()"):
+        attn(q, k, v, wq=wq.clone().requires_grad_(), bias=torch.randn(2, 9))
