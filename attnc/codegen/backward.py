@@ -50,6 +50,9 @@ class BackwardSource:
     qtile_cols: int = 4  # QTiles columns: the key range, the full range, then a scale exponent per scaled operand
     needs_vnorm: bool = False  # the rows kernel takes max_j ‖v_j‖ per (batch, kv head)
     exact: bool = False  # an EXACT build exists (and must run) for tiles the forward ran with exact exponents
+    # partial sums: the rows kernel also accumulates dK and dV (fp32 atomics into DK, DV, which the
+    # caller zeroes) and the dK/dV kernel only returns
+    scan_mode: bool = False
 
 
 def bwd_ident(name: str) -> str:
@@ -223,9 +226,14 @@ class _BwdBuilder(_Builder):
                 todo.extend(n.refs(temps[r]) if r in temps else ())
         return seen
 
-    def pair_stages(self, exprs: list[n.Expr]) -> list[str]:
-        """Lines computing the pair stages and shared temporaries ``exprs`` read."""
+    def pair_stages(self, exprs: list[n.Expr], keep: str | None = None) -> list[str]:
+        """Lines computing the pair stages and shared temporaries ``exprs`` read (``keep``: the
+        tile's mask variable, for the partial sums); the partial sums' adjoints they read, after
+        the temporaries those need."""
+        adjoints = {g.adjoint: g for g in self.bp.scans}
         used = self.reads(exprs)
+        todo_u = [g.u for name, g in adjoints.items() if name in used]
+        used |= self.reads(todo_u)
         need: set[str] = set()
         todo = ["s"] + [r for r in used if r in self.stages]
         while todo:
@@ -233,13 +241,97 @@ class _BwdBuilder(_Builder):
             if name in need or name not in self.stages:
                 continue
             st = self.stages[name]
-            if st.ranks != n.PAIR or st.is_reduction or name in ("qk", "keep"):
+            if st.ranks != n.PAIR or st.is_reduction or name == "keep" or isinstance(st.expr, n.Dot):
                 continue
             need.add(name)
             todo.extend(n.refs(st.expr))
-        lines = [f"{self.names[st.name]} = {self.full(st.expr, n.PAIR)}" for st in self.c.stages if st.name in need]
-        lines += [f"{self.names[name]} = {self.full(e, n.PAIR)}" for name, e in self.bp.temps if name in used]
+        lines = []
+        for st in self.c.stages:
+            if st.name in need:
+                lines += (self.scan_lines(st, lambda x: self.kept(x, keep)) if st.is_scan
+                          else [f"{self.names[st.name]} = {self.full(st.expr, n.PAIR)}"])
+        temps = [(name, e) for name, e in self.bp.temps if name in used]
+        with_a = {name for name, _ in temps if self.reads([n.Ref(name, n.FLOAT)]) & set(adjoints)}
+        lines += [f"{self.names[name]} = {self.full(e, n.PAIR)}" for name, e in temps if name not in with_a]
+        for name, g in adjoints.items():
+            if name in used:
+                lines += self.adjoint_lines(g, keep)
+        lines += [f"{self.names[name]} = {self.full(e, n.PAIR)}" for name, e in temps if name in with_a]
         return lines
+
+    # -- partial sums (scan mode)
+    @property
+    def scan_mode(self) -> bool:
+        return bool(self.bp.scans)
+
+    def adjoint_lines(self, g: bw.ScanGrad, keep: str | None) -> list[str]:
+        """A partial sum's adjoint on a key tile, in the forward sum's key order: its total minus
+        the running sum of u up to and including each key (plus u there when the sum includes
+        its own key)."""
+        a, scan = self.names[g.adjoint], self.stages[g.stage].expr
+        part, run = derived_ident(a, "part"), derived_ident(a, "run")
+        inc = f" + {part}" if scan.inclusive else ""
+        return [f"{part} = {self.kept(self.full(g.u, n.PAIR), keep)}",
+                f"{a} = {self.names[g.total]}[:, None] - (tl.cumsum({part}, 1{', reverse=True' if scan.descending else ''}) "
+                f"+ {run}[:, None]){inc}  # the adjoint of {g.stage}",
+                f"{run} += tl.sum({part}, 1)"]
+
+    def carry_init(self, adjoints: bool) -> list[str]:
+        """Zero running values of the partial sums (and of their adjoints) before a key loop."""
+        names = [self.names[st.name] for st in self.c.stages if st.is_scan]
+        names += [self.names[g.adjoint] for g in self.bp.scans] if adjoints else []
+        return [f"{derived_ident(x, 'run')} = tl.zeros([BLOCK_M], dtype=tl.float32)" for x in names]
+
+    def loop_segments(self) -> list[dict]:
+        """The rows kernel's key loops: in the partial sums' key order in scan mode."""
+        if not self.scan_mode:
+            return self.segments()
+        return self.segments(next(st.expr.descending for st in self.c.stages if st.is_scan))
+
+    def kv_atomics(self, k: str | None) -> list[str]:
+        """Scan mode: this tile's dK and dV rows (and per-pair parameter gradients), added into the
+        fp32 buffers — the dK/dV kernel cannot recompute a tile's pairs alone."""
+        bp = self.bp
+        ds_mode, w_mode = self.operand_mode("ds"), self.operand_mode("w")
+        qk = self.stages["qk"]
+        # the rows past n_q and keys past n_kv hold no pair (a full key tile's rows may)
+        lines = ["keep_kv = row_ok[:, None] & (offs_n[None, :] < n_kv)" + (f" & {k}" if k else ""),
+                 f"w = tl.where(keep_kv, {self.full(bp.dv_weight, n.PAIR)}, 0.0)",
+                 f"dk_part = {self.mm('tl.trans(tl.where(keep_kv, dqk, 0.0))', self.operand(qk, 'q'), ds_mode == 'direct')}"]
+        for name, e in bp.dqk_more:
+            lines.append(f"dk_part += {self.mm(f'tl.trans(tl.where(keep_kv, d{name}, 0.0))', self.operand(self.stages[name], 'q'), self.sixteen(e))}")
+        kv_ok = "(offs_n[:, None] < n_kv)"
+        lines += [f"tl.atomic_add(DK32 + off_b * stride_dkb + off_hkv * stride_dkh + offs_n[:, None] * stride_dkn + "
+                  f"offs_d[None, :] * stride_dkd, dk_part, mask={kv_ok} & d_ok[None, :])",
+                  f"dv_part = {self.mm('tl.trans(w)', 'do_tile', w_mode == 'direct')}",
+                  f"tl.atomic_add(DV32 + off_b * stride_dvb + off_hkv * stride_dvh + offs_n[:, None] * stride_dvn + "
+                  f"offs_dv[None, :] * stride_dvd, dv_part, mask={kv_ok} & dv_ok[None, :])"]
+        return lines + self.pair_grad_lines("keep_kv", "(offs_n < n_kv)")
+
+    def dots_for(self, exprs: list[n.Expr]) -> list[str]:
+        """The lines computing the Dot stages ``exprs`` read through the pair stages and temporaries
+        (``qk`` always: the tile's score ``s`` is computed whether read or not)."""
+        temps = dict(self.bp.temps)
+        seen: set[str] = set()
+        todo = ["s"] + [r for e in exprs for r in n.refs(e)]
+        while todo:
+            r = todo.pop()
+            if r in seen:
+                continue
+            seen.add(r)
+            if r in temps:
+                todo.extend(n.refs(temps[r]))
+            elif r in self.stages and self.stages[r].ranks == n.PAIR and not self.stages[r].is_reduction:
+                todo.extend(n.refs(self.stages[r].expr))
+        return self.dot_lines({"qk"} | seen, self.dot_precision)
+
+    def sixteen(self, e: n.Expr) -> bool:
+        """Whether gradient tile ``e`` (a further Dot stage's) may enter a dot in fp16: when
+        ``ir/ranges.py`` bounds it within fp16 (else fp32 operands; no per-row scaling here)."""
+        if self.spec.upcast or self.spec.dtype != "float16":
+            return True
+        lo, hi = weight_range(self.c, e)
+        return max(-lo, hi) <= FP16_MAX
 
     def reads_dov(self, exprs: list[n.Expr]) -> bool:
         """Whether ``exprs`` read dO·v, directly or through a shared temporary."""
@@ -259,7 +351,7 @@ class _BwdBuilder(_Builder):
         return None if keep is None else "\n".join([*lines, f"keep = {keep}"])
 
     def kept(self, x: str, keep: str | None) -> str:
-        return x if keep is None else f"tl.where(keep, {x}, 0.0)"
+        return x if keep is None else f"tl.where({keep}, {x}, 0.0)"
 
     def offset(self, load: n.Load, ctx: str, stride: str) -> str:
         t = kernel_ident(load.tensor)
@@ -280,7 +372,7 @@ class _BwdBuilder(_Builder):
         self.tile_masked = masked
         keep = self.keep_line(masked, rows=False)
         lines = keep.split("\n") if keep else []
-        lines += self.pair_stages([j.body for j in jsums])
+        lines += self.pair_stages([j.body for j in jsums], keep and "keep")
         for j in jsums:
             var = self.names[j.name]
             lines.append(f"{var} += tl.sum({self.kept(self.full(j.body, n.PAIR), keep and 'keep')}, 1)")
@@ -291,12 +383,25 @@ class _BwdBuilder(_Builder):
         keep = self.keep_line(masked, rows=False)
         k = keep and "keep"
         lines = keep.split("\n") if keep else []
-        lines += self.pair_stages([self.bp.ds, self.bp.dqk])
+        more = self.bp.dqk_more
+        extra = [self.bp.dv_weight] + [g.pair for g in self.bp.load_grads if g.pair is not None] if self.scan_mode else []
+        lines += self.pair_stages([self.bp.ds, self.bp.dqk] + [e for _, e in more] + extra, k)
         lines.append(f"ds = {self.kept(self.full(self.bp.ds, n.PAIR), k)}")
         lines.append(f"dqk = {self.kept(self.full(self.bp.dqk, n.PAIR), k)}")
         mode = self.operand_mode("ds")
         ds = "dqk * ds_scale[:, None]" if mode == "scaled" else "dqk"
-        lines.append(f"dq += {self.mm(ds, 'k_tile', mode != 'fp32')}  # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_D]")
+        qk = self.stages["qk"]
+        lines += self.slice_lines("k", [qk])
+        lines.append(f"dq += {self.mm(ds, self.operand(qk, 'k'), mode != 'fp32')}  # [BLOCK_M, BLOCK_N] x [BLOCK_N, BLOCK_D]")
+        for name, e in more:  # the further slices: dq's features lo <= d < hi of each (fp32 tiles, unscaled)
+            st = self.stages[name]
+            lines.append(f"d{name} = {self.kept(self.full(e, n.PAIR), k)}")
+            lines += self.slice_lines("k", [st])
+            # dq holds dS's per-row scale (undone after the loop): so does each further term, in fp32
+            x, sixteen = (f"d{name} * ds_scale[:, None]", False) if mode == "scaled" else (f"d{name}", self.sixteen(e))
+            lines.append(f"dq += {self.mm(x, self.operand(st, 'k'), sixteen)}  # ∂/∂{name}")
+        if self.scan_mode:
+            lines += self.kv_atomics(k)
         return lines
 
     def row_passes(self) -> list[dict]:
@@ -309,8 +414,9 @@ class _BwdBuilder(_Builder):
             if nxt:
                 step.update(
                     summary=", ".join(f"{self.names[j.name]} ({j.what})" for j in nxt),
-                    init=[f"{self.names[j.name]} = tl.zeros([BLOCK_M], dtype=tl.float32)" for j in nxt],
-                    loads_v=self.reads_dov([j.body for j in nxt]),
+                    init=[f"{self.names[j.name]} = tl.zeros([BLOCK_M], dtype=tl.float32)" for j in nxt] +
+                    self.carry_init(False), segments=self.loop_segments(),
+                    loads_v=self.reads_dov([j.body for j in nxt]), dots=self.dots_for([j.body for j in nxt]),
                     body=self.jsum_tile(nxt, True), full_body=self.jsum_tile(nxt, False))
             out.append(step)
         return out
@@ -346,7 +452,7 @@ class _BwdBuilder(_Builder):
         k = keep and "keep"
         lines = [keep] if keep else []
         pair_grads = [g for g in bp.load_grads if g.pair is not None]
-        lines += self.pair_stages([bp.ds, bp.dqk, bp.dv_weight] + [g.pair for g in pair_grads])
+        lines += self.pair_stages([bp.ds, bp.dqk, bp.dv_weight] + [e for _, e in bp.dqk_more] + [g.pair for g in pair_grads])
         lines.append(f"ds = {self.kept(self.full(bp.ds, n.PAIR), k)}")
         lines.append(f"dqk = {self.kept(self.full(bp.dqk, n.PAIR), k)}")
         lines.append(f"w = {self.kept(self.full(bp.dv_weight, n.PAIR), k)}")
@@ -355,8 +461,19 @@ class _BwdBuilder(_Builder):
             mode = self.operand_mode(name)
             x = {"w": "w", "ds": "dqk"}[name]
             x = f"{x} * {name}_sigma" if mode == "scaled" else x
+            other = self.operand(self.stages["qk"], "q") if name == "ds" else other
             lines.append(f"{var} += {self.mm(f'tl.trans({x})', other, mode != 'fp32')}  # {shape}")
-        for g in pair_grads:
+        for name, e in bp.dqk_more:  # the further slices (fp32 tiles, unscaled: dk's scale applied to them)
+            st = self.stages[name]
+            lines.append(f"d{name} = {self.kept(self.full(e, n.PAIR), k)}")
+            x, sixteen = ((f"d{name} * ds_sigma", False) if self.operand_mode("ds") == "scaled" else (f"d{name}", self.sixteen(e)))
+            lines.append(f"dk += {self.mm(f'tl.trans({x})', self.operand(st, 'q'), sixteen)}  # ∂/∂{name}")
+        return lines + self.pair_grad_lines(k)
+
+    def pair_grad_lines(self, k: str | None, col_ok: str = "col_ok") -> list[str]:
+        """Per-pair gradients of float tensor parameters on a tile: fp32 atomics."""
+        lines = []
+        for g in [g for g in self.bp.load_grads if g.pair is not None]:
             t = kernel_ident(g.load.tensor)
             ranks = set()
             for ix in g.load.indices:
@@ -367,11 +484,11 @@ class _BwdBuilder(_Builder):
             if ranks >= {"i", "j"} and k is None:
                 lines.append(f"    tl.atomic_add({ptr}, gval)")
             elif ranks >= {"i", "j"}:
-                lines.append(f"    tl.atomic_add({ptr}, gval, mask=keep != 0)")  # != 0: an int1 mask whatever keep was built from
+                lines.append(f"    tl.atomic_add({ptr}, gval, mask={k} != 0)")  # != 0: an int1 mask whatever keep was built from
             elif "i" in ranks:
                 lines.append(f"    tl.atomic_add({ptr}, tl.sum(gval, 1)[:, None], mask=row_ok[:, None])")
             elif "j" in ranks:
-                lines.append(f"    tl.atomic_add({ptr}, tl.sum(gval, 0)[None, :], mask=col_ok[None, :])")
+                lines.append(f"    tl.atomic_add({ptr}, tl.sum(gval, 0)[None, :], mask={col_ok}[None, :])")
             else:
                 lines.append(f"    tl.atomic_add({ptr}, tl.sum(tl.sum(gval, 1), 0))")
         return lines
@@ -413,7 +530,11 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
                f"dK/dV over the query tiles")
     # the rows kernel's pieces, with the per-row parts of its loops hoisted; then the dK/dV
     # kernel's, with the per-key parts of its query-tile loop hoisted
-    loop_exprs = b.loop_exprs() + [e for _, e in bplan.temps] + [bplan.ds, bplan.dqk, bplan.dv_weight] + \
+    more = [e for _, e in bplan.dqk_more]
+    # scan mode: the dq loop also computes the partial sums' adjoints, W and the per-pair gradients
+    scan_exprs = ([g.u for g in bplan.scans] + [bplan.dv_weight] +
+                  [g.pair for g in bplan.load_grads if g.pair is not None]) if bplan.scans else []
+    loop_exprs = b.loop_exprs() + [e for _, e in bplan.temps] + [bplan.ds, bplan.dqk, bplan.dv_weight] + more + \
         [j.body for j in bplan.jsums] + [g.pair for g in bplan.load_grads if g.pair is not None]
     key_range = b.key_range()
     rows_hoisted = b.hoist(loop_exprs, "i")
@@ -424,7 +545,9 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
 
     def rows_work() -> dict:
         return {"row_passes": b.row_passes(), "row_grads": b.row_grads(), "scale_lines": b.rows_scale_lines(),
-                "dq_loop": {"loads_v": b.reads_dov([bplan.ds, bplan.dqk]),
+                "dq_loop": {"loads_v": b.reads_dov([bplan.ds, bplan.dqk] + more + scan_exprs),
+                            "dots": b.dots_for([bplan.ds, bplan.dqk] + more + scan_exprs),
+                            "init": b.carry_init(True), "segments": b.loop_segments(),
                             "body": b.dq_tile(True), "full_body": b.dq_tile(False)}}
 
     def kv_work() -> dict:
@@ -443,7 +566,7 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
     b.printer.hoisted = {}
     kv_hoisted = b.hoist(loop_exprs, "j")
     kv_loads = b.kv_loads()
-    kv_fast, kv_exact = kv_work(), exact_copy(kv_work)
+    kv_fast, kv_exact = (kv_work(), exact_copy(kv_work)) if not b.scan_mode else (None, None)
     # a full query tile has no padded rows: only then do its rows all hold loaded values
     whole_rows = "((t + 1) * BLOCK_M <= n_q)"
     full_a, full_b = b.full_range()
@@ -503,6 +626,9 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         coef_stores=[f"tl.store(cf_ptrs + {k} * stride_cc, {b.names[name]}, mask=row_ok)"
                      for k, name in enumerate(bplan.coefs)],
         kv_loads=kv_loads,
+        kv_dots=b.dots_for([bplan.ds, bplan.dqk, bplan.dv_weight] + more +
+                           [g.pair for g in bplan.load_grads if g.pair is not None]),
+        q_slices=b.slice_lines("q"),
         q_map=b.feature_map("q", "row_ok[:, None] & d_ok[None, :]"),
         k_map={True: b.feature_map("k", "d_ok[None, :]"), False: b.feature_map("k", "col_ok[:, None] & d_ok[None, :]")},
         dq_map=b.feature_grad("q", "dq", "row_ok[:, None] & d_ok[None, :]"),
@@ -512,9 +638,10 @@ def generate_backward(c: n.Cascade, spec: Specialization, bplan: bw.BackwardPlan
         needs_vnorm=b.needs_vnorm,
         scaled=b.scaled,
         kv_scale=kv_scale,
+        scan_mode=b.scan_mode,
     )
     text = prune_helpers(text)
     return BackwardSource(text, tuple(tensors), tuple(scalars), tuple(grads), len(bplan.stats) + 1,
                           len(bplan.coefs), b.bounds.runtime,
                           tuple((name, b.operand_mode(name)) for name in ("ds", "w")), 4 + len(b.scaled),
-                          b.needs_vnorm, bool(exact))
+                          b.needs_vnorm, bool(exact), b.scan_mode)

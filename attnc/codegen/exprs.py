@@ -209,7 +209,8 @@ class ExprPrinter:
         if isinstance(e, n.Ref) and self.stage_ranks.get(e.stage) == n.PAIR and e.stage in self.stage_exprs:
             inner = self.stage_exprs[e.stage]
             if isinstance(inner, n.Binary) and inner.op == "*" and any(
-                    isinstance(x, n.Dot) or (isinstance(x, n.Ref) and x.stage == "qk") for x in (inner.left, inner.right)):
+                    isinstance(x, n.Dot) or (isinstance(x, n.Ref) and isinstance(self.stage_exprs.get(x.stage), n.Dot))
+                    for x in (inner.left, inner.right)):
                 return self.log2e_times(inner, ctx)  # s = c·qk: fold into c rather than rescale s
         return f"({self.p(e, ctx)} * {LOG2E_TEXT})"
 

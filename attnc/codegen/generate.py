@@ -30,12 +30,12 @@ from ..dsl.functions import helpers as function_helpers
 from ..ir import nodes as n
 from ..ir.bounds import tile_bounds
 from ..ir.names import derived_ident, kernel_ident, tensor_arg_names
-from ..ir.passes import PassPlan, plan_passes
+from ..ir.passes import PassPlan, pass_scans, plan_passes
 from ..ir.printer import cascade_text
 from ..ir.ranges import absorbs, index_in_range, weight_range
 from .exprs import LOG2E_TEXT, ExprPrinter, is_raw_score, qk_only_in_raw_score
 
-CODEGEN_VERSION = "15"
+CODEGEN_VERSION = "16"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
@@ -123,7 +123,7 @@ class _Builder:
         self.plan = plan
         self.stages = {st.name: st for st in c.stages}
         self.ranks = {st.name: st.ranks for st in c.stages}
-        self.names = {st.name: ("qk" if st.name == "qk" else "keep" if st.name == "keep" else kernel_ident(st.name, "s"))
+        self.names = {st.name: (st.name if isinstance(st.expr, n.Dot) or st.name == "keep" else kernel_ident(st.name, "s"))
                       for st in c.stages}  # stages only: parameters print as kernel_ident(name)
         self.printer = ExprPrinter(self.ranks, self.names, self._load, {st.name: st.expr for st in c.stages})
         self.pass_of = {r.stage: r.pass_index for r in plan.reductions}
@@ -190,6 +190,30 @@ class _Builder:
             return self.printer(m, "vec")
         finally:
             self.printer.rows, self.printer.hoisted, self.printer.features, self.safe_rows = saved
+
+    # -- several Dot stages (qk, qk2, ...): slices of the head dimension
+    def operand(self, dot: n.Stage, side: str) -> str:
+        """The tile a Dot stage multiplies on ``side``: ``q_tile`` (``k_tile``) itself, or for a
+        sliced one its copy with the other features zeroed (``slice_lines``)."""
+        return f"{side}_{dot.name}" if dot.expr.sliced else f"{side}_tile"
+
+    def slice_lines(self, side: str, dots=None) -> list[str]:
+        """``q_<dot> = q_tile`` on the features ``lo <= d < hi`` of each sliced Dot stage, 0
+        elsewhere (one operand carries the slice; the other is used whole)."""
+        lines = []
+        for st in dots if dots is not None else self.c.dots:
+            if not st.expr.sliced:
+                continue
+            cond = " & ".join([f"(offs_d >= {self.expr(st.expr.lo, 'row')})"] * (st.expr.lo is not None) +
+                              [f"(offs_d < {self.expr(st.expr.hi, 'row')})"] * (st.expr.hi is not None))
+            tile = f"{side}_tile"
+            lines.append(f"{self.operand(st, side)} = tl.where(({cond})[None, :], {tile}, 0.0).to({tile}.dtype)  "
+                         f"# the features {st.name} sums")
+        return lines
+
+    def dot_lines(self, names, precision: str) -> list[str]:
+        return [f"{self.names[st.name]} = tl.dot({self.operand(st, 'q')}, tl.trans(k_tile){precision})  "
+                f"# [BLOCK_M, BLOCK_D] x [BLOCK_D, BLOCK_N]" for st in self.c.dots if st.name in names]
 
     def full(self, e: n.Expr, ranks: tuple[str, ...]) -> str:
         """``e`` printed at the full shape of ``ranks``: a value that does not vary over a rank
@@ -278,7 +302,14 @@ class _Builder:
             f"{r.stage} ({r.op}{', rescaled' if r.rescale is not None else ''})" for r in reductions.values()
         )
         loads_v = any(r.op == "contract" for r in reductions.values())
-        return {"index": k, "summary": summary, "init": init, "loads_v": loads_v,
+        # the tile's score s is computed whether read or not (``_body``), and with it its products
+        dots = self.dot_lines({"qk"} | self._needed_in_pass(k) | n.refs(self.stages["s"].expr), self.dot_precision)
+        self.scans = pass_scans(self.c, self.plan, k)
+        init += [f"{derived_ident(self.names[name], 'run')} = tl.zeros([BLOCK_M], dtype=tl.float32)  # the partial "
+                 f"sum's value over the tiles visited" for name in self.scans]
+        descending = bool(self.scans) and self.stages[self.scans[0]].expr.descending
+        return {"index": k, "summary": summary, "init": init, "loads_v": loads_v, "dots": dots,
+                "segments": self.segments(descending) if self.scans else self.segments(),
                 "body": self._body(k, reductions, masked=True), "full_body": self._body(k, reductions, masked=False)}
 
     def _body(self, k: int, reductions: dict, masked: bool) -> list[str]:
@@ -309,7 +340,7 @@ class _Builder:
                 if name not in reductions:  # complete from an earlier pass
                     body.append(self._safe_line(name))
         for st in self.c.stages[1:]:
-            if st.name not in need and st.name not in ("s",):
+            if (st.name not in need and st.name not in ("s",)) or isinstance(st.expr, n.Dot):
                 continue
             var = self.names[st.name]
             if st.name == "keep":
@@ -318,6 +349,8 @@ class _Builder:
                 body += self._update(st, reductions[st.name])
             elif st.is_reduction:
                 continue
+            elif st.is_scan:
+                body += self.scan_lines(st, lambda x: self._kept(x, "0.0"))
             else:
                 body.append(f"{var} = {self.full(st.expr, st.ranks)}")
         if keep is not None:
@@ -328,11 +361,25 @@ class _Builder:
             body.append("n_kept += tl.sum(keep.to(tl.int32), 1)" if keep is not None else "n_kept += BLOCK_N")
         return body
 
+    def scan_lines(self, st: n.Stage, kept) -> list[str]:
+        """A partial sum on a key tile: its body at the kept pairs (``kept``: text → text, 0 at the
+        others), summed within the tile in the pass's key order (``tl.cumsum``), plus the tiles
+        visited before (the running value, then advanced by the tile's total)."""
+        var, scan = self.names[st.name], st.expr
+        part, run = derived_ident(var, "part"), derived_ident(var, "run")
+        lines = [f"{part} = {kept(self.full(scan.body, n.PAIR))}",
+                 f"{var} = tl.cumsum({part}, 1{', reverse=True' if scan.descending else ''}) + {run}[:, None]"
+                 f"  # sum_{{k {scan.rel} j}}"]
+        if not scan.inclusive:
+            lines.append(f"{var} = {var} - {part}")
+        lines.append(f"{run} += tl.sum({part}, 1)")
+        return lines
+
     def absorbs(self, reductions: dict) -> bool:
         """Whether a tile of this pass may apply its mask by setting q·k to −inf (see ``_body``):
         the score is the raw one, scale folded positive (``fold_sign``), and every reduction of
         the pass gets its identity at a dropped pair."""
-        return self.fold_sign and all(absorbs(self.c, self.stages[name].expr) for name in reductions)
+        return self.fold_sign and not self.scans and all(absorbs(self.c, self.stages[name].expr) for name in reductions)
 
     def _safe_line(self, name: str) -> str:
         var = self.names[name]
@@ -583,9 +630,27 @@ class _Builder:
             lines += ["lo_r32 = lo_r.to(tl.int32)", "hi_r32 = hi_r.to(tl.int32)"]
         return lines
 
-    def segments(self) -> list[dict]:
+    scans: list = []  # the partial sums of the pass being generated (``pass_block``)
+
+    def segments(self, descending: bool | None = None) -> list[dict]:
         """The key loops of a pass, in order: each its loop header lines (they set ``start_n``),
-        the extra indent of its body, and whether its tiles are full."""
+        the extra indent of its body, and whether its tiles are full. A pass with partial sums
+        (``descending`` not None) visits the keys in their order: one mask clause's tile ranges
+        reversed and each walked last first for a suffix sum; otherwise (several clauses, or the
+        runtime classification, whose tile lists are not in key order) every key tile, in order,
+        with the whole mask evaluated."""
+        if descending is not None:
+            def walk(lo, hi, full, kind):
+                if not descending:
+                    return {"head": [f"for start_n in range({lo}, {hi}, BLOCK_N):  # {kind} tiles"], "pad": "", "full": full}
+                return {"head": [f"for t_r in range(0, ({hi} - {lo}) // BLOCK_N):  # {kind} tiles, the last first",
+                                 f"    start_n = {hi} - BLOCK_N - t_r * BLOCK_N"], "pad": "", "full": full}
+            cl = self.bounds.clauses
+            if len(cl) == 1 and not self.bounds.runtime:
+                out = ([walk("lo_t", "mid_lo", False, "boundary")] if cl[0].lower_bounded else []) + [
+                    walk("mid_lo", "mid_hi", True, "full"), walk("mid_hi", "end", False, "boundary")]
+                return out[::-1] if descending else out
+            return [walk("0", "tl.cdiv(n_kv, BLOCK_N) * BLOCK_N", False, "every key tile's (mask evaluated)")]
         def loop(lo, hi, full):
             kind = "full" if full else "boundary"
             return {"head": [f"for start_n in range({lo}, {hi}, BLOCK_N):  # {kind} tiles"], "pad": "", "full": full}
@@ -692,7 +757,7 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
     b = _Builder(c, plan)
     b.bounds = tile_bounds(c)
     # q·k read only as scale·qk: fold scale's sign into the query tile (see exprs.ExprPrinter)
-    b.fold_sign = qk_only_in_raw_score([st.expr for st in c.stages[1:]])
+    b.fold_sign = len(c.dots) == 1 and qk_only_in_raw_score([st.expr for st in c.stages[1:]])
     if b.fold_sign:
         b.printer.score_scale = "scale_pos"
     b.dot_precision = ', input_precision="ieee"' if spec.upcast else ""
@@ -738,6 +803,7 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
         lse_var=b.names["lse"] if c.has_lse else None,
         stats=[b.names[st.name] for st in c.stages if isinstance(st.expr, n.Reduce)],
         q_map=b.feature_map("q", "row_ok[:, None] & d_ok[None, :]"),
+        q_slices=b.slice_lines("q"),
         k_map={True: b.feature_map("k", "d_ok[None, :]"), False: b.feature_map("k", "col_ok[:, None] & d_ok[None, :]")},
     )
     text = prune_helpers(text)

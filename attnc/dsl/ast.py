@@ -105,13 +105,18 @@ class Index:
 
 @dataclass(frozen=True)
 class Reduce:
-    """``op(body for var)``; only ``var == "j"`` (the key index) is meaningful."""
+    """``op(body for var)``; only ``var == "j"`` (the key index) is meaningful. A partial sum
+    ``sum(body for k > j)`` also has ``rel`` (``<``, ``<=``, ``>``, ``>=``) and ``bound`` (``j``):
+    per pair (i, j), the sum over the kept keys k with ``k rel j``."""
 
     op: str
     body: "Expr"
     var: str
     span: Span | None = field(default=None, compare=False, repr=False)
     var_span: Span | None = field(default=None, compare=False, repr=False)
+    rel: str | None = None
+    bound: str | None = None
+    bound_span: Span | None = field(default=None, compare=False, repr=False)
 
 
 Expr = Union[Name, Num, Bool, Unary, BinOp, Compare, BoolOp, Not, IfExp, Call, Index, Reduce]

@@ -249,6 +249,11 @@ class _ToAst(Transformer):
         op, body, var = c
         return ast.Reduce(op.value, body, var.value, self.sp(meta), self.ts(var))
 
+    def partial_reduction(self, meta, c):
+        op, body, var, rel, bound = c
+        return ast.Reduce(op.value, body, var.value, self.sp(meta), self.ts(var), rel.value, bound.value,
+                          self.ts(bound))
+
     def index(self, meta, c):
         base, *idx = c
         return ast.Index(base.value, tuple(idx), self.sp(meta), self.ts(base))
@@ -414,9 +419,9 @@ def _syntax_error(src: Source, err: UnexpectedInput) -> SpecError:
         if tok.value == "if" and re.search(r"\bfor\s+[A-Za-z_]\w*\s*$", before):
             return SpecError(
                 "a reduction has no filter: it runs over every key the mask keeps. Put the condition in "
-                "its body (`sum(x[i, j] if j < q_idx else 0.0 for j)`) or in the attention's mask; sums "
-                "over part of the keys per pair (cumulative sums, as stick-breaking needs) are not in "
-                "the language yet", span)
+                "its body (`sum(x[i, j] if j < q_idx else 0.0 for j)`) or in the attention's mask; a sum "
+                "over part of the row for each pair (as stick-breaking needs) is a partial sum, "
+                "`c[i, j] = sum(x[i, k] for k > j)`", span)
         if expected and len(expected) <= 8:
             msg += "; expected " + (expected[0] if len(expected) == 1 else "one of " + ", ".join(expected))
         return SpecError(msg, span)

@@ -66,7 +66,8 @@ def _expr(e: ast.Expr) -> str:
     if isinstance(e, ast.Index):
         return f"{e.base}[{', '.join(print_expr(i) for i in e.indices)}]"
     if isinstance(e, ast.Reduce):
-        return f"{e.op}({print_expr(e.body)} for {e.var})"
+        rel = f" {e.rel} {e.bound}" if e.rel is not None else ""
+        return f"{e.op}({print_expr(e.body)} for {e.var}{rel})"
     raise TypeError(f"not an expression node: {e!r}")
 
 

@@ -77,6 +77,19 @@ class LoadGrad:
 
 
 @dataclass(frozen=True)
+class ScanGrad:
+    """The adjoint of a partial sum ``c[i, j] = Σ_{k kept, k rel j} body[i, k]``: at the body's pair
+    (i, k), ``A = Σ_{j kept, k rel j} u[i, j]`` with ``u = ∂ℓ/∂c`` — the partial sum the other way
+    along the row, computed in the forward sum's key order as ``total − (u's running sum, k
+    included) (+ u at k when rel is inclusive)``, ``total = Σ_j{keep} u`` (a backward sum)."""
+
+    stage: str  # the Scan stage
+    adjoint: str  # "bwd.A.<stage>", a pair value the pair expressions read
+    u: n.Expr  # pair
+    total: str  # the "bwd.T<k>" row value Σ_j{keep} u
+
+
+@dataclass(frozen=True)
 class BackwardPlan:
     stats: tuple[str, ...]  # the forward's reductions saved per row (then has_key)
     rows: tuple[RowStep, ...]  # in computation order
@@ -97,9 +110,15 @@ class BackwardPlan:
     # float tensors read inside a feature map: constants to this backward (no gradient of their own;
     # the runtime refuses a call in which one requires grad)
     map_tensors: tuple[str, ...] = field(default=())
+    # (stage, gradient) of the further Dot stages (qk2, ...: slices of q̃·k̃ the scores read), pair
+    # expressions like dqk: dq += Σ_j dqk_t·k̃[j, slice t], dk += Σ_i dqk_t·q̃[i, slice t]
+    dqk_more: tuple[tuple[str, n.Expr], ...] = field(default=())
+    # partial sums' adjoints: with any, the rows kernel also accumulates dK and dV (atomics), in
+    # the partial sums' key order, since no key tile's values are known without the others
+    scans: tuple[ScanGrad, ...] = field(default=())
 
     def ranks(self) -> dict[str, tuple[str, ...]]:
-        out = {DOV: n.PAIR, DS: n.PAIR, DOUT: n.ROW, DL: n.ROW}
+        out = {DOV: n.PAIR, DS: n.PAIR, DOUT: n.ROW, DL: n.ROW, **{g.adjoint: n.PAIR for g in self.scans}}
         for r in self.rows:
             out[r.name] = n.ROW
         for t in self.jsums:
@@ -292,9 +311,32 @@ class _Derivation:
         # Per pair: ℓ = Σ G_k·body_k + Σ C_a·dOv·w_a
         ell = sum((G[k] * body[k] for k in G), sp.Integer(0)) + sum(
             (C[a] * self.dov * weight[a] for a in C), sp.Integer(0))
-        ds = sp.diff(ell, s_leaf)
+        # Partial sums: leaves of ℓ; the adjoint A_c of one reaches what its body reads, at (i, k).
+        scan_body: dict[sp.Symbol, sp.Expr] = {}
+        self.scans = []
+        for st in c.stages:
+            if not st.is_scan:
+                continue
+            if c.stages[0].expr.k_map is not None:
+                raise BackwardError("a partial sum with a feature map of k has no backward yet (the forward runs: "
+                                    "call it under torch.no_grad())", st.span)
+            u = _clean(sp.diff(ell, sym.leaf(("stage", st.name), st.name, True)), st)
+            adjoint = self.new(f"bwd.A.{st.name}")
+            scan_body[adjoint] = _clean(sym.expr(st.expr.body, {}), st)
+            self.scans.append((st.name, adjoint, u, self.new_jsum(u, f"Σ_j ∂ℓ/∂{st.name}, for its adjoint")))
+
+        def through_scans(x, full=False):  # full: the score s inlined (a parameter read in s)
+            return sum((a * sp.diff(b.xreplace({s_leaf: S}) if full else b, x) for a, b in scan_body.items()),
+                       sp.Integer(0))
+
+        ds = sp.diff(ell, s_leaf) + through_scans(s_leaf)
         ds_sym = self.new(DS)
-        dqk = ds_sym * _clean(sp.diff(S, qk_leaf), c.stage("s")) + sp.diff(ell, qk_leaf)
+        dqk = ds_sym * _clean(sp.diff(S, qk_leaf), c.stage("s")) + sp.diff(ell, qk_leaf) + through_scans(qk_leaf)
+        self.dqk_more = []
+        for st in c.dots[1:]:
+            leaf = sym.leaf(("stage", st.name), st.name, True)
+            self.dqk_more.append((st.name, ds_sym * _clean(sp.diff(S, leaf), c.stage("s")) + _clean(sp.diff(ell, leaf), st)
+                                  + through_scans(leaf)))
         dv_weight = sum((C[a] * weight[a] for a in C), sp.Integer(0))
 
         # Float tensor parameters: through the score and through the bodies.
@@ -307,7 +349,7 @@ class _Derivation:
             load = key[1]
             row = row_partial(x)
             if x in sym.j_syms:  # per pair: through s (ds is at hand), and read in the norm itself
-                residual = ds_sym * sp.diff(S, x) + sp.diff(ell, x)
+                residual = ds_sym * sp.diff(S, x) + sp.diff(ell, x) + through_scans(x)
                 load_grads.append((load, row, residual))
                 continue
             residual = sp.Integer(0)
@@ -318,6 +360,7 @@ class _Derivation:
                 d = sp.diff(full_weight[a], x)
                 row, residual = self.split(d, full_weight[a], C[a] * self.dov, C[a] * D[a], row, residual,
                                            None, contract=True)
+            residual = residual + through_scans(x, full=True)
             if self.is_zero(row, residual):  # e.g. a sink read only inside softmax's shift m: exactly 0
                 self.identities.append(f"∂out/∂{expr_text(load)} = 0")
                 continue
@@ -436,9 +479,12 @@ class _Derivation:
             # exp(a)·exp(−b) → exp(a − b): sympy splits exponentials, which overflow apart in fp32.
             return _to_ir(sp.powsimp(sp.sympify(x), combine="exp"), names)
         # What the pair kernels read, and everything those need, transitively.
-        pair_exprs = [ds, dqk, dv_weight] + [p for _, _, p in load_grads]
+        more = [x for _, x in self.dqk_more]
+        us = [u for _, _, u, _ in self.scans]
+        pair_exprs = [ds, dqk, dv_weight] + more + us + [p for _, _, p in load_grads]
         need: set[sp.Symbol] = set()
         todo = [s for e in pair_exprs + [r for _, r, _ in load_grads] for s in sp.sympify(e).free_symbols]
+        todo += [t for _, _, _, t in self.scans]  # the partial sums' totals (their adjoints read them)
         while todo:
             s = todo.pop()
             if s in need:
@@ -460,28 +506,30 @@ class _Derivation:
         rows = tuple(RowStep(str(s), ir(e), lvl(s), self.what[s]) for s, e in self.rowdef.items() if s in need)
         rows = tuple(sorted(rows, key=lambda r: r.level))  # stable: definition order within a level
         jsums = tuple(JSum(str(t), ir(b), lvl(t), self.what[t]) for t, b in self.jsumdef.items() if t in need)
-        pair_syms = set().union(*(sp.sympify(e).free_symbols for e in [ds, dqk, dv_weight] + [p for _, _, p in load_grads]))
+        pair_syms = set().union(*(sp.sympify(e).free_symbols for e in pair_exprs), {t for _, _, _, t in self.scans})
         coefs = tuple(r.name for r in rows if sp.Symbol(r.name, real=True) in pair_syms)
         grads = tuple(LoadGrad(load, None if row == 0 else ir(row), None if pair == 0 else ir(pair))
                       for load, row, pair in load_grads if row != 0 or pair != 0)
-        used = set().union(*(e.free_symbols for e in [sp.sympify(x) for x in [ds, dqk, dv_weight]]),
+        used = set().union(*(e.free_symbols for e in [sp.sympify(x) for x in [ds, dqk, dv_weight] + more + us]),
                            *(self.rowdef[s].free_symbols for s in need if s in self.rowdef),
                            *(self.jsumdef[s].free_symbols for s in need if s in self.jsumdef),
                            *(sp.sympify(r).free_symbols for _, r, _ in load_grads))
         # Common sub-expressions of the pair values (exp(s − m) in both ds and W) are computed once.
-        pair_list = [sp.powsimp(sp.sympify(x), combine="exp") for x in [ds, dv_weight] + [p for _, _, p in load_grads]]
+        pair_list = [sp.powsimp(sp.sympify(x), combine="exp") for x in [ds, dv_weight] + more + us + [p for _, _, p in load_grads]]
         counter = iter(range(1, 10**6))
         repl, reduced = sp.cse(pair_list, symbols=(self.new(f"bwd.x{next(counter)}") for _ in iter(int, 1)))
         names.update(self.irnames)
         temps = tuple((str(t), ir(e)) for t, e in repl)
         ds, dv_weight = reduced[0], reduced[1]
-        load_grads = [(load, row, p) for (load, row, _), p in zip(load_grads, reduced[2:], strict=True)]
+        more, us = reduced[2:2 + len(more)], reduced[2 + len(more):2 + len(more) + len(us)]
+        load_grads = [(load, row, p) for (load, row, _), p in zip(load_grads, reduced[2 + len(more) + len(us):], strict=True)]
         return BackwardPlan(
             stats=tuple(st.name for st in self.reds), temps=temps,
             rows=rows, jsums=jsums, num_row_passes=max((j.level for j in jsums), default=0), coefs=coefs,
             ds=ir(ds), dqk=ir(dqk), dv_weight=ir(dv_weight), load_grads=grads,
             uses_dout=self.dout in used, uses_dl=self.dl in used, identities=tuple(self.identities),
-            feature_grads=self.feature_grads(),
+            feature_grads=self.feature_grads(), dqk_more=tuple((name, ir(x)) for (name, _), x in zip(self.dqk_more, more, strict=True)),
+            scans=tuple(ScanGrad(stage, str(a), ir(u), str(t)) for (stage, a, _, t), u in zip(self.scans, us, strict=True)),
             map_tensors=tuple(sorted({x.tensor for side in "qk" if self.c.stages[0].expr.map(side) is not None
                                       for x in n.walk(self.c.stages[0].expr.map(side))
                                       if isinstance(x, n.Load) and x.type == n.FLOAT})))
@@ -513,7 +561,13 @@ def backward_text(c: n.Cascade, plan: BackwardPlan) -> str:
     lines.append("per pair, in the dQ and dK/dV kernels (dov = dO·v, W weighs dO into dV):")
     for name, e in plan.temps:
         lines.append(f"  {name[4:]} = {show(e)}")
-    lines += [f"  ds = {show(plan.ds)}", f"  dqk = {show(plan.dqk)}", f"  W = {show(plan.dv_weight)}"]
+    lines += [f"  ds = {show(plan.ds)}", f"  dqk = {show(plan.dqk)}"]
+    lines += [f"  d{name} = {show(x)}" for name, x in plan.dqk_more]
+    for g in plan.scans:
+        rel = {">": "<", ">=": "<=", "<": ">", "<=": ">="}[c.stage(g.stage).expr.rel]
+        lines.append(f"  {g.adjoint[4:]} = sum_{{k {rel} j}}{{keep}}(u[i, k]),  u = {show(g.u)}    (the adjoint of "
+                     f"{g.stage}: {g.total[4:]} − u's running sum in the forward's key order; dK, dV by atomics)")
+    lines.append(f"  W = {show(plan.dv_weight)}")
     for side, d in plan.feature_grads:
         acc = "Σ_j dqk·k̃[j]" if side == "q" else "Σ_i dqk·q̃[i]"
         lines.append(f"  d{side} = ({acc}) ⊙ {show(d)}    (through the feature map of {side})")

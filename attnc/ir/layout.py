@@ -111,7 +111,7 @@ def permute(c: n.Cascade) -> n.Cascade:
     for st in c.stages:
         if st.name == "keep":
             st = replace(st, expr=simplify(_bin("and", valid, port(st.expr), n.BOOL)))
-        elif st.name != "qk":
+        elif not isinstance(st.expr, n.Dot):
             st = replace(st, expr=port(st.expr))
         else:  # feature maps read positions too (q_idx, kv_idx, coordinates, n_q)
             st = replace(st, expr=replace(st.expr, **{f"{side}_map": port(st.expr.map(side)) for side in "qk"

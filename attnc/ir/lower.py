@@ -12,7 +12,7 @@ Types: ``int``, ``float`` and ``bool`` never mix implicitly except int → float
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..dsl import ast
 from ..dsl.errors import Span, SpecError, suggest
@@ -38,7 +38,10 @@ _SIZE_BUILTINS = {name: n.Var(name, n.INT) for name in ("n_q", "n_kv", "head_dim
 _SCALE = {"scale": n.Var("scale", n.FLOAT)}
 _DIM_BUILTINS = {name: n.Var(name, n.INT) for name in n.DIM_VARS}
 ALL_BUILTINS = set(_INDEX_BUILTINS) | set(_SIZE_BUILTINS) | set(_SCALE) | {"score", "dot", "s", "v", "i", "j"} | set(n.DIM_VARS)
-RESERVED_STAGES = {"qk", "s", "keep", "v", "i", "j", "f", "b", "h", "d"}
+# Extra score maps: `score2 = ...` .. `score9 = ...` in an attention, read as s2[i, j] .. s9[i, j]
+# in its norm; the Dot stages of further slices of q·k are qk2, qk3, ...
+EXTRA_SCORES = {f"s{k}": f"score{k}" for k in range(2, 10)}
+RESERVED_STAGES = {"qk", "s", "keep", "v", "i", "j", "f", "b", "h", "d"} | set(EXTRA_SCORES) | {f"qk{k}" for k in range(2, 10)}
 
 
 # ---------------------------------------------------------------------------- environment
@@ -68,6 +71,10 @@ class NormState:
     stages: list[n.Stage] = field(default_factory=list)
     ranks: dict[str, tuple[str, ...]] = field(default_factory=dict)
     counter: int = 0
+    # the extra score maps the attention declares (s2, ...); None: a norm lowered on its own, where
+    # each one it reads is declared as the plain score (recorded in `read`)
+    scores: frozenset | None = frozenset()
+    read: list = field(default_factory=list)
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -83,13 +90,14 @@ class Ctx:
     norm: NormState | None = None
     in_reduce: bool = False
     in_sum: bool = False
+    key: str = "j"  # the name of the key index: `k` inside a partial sum `sum(... for k > j)`
     # the grids declared so far, shared by every context of one cascade: [(grid, span)]
     grids: list = field(default_factory=list)
     side: str | None = None  # a feature map's: "q" or "k"
 
     def child(self, **kw) -> "Ctx":
         base = dict(kind=self.kind, scope=self.scope, env=self.env, stack=self.stack, norm=self.norm,
-                    in_reduce=self.in_reduce, in_sum=self.in_sum, grids=self.grids, side=self.side)
+                    in_reduce=self.in_reduce, in_sum=self.in_sum, grids=self.grids, side=self.side, key=self.key)
         base.update(kw)
         return Ctx(**base)
 
@@ -177,8 +185,8 @@ def _lower_name(e: ast.Name, ctx: Ctx) -> n.Expr:
         raise SpecError(f"`{e.id}` is a tensor of rank {rank}; index it, as in {e.id}[{', '.join(['...'] * rank)}]", e.span)
     if isinstance(b, StageBinding):
         raise SpecError(f"`{e.id}` is a cascade stage; write {e.id}[{', '.join(b.ranks)}]", e.span)
-    if ctx.kind == "norm" and e.id in ("s", "v"):
-        raise SpecError(f"write `{e.id}` with its indices: " + ("s[i, j]" if e.id == "s" else "v[j]"), e.span)
+    if ctx.kind == "norm" and (e.id in ("s", "v") or e.id in EXTRA_SCORES):
+        raise SpecError(f"write `{e.id}` with its indices: " + (f"{e.id}[i, j]" if e.id != "v" else "v[j]"), e.span)
     if e.id == "score" and ctx.kind == "mask":
         raise SpecError("a mask cannot use `score`: masks decide which pairs interact before any score exists", e.span)
     if e.id in ("score", "s", "v") and ctx.kind in ("default", "dim"):
@@ -366,6 +374,8 @@ def _lower_ifexp(e: ast.IfExp, ctx: Ctx) -> n.Expr:
 
 def _lower_call(e: ast.Call, ctx: Ctx) -> n.Expr:
     b = ctx.env.get(e.func)
+    if e.func == "dot" and isinstance(b, Value) and b.what == "built-in":
+        return _lower_dot_slice(e, ctx)
     if b is not None:
         kind = "a tensor" if isinstance(b, Tensor) else "a stage" if isinstance(b, StageBinding) else f"{_words(b.expr.type)} {b.what}"
         raise SpecError(f"`{e.func}` is {kind}, not a function", e.func_span)
@@ -377,6 +387,25 @@ def _lower_call(e: ast.Call, ctx: Ctx) -> n.Expr:
     if found is None:
         _unknown(e.func, e.func_span, ctx, "function")
     return _call_def(found, e, ctx)
+
+
+def _lower_dot_slice(e: ast.Call, ctx: Ctx) -> n.Expr:
+    """``dot(lo, hi)``: Σ_{lo <= d < hi} q̃[i, d]·k̃[j, d], one slice of the head dimension (a Dot
+    placeholder; ``_assemble`` makes each distinct slice a Dot stage)."""
+    if e.kwargs or len(e.args) != 2:
+        raise SpecError("`dot` alone is q·k over every feature; `dot(lo, hi)` sums the features lo <= d < hi, "
+                        "as in dot(0, head_dim // 2)", e.span)
+    bounds = []
+    for node in e.args:
+        x = lower_expr(node, ctx)
+        if x.type != n.INT:
+            raise SpecError(f"a bound of `dot(lo, hi)` is an int, but `{_describe(node)}` is {_words(x.type)}", node.span)
+        bad = [v for v in n.walk(x) if (isinstance(v, n.Var) and v.name in ("i", "j", "b", "h")) or isinstance(v, n.Load)]
+        if bad:
+            raise SpecError(f"the slice of `dot(lo, hi)` is the same for every pair (sizes and scalar parameters), but "
+                            f"`{_describe(node)}` depends on indices or tensors", node.span)
+        bounds.append(simplify(x))
+    return n.Dot(lo=bounds[0], hi=bounds[1])
 
 
 def _lower_builtin_call(e: ast.Call, ctx: Ctx) -> n.Expr:
@@ -423,16 +452,26 @@ def _lower_index(e: ast.Index, ctx: Ctx) -> n.Expr:
                 )
             idx.append(x)
         return n.Load(b.name, tuple(idx), b.spec.elem)
+    if ctx.kind == "norm" and b is None and e.base in EXTRA_SCORES:
+        _check_subscript(e, n.PAIR, ctx)
+        known = ctx.norm.scores
+        if known is not None and e.base not in known:
+            raise SpecError(f"`{e.base}[i, j]` is the score map of a `{EXTRA_SCORES[e.base]} = ...` line, which the "
+                            f"attention does not have; add one, e.g. `{EXTRA_SCORES[e.base]} = scale * dot(0, head_dim // 2)`",
+                            e.span)
+        if known is None and e.base not in ctx.norm.read:
+            ctx.norm.read.append(e.base)
+        return n.Ref(e.base, n.FLOAT)
     if ctx.kind == "norm" and b is None and e.base in ("s", "v"):
         want = ("i", "j") if e.base == "s" else ("j",)
-        _check_subscript(e, want)
+        _check_subscript(e, want, ctx)
         if e.base == "s":
             return n.Ref("s", n.FLOAT)
         if not ctx.in_sum:
             raise SpecError("v[j] may only appear inside sum(... for j)", e.span)
         return n.ValueRow()
     if isinstance(b, StageBinding):
-        _check_subscript(e, b.ranks)
+        _check_subscript(e, b.ranks, ctx)
         if b.type == n.VEC and ctx.in_reduce:
             raise SpecError(f"`{e.base}` is a value vector; it cannot be used inside another reduction", e.span)
         return n.Ref(b.name, b.type)
@@ -443,13 +482,16 @@ def _lower_index(e: ast.Index, ctx: Ctx) -> n.Expr:
     _unknown(e.base, e.base_span, ctx)
 
 
-def _check_subscript(e: ast.Index, want: tuple[str, ...]) -> None:
+def _check_subscript(e: ast.Index, want: tuple[str, ...], ctx: Ctx) -> None:
+    want = tuple(ctx.key if x == "j" else x for x in want)
     got = tuple(x.id if isinstance(x, ast.Name) else None for x in e.indices)
     if got != tuple(want):
         raise SpecError(f"`{e.base}` is indexed [{', '.join(want)}]; write {e.base}[{', '.join(want)}]", e.span)
 
 
 def _lower_reduce(e: ast.Reduce, ctx: Ctx, into: str | None = None) -> n.Expr:
+    if e.rel is not None and ctx.kind == "norm":
+        return _lower_scan(e, ctx)
     if ctx.kind != "norm":
         raise SpecError(
             f"`{e.op}(... for {e.var})` is a reduction over keys; it belongs in a norm, while a "
@@ -463,10 +505,10 @@ def _lower_reduce(e: ast.Reduce, ctx: Ctx, into: str | None = None) -> n.Expr:
                         "elementwise with a feature map in the attention (`q = elu(q) + 1.0`) and read the "
                         "result through `score` or `dot`", e.var_span)
     if e.var != "j":
-        raise SpecError(f"reductions run over the key index j, not `{e.var}`: a sum over other keys for "
-                        f"each pair (a cumulative or partial sum along the row, as stick-breaking needs) is "
-                        f"not in the language yet; per-row values over all kept keys are `sum(... for j)`",
-                        e.var_span)
+        raise SpecError(f"reductions run over the key index j, not `{e.var}`: per-row values over all kept keys "
+                        f"are `sum(... for j)`; a sum over other keys for each pair (a cumulative or partial sum "
+                        f"along the row, as stick-breaking needs) is `c[i, j] = sum(x[i, {e.var}] for {e.var} > j)` "
+                        f"(or <, <=, >=)", e.var_span)
     body = lower_expr(e.body, ctx.child(in_reduce=True, in_sum=(e.op == "sum")))
     if any(isinstance(x, n.Ref) and x.type == n.VEC for x in n.walk(body)):
         raise SpecError(
@@ -487,6 +529,53 @@ def _lower_reduce(e: ast.Reduce, ctx: Ctx, into: str | None = None) -> n.Expr:
     st.stages.append(n.Stage(name, n.ROW, red, e.span))
     st.ranks[name] = n.ROW
     return n.Ref(name, red.type)
+
+
+def _lower_scan(e: ast.Reduce, ctx: Ctx) -> n.Expr:
+    """``sum(body for k > j)``: per pair, the sum of ``body`` over the kept keys k after j (a
+    fresh pair stage holding a ``Scan``). The body reads the key through its own name k."""
+    if e.op != "sum":
+        raise SpecError(f"a partial reduction is a sum: write `sum(... for {e.var} {e.rel} {e.bound})` "
+                        f"(`{e.op}` runs over all kept keys only: `{e.op}(... for j)`)", e.span)
+    if e.bound != "j":
+        raise SpecError(f"a partial sum runs over the keys before or after the pair's key j: write "
+                        f"`for {e.var} {e.rel} j`", e.bound_span)
+    if e.rel not in n.SCAN_RELS:
+        raise SpecError(f"a partial sum takes the keys {e.var} < j, <= j, > j or >= j, not `{e.rel}`", e.span)
+    if e.var in ("i", "j", "d") or e.var in ctx.env:
+        raise SpecError(f"name the summed key with a new name, as in `sum(l[i, k] for k {e.rel} j)`; "
+                        f"`{e.var}` is taken", e.var_span)
+    if ctx.in_reduce:
+        raise SpecError("a partial sum cannot be nested inside another reduction", e.span)
+    env = {name: b for name, b in ctx.env.items() if name != "j"}
+    env[e.var] = Value(n.Var("j", n.INT), "built-in")
+    body = lower_expr(e.body, ctx.child(env=env, key=e.var, in_reduce=True))
+    if body.type not in n.NUMERIC:
+        raise SpecError(f"a partial sum needs numbers, but `{_describe(e.body)}` is {_words(body.type)}", e.body.span)
+    body = _promote(body, n.FLOAT)
+    stages = {st.name: st for st in ctx.norm.stages}
+    todo, seen = list(n.refs(body)), set()
+    while todo:  # through the pair stages it reads
+        name = todo.pop()
+        st = stages.get(name)
+        if name in seen or st is None:
+            continue
+        seen.add(name)
+        if st.ranks == n.ROW or st.is_scan:
+            what = "another partial sum" if st.is_scan else f"the per-query value `{name}`"
+            raise SpecError(f"the body of a partial sum reads {what}; it may read per-pair values "
+                            f"(s[i, {e.var}] and stages over [i, j] that read no per-query value), indices, sizes and "
+                            f"parameters", e.body.span)
+        todo.extend(n.refs(st.expr))
+    st = ctx.norm
+    other = next((x for x in st.stages if x.is_scan and x.expr.descending != (e.rel in (">", ">="))), None)
+    if other is not None:
+        raise SpecError("partial sums from the first key (k < j, k <= j) and from the last (k > j, k >= j) in one "
+                        "norm are not supported: the kernels visit the keys in one order", e.span)
+    name = st.fresh("c")
+    st.stages.append(n.Stage(name, n.PAIR, n.Scan(e.rel, body), e.span))
+    st.ranks[name] = n.PAIR
+    return n.Ref(name, n.FLOAT)
 
 
 def _weight_of_v(e: n.Expr) -> n.Expr:
@@ -710,7 +799,7 @@ def _lower_part(stmt: ast.Assign, ctx: Ctx) -> n.Expr:
     if stmt.target == "mask":
         if value.type != n.BOOL:
             raise SpecError(f"a mask must be a bool (a comparison), but `{_describe(stmt.value)}` is {_words(value.type)}", stmt.value.span)
-        if any(isinstance(x, n.Ref) and x.stage == "qk" for x in n.walk(value)):
+        if any((isinstance(x, n.Ref) and x.stage == "qk") or isinstance(x, n.Dot) for x in n.walk(value)):
             raise SpecError("the mask depends on `score`; masks decide which pairs interact before any score exists", stmt.value.span)
         return value
     if value.type not in n.NUMERIC:
@@ -775,12 +864,16 @@ def _bad_stmt(stmt, kind: str) -> None:
     if isinstance(stmt, ast.StageAssign):
         raise SpecError(f"cascade lines like `{stmt.name}[...] = ...` belong in a norm, not in {_a(kind)}", stmt.target_span)
     if isinstance(stmt, ast.Assign):
+        if stmt.target in EXTRA_SCORES.values() and kind != "attention":
+            raise SpecError(f"a further score map `{stmt.target} = ...` belongs in an attention body (its norm reads "
+                            f"it as s{stmt.target[5:]}[i, j]), not in {_a(kind)}", stmt.target_span)
         if stmt.target in ("q", "k") and kind != "attention":
             raise SpecError(f"a feature map `{stmt.target} = ...` belongs in an attention body, not in {_a(kind)}",
                             stmt.target_span)
         if kind == "attention":
             raise SpecError(
-                f"an attention body assigns score, mask, norm or a feature map (q, k); use `let {stmt.target} = ...` "
+                f"an attention body assigns score (and further score maps score2 … score9), mask, norm or a feature "
+                f"map (q, k); use `let {stmt.target} = ...` "
                 f"for a local name",
                 stmt.target_span,
             )
@@ -797,14 +890,15 @@ def _bad_stmt(stmt, kind: str) -> None:
 # ---------------------------------------------------------------------------- norms
 
 
-def _lower_norm(d: ast.Def, dscope: Scope, call: ast.Call, ctx: Ctx) -> list[n.Stage]:
+def _lower_norm(d: ast.Def, dscope: Scope, call: ast.Call, ctx: Ctx, scores: frozenset | None = frozenset(),
+                read: list | None = None) -> list[n.Stage]:
     key = (dscope.name, d.name)
     if key in ctx.stack:
         raise SpecError(f"`{d.name}` is defined in terms of itself", call.span)
     args = _bind_args(d, dscope, call, ctx, per_query=True)
     env = _builtins("norm")
     env.update(args)
-    state = NormState()
+    state = NormState(scores=scores, read=read if read is not None else [])
     nctx = Ctx("norm", dscope, env, ctx.stack + (key,), norm=state)
     for stmt in d.body:
         if isinstance(stmt, ast.Let):
@@ -827,7 +921,8 @@ def _lower_stage(stmt: ast.StageAssign, ctx: Ctx) -> None:
             stmt.target_span,
         )
     if stmt.name in RESERVED_STAGES:
-        raise SpecError(f"`{stmt.name}` is a reserved name in a norm (s, v, i, j, f, b, h, d, qk and keep are built in)", stmt.target_span)
+        raise SpecError(f"`{stmt.name}` is a reserved name in a norm (s, s2–s9, v, i, j, f, b, h, d, qk, qk2–qk9 and "
+                        f"keep are built in)", stmt.target_span)
     if stmt.name in st.ranks:
         raise SpecError(f"`{stmt.name}` is already defined in this norm", stmt.target_span)
     _check_new_name(stmt.name, stmt.target_span, ctx, "stage")
@@ -839,7 +934,7 @@ def _lower_stage(stmt: ast.StageAssign, ctx: Ctx) -> None:
         value = _lower_reduce(stmt.value, ctx, into=stmt.name)
     else:
         value = lower_expr(stmt.value, ctx)
-    ranks = n.free_ranks(value, st.ranks | {"s": n.PAIR})
+    ranks = n.free_ranks(value, st.ranks | {"s": n.PAIR} | dict.fromkeys(EXTRA_SCORES, n.PAIR))
     if "j" in ranks and stmt.indices == n.ROW:
         raise SpecError(
             f"`{_describe(stmt.value)}` depends on the key index j, but {stmt.name}[i] is per query; "
@@ -934,16 +1029,21 @@ def _check_size(e: n.Expr, what: str, span) -> None:
 
 
 def _assemble(name: str, specs, score: n.Expr, mask: n.Expr | None, norm_stages, span, grids=(),
-              maps=None) -> n.Cascade:
+              maps=None, scores=None) -> n.Cascade:
     maps = {side: simplify(m) for side, m in (maps or {}).items()}
     for side, m in maps.items():
         _check_size(m, f"the feature map of {side}", span)
     _check_size(score, "the score", span)
+    scores = {"s": score, **dict(sorted((scores or {}).items()))}
+    for k, x in scores.items():
+        if k != "s":
+            _check_size(x, f"`{EXTRA_SCORES[k]}`", span)
     if mask is not None:
         _check_size(mask, "the mask", span)
     for st in norm_stages:
         _check_size(st.expr, f"stage `{st.name}`", st.span or span)
-    stages = [n.Stage("qk", n.PAIR, n.Dot(q_map=maps.get("q"), k_map=maps.get("k"))), n.Stage("s", n.PAIR, simplify(score))]
+    dots, scores = _dot_stages(scores, maps)
+    stages = dots + [n.Stage(k, n.PAIR, simplify(x)) for k, x in scores.items()]
     if mask is not None:
         mask = simplify(mask)
         if not (isinstance(mask, n.Const) and mask.value is True):
@@ -954,6 +1054,32 @@ def _assemble(name: str, specs, score: n.Expr, mask: n.Expr | None, norm_stages,
     cascade = _drop_dead(cascade)
     verify(cascade)
     return cascade
+
+
+def _dot_stages(scores: dict, maps: dict) -> tuple[list[n.Stage], dict]:
+    """One Dot stage per distinct slice of q̃·k̃ the scores read — ``qk`` the primary score's first
+    (or the whole product, when that score reads none), then ``qk2``, ... — and the scores with
+    their slices (``dot(lo, hi)`` placeholders, ``Ref("qk")`` for the whole) made references."""
+    whole = (None, None)
+    keys: list = []
+    for x in scores.values():
+        for node in n.walk(x):
+            key = whole if isinstance(node, n.Ref) and node.stage == "qk" else (
+                (node.lo, node.hi) if isinstance(node, n.Dot) else None)
+            if key is not None and key not in keys:
+                keys.append(key)
+    keys = keys or [whole]
+    names = {key: "qk" if k == 0 else f"qk{k + 1}" for k, key in enumerate(keys)}
+
+    def rename(node):
+        if isinstance(node, n.Ref) and node.stage == "qk":
+            return n.Ref(names[whole], n.FLOAT)
+        if isinstance(node, n.Dot):
+            return n.Ref(names[(node.lo, node.hi)], n.FLOAT)
+        return node
+    dots = [n.Stage(names[key], n.PAIR, n.Dot(q_map=maps.get("q"), k_map=maps.get("k"), lo=key[0], hi=key[1]))
+            for key in keys]
+    return dots, {k: n.transform(x, rename) for k, x in scores.items()}
 
 
 def _drop_dead(c: n.Cascade) -> n.Cascade:
@@ -974,6 +1100,7 @@ def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
     mask = None
     norm_call: tuple | None = None
     maps: dict[str, n.Expr] = {}  # feature maps, by side
+    extra: dict[str, n.Expr] = {}  # score2, ... by their line's target
     for stmt in d.body:
         if isinstance(stmt, ast.Let):
             _check_new_name(stmt.name, stmt.name_span or stmt.span, ctx, "let")
@@ -984,6 +1111,12 @@ def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
             maps[stmt.target] = _lower_feature_map(stmt, ctx, maps.get(stmt.target))
         elif isinstance(stmt, ast.Assign) and stmt.target == "score":
             score = _lower_part(stmt, ctx)
+            env["score"] = Value(score, "built-in")
+        elif isinstance(stmt, ast.Assign) and stmt.target in EXTRA_SCORES.values():
+            # `score` inside the line is this map's previous value (a score definition called
+            # here applies to it), as on `score =` lines
+            env["score"] = Value(extra.get(stmt.target, _raw_score()), "built-in")
+            extra[stmt.target] = _lower_part(replace(stmt, target="score"), ctx)
             env["score"] = Value(score, "built-in")
         elif isinstance(stmt, ast.Assign) and stmt.target == "mask":
             if mask is not None:
@@ -998,8 +1131,9 @@ def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
     if norm_call is None:
         norm_call = _default_norm(d, scope)
     (nd, nscope), call = norm_call
-    stages = _lower_norm(nd, nscope, call, ctx)
-    return _assemble(d.name, specs, score, mask, stages, d.span, ctx.grids, maps)
+    scores = {f"s{t[5:]}": x for t, x in extra.items()}
+    stages = _lower_norm(nd, nscope, call, ctx, frozenset(scores))
+    return _assemble(d.name, specs, score, mask, stages, d.span, ctx.grids, maps, scores)
 
 
 def _default_norm(d: ast.Def, scope: Scope):
@@ -1080,5 +1214,7 @@ def lower_def(d: ast.Def, scope: Scope) -> n.Cascade:
     if norm is None:
         norm = _default_norm(d, scope)
     (nd, nscope), ncall = norm
-    stages = _lower_norm(nd, nscope, ncall, ctx)
-    return _assemble(d.name, specs, score, mask, stages, d.span, ctx.grids)
+    state_scores = None if d.kind == "norm" else frozenset()
+    read: list = []
+    stages = _lower_norm(nd, nscope, ncall, ctx, state_scores, read)
+    return _assemble(d.name, specs, score, mask, stages, d.span, ctx.grids, scores=dict.fromkeys(read, _raw_score()))

@@ -98,14 +98,23 @@ class Feature:
 class Dot:
     """``Σ_d q̃[b, h, i, d] · k̃[b, h // (n_heads // n_kv_heads), j, d]``, where ``q̃ = q_map`` and
     ``k̃ = k_map`` are the feature maps: elementwise pre-stages over ``[i, d]`` and ``[j, d]``
-    (expressions over ``Feature``, the indices and parameters; None: q and k themselves)."""
+    (expressions over ``Feature``, the indices and parameters; None: q and k themselves).
+    ``lo``/``hi`` (int expressions of sizes and scalar parameters; None: 0 and the head dim) limit
+    the sum to the features ``lo <= d < hi``: a cascade may hold several Dot stages (``qk``,
+    ``qk2``, ...), one per slice its scores read (differential attention's two halves of D)."""
 
     type: str = FLOAT
     q_map: "Expr | None" = None
     k_map: "Expr | None" = None
+    lo: "Expr | None" = None
+    hi: "Expr | None" = None
 
     def map(self, side: str) -> "Expr | None":
         return self.q_map if side == "q" else self.k_map
+
+    @property
+    def sliced(self) -> bool:
+        return self.lo is not None or self.hi is not None
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,29 @@ class Reduce:
 
 
 @dataclass(frozen=True)
+class Scan:
+    """``Σ_{k kept, k rel j} body[i, k]``: per pair, a partial sum of ``body`` (a pair expression,
+    read at key k) along the row — ``rel`` "<" / "<=" from the first key (a prefix sum, exclusive /
+    inclusive), ">" / ">=" from the last (a suffix sum). Only at the top of a pair stage."""
+
+    rel: str
+    body: "Expr"
+    type: str = FLOAT
+
+    @property
+    def descending(self) -> bool:
+        """Whether the kernels visit the keys last first (a suffix sum)."""
+        return self.rel in (">", ">=")
+
+    @property
+    def inclusive(self) -> bool:
+        return self.rel in ("<=", ">=")
+
+
+SCAN_RELS = ("<", "<=", ">", ">=")
+
+
+@dataclass(frozen=True)
 class Contract:
     """``Σ_j{keep} weight[i, j] · v[j, f]``: the contraction with V."""
 
@@ -164,7 +196,8 @@ class Running:
     type: str = FLOAT
 
 
-Expr = Union[Const, Var, Param, Load, Ref, ValueRow, Feature, Dot, Unary, Binary, Call, Select, Reduce, Contract, Running]
+Expr = Union[Const, Var, Param, Load, Ref, ValueRow, Feature, Dot, Unary, Binary, Call, Select, Reduce, Contract, Running,
+             Scan]
 
 
 # A tensor dimension declared ``_``: any size (the kernel clamps indices by the runtime size).
@@ -196,6 +229,10 @@ class Stage:
     def is_reduction(self) -> bool:
         return isinstance(self.expr, (Reduce, Contract))
 
+    @property
+    def is_scan(self) -> bool:
+        return isinstance(self.expr, Scan)
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -224,6 +261,11 @@ class Cascade:
             if st.name == name:
                 return st
         raise KeyError(name)
+
+    @property
+    def dots(self) -> tuple[Stage, ...]:
+        """The Dot stages (``qk`` first): the products of q and k the scores read."""
+        return tuple(st for st in self.stages if isinstance(st.expr, Dot))
 
     def has_stage(self, name: str) -> bool:
         return any(st.name == name for st in self.stages)
@@ -261,6 +303,8 @@ def children(e: Expr) -> tuple[Expr, ...]:
         return (e.body,)
     if isinstance(e, Contract):
         return (e.weight,)
+    if isinstance(e, Scan):
+        return (e.body,)
     return ()
 
 
@@ -280,6 +324,8 @@ def rebuild(e: Expr, kids: tuple[Expr, ...]) -> Expr:
         return Reduce(e.op, kids[0], e.type)
     if isinstance(e, Contract):
         return Contract(kids[0])
+    if isinstance(e, Scan):
+        return Scan(e.rel, kids[0], e.type)
     return e
 
 
@@ -365,7 +411,7 @@ def _free_ranks(e: Expr, stage_ranks, memo) -> set[str]:
         return {e.name} if e.name in ("i", "j") else set()
     if isinstance(e, Ref):
         return set(stage_ranks.get(e.stage, ()))
-    if isinstance(e, Dot):
+    if isinstance(e, (Dot, Scan)):
         return {"i", "j"}
     if isinstance(e, ValueRow):
         return {"j"}

@@ -119,8 +119,8 @@ class _Symbolic:
                 return subst.get(e.stage, self.reduction_symbol(e.stage))
             if e.stage == "s":  # the score is an opaque per-pair value
                 return self.leaf(("stage", "s"), "s", True)
-            if e.stage == "qk":
-                return self.leaf(("stage", "qk"), "qk", True)
+            if isinstance(st.expr, (n.Dot, n.Scan)):  # q̃·k̃ (or a slice of it), a partial sum: opaque per pair
+                return self.leaf(("stage", e.stage), e.stage, True)
             return self.expr(st.expr, subst)
         if isinstance(e, n.ValueRow):
             return sp.Integer(1)
@@ -459,12 +459,36 @@ def _plan_cached(c: n.Cascade) -> PassPlan:
     return PassPlan(num, tuple(plans), tuple(boundaries))
 
 
+def pass_scans(c: n.Cascade, plan: PassPlan, k: int) -> list[str]:
+    """The partial sums (Scan stages) the reductions of pass ``k`` read: the pass visits the keys in
+    their order (last first for a suffix sum; one cascade's partial sums share a direction)."""
+    stages = {st.name: st for st in c.stages}
+    out: list[str] = []
+    todo = [r.stage for r in plan.in_pass(k)]
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        st = stages[name]
+        if st.is_scan and name not in out:
+            out.append(name)
+        if name in {r.stage for r in plan.in_pass(k)} or (st.ranks == n.PAIR and not st.is_reduction):
+            todo.extend(n.refs(st.expr))
+    return sorted(out)
+
+
 def plan_text(c: n.Cascade, plan: PassPlan) -> str:
     """Human-readable pass plan, as ``attnc explain`` prints it."""
     lines = [f"{plan.num_passes} pass{'es' if plan.num_passes != 1 else ''} over the keys"]
     ranks = {st.name: st.ranks for st in c.stages}
     for k in range(1, plan.num_passes + 1):
-        lines.append(f"  pass {k}:")
+        scans = pass_scans(c, plan, k)
+        order = "" if not scans else (
+            f" (keys visited {'last' if c.stage(scans[0]).expr.descending else 'first'} first, for the partial "
+            f"sum{'s' if len(scans) > 1 else ''} {', '.join(scans)})")
+        lines.append(f"  pass {k}:{order}")
         for b in plan.boundaries:
             if b.before_pass == k:
                 lines.append(f"    needs {', '.join(b.needs)} complete: {b.stage} cannot run online, because {b.reason}")

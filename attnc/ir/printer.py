@@ -71,6 +71,10 @@ def _text(e: n.Expr, ctx) -> str:
     if isinstance(e, n.Dot):
         q = "q̃" if e.q_map is not None else "q"
         k = "k̃" if e.k_map is not None else "k"
+        if e.sliced:
+            lo = expr_text(e.lo, {}, False) if e.lo is not None else "0"
+            hi = expr_text(e.hi, {}, False) if e.hi is not None else "head_dim"
+            return f"Σ_{{{lo} ≤ d < {hi}}} {q}[i, d]·{k}[j, d]"
         return f"Σ_d {q}[i, d]·{k}[j, d]"
     if isinstance(e, n.Feature):
         return f"{e.side}[{'i' if e.side == 'q' else 'j'}, d]"
@@ -93,6 +97,10 @@ def _text(e: n.Expr, ctx) -> str:
         return f"{e.op}_j{flt}({_text(e.body, ctx)})"
     if isinstance(e, n.Contract):
         return f"sum_j{flt}({_text(e.weight, ctx)} · v[j, f])"
+    if isinstance(e, n.Scan):  # the body read at key k: its j prints as k
+        body = n.transform(e.body, lambda x: n.Var("k", x.type) if isinstance(x, n.Var) and x.name == "j" else x)
+        at_k = None if ranks is None else {name: tuple("k" if r == "j" else r for r in rk) for name, rk in ranks.items()}
+        return f"sum_{{k {e.rel} j}}{flt}({_text(body, (at_k, masked))})"
     if isinstance(e, n.Running):
         return f"{e.stage}_{e.when}"
     raise TypeError(f"not an IR expression: {e!r}")

@@ -82,7 +82,25 @@ def _type_of(e: n.Expr, types: dict[str, str], params: dict[str, n.ParamSpec], w
     elif isinstance(e, n.Contract):
         if kids[0] != n.FLOAT:
             fail("contraction weight must be a float")
+    elif isinstance(e, n.Scan):
+        if e.rel not in n.SCAN_RELS or kids[0] != n.FLOAT or e.type != n.FLOAT:
+            fail("ill-typed partial sum")
     return e.type
+
+
+def _pair_closure(c: n.Cascade, e: n.Expr) -> set[str]:
+    """The stages ``e`` reads, through the pair stages (not through reductions or scans)."""
+    out: set[str] = set()
+    todo = list(n.refs(e))
+    while todo:
+        name = todo.pop()
+        if name in out:
+            continue
+        out.add(name)
+        st = c.stage(name)
+        if st.ranks == n.PAIR and not isinstance(st.expr, (n.Scan, n.Dot)):
+            todo.extend(n.refs(st.expr))
+    return out
 
 
 def verify(c: n.Cascade) -> n.Cascade:
@@ -93,11 +111,21 @@ def verify(c: n.Cascade) -> n.Cascade:
     names = [st.name for st in c.stages]
     if len(set(names)) != len(names):
         raise IRError(f"{c.name}: duplicate stage names {names}")
-    if names[:2] != ["qk", "s"] or not isinstance(c.stages[0].expr, n.Dot):
-        raise IRError(f"{c.name}: a cascade starts with qk = Dot and s")
+    ndots = len(c.dots)
+    if names[0] != "qk" or names[ndots:ndots + 1] != ["s"] or not all(isinstance(st.expr, n.Dot) for st in c.stages[:ndots]):
+        raise IRError(f"{c.name}: a cascade starts with its Dot stages (qk first), then s")
     if "out" not in names:
         raise IRError(f"{c.name}: no out stage")
     dot = c.stages[0].expr
+    for st in c.dots:
+        if (st.expr.q_map, st.expr.k_map) != (dot.q_map, dot.k_map):
+            raise IRError(f"{c.name}.{st.name}: every Dot stage shares the feature maps")
+        for bound in (st.expr.lo, st.expr.hi):
+            if bound is None:
+                continue
+            if any(isinstance(x, (n.Ref, n.Load, n.Dot, n.Feature)) or (isinstance(x, n.Var) and x.name in ("i", "j", "b", "h"))
+                   for x in n.walk(bound)) or _type_of(bound, {}, params, f"{c.name}.{st.name}") != n.INT:
+                raise IRError(f"{c.name}.{st.name}: a slice bound is an int of sizes and scalar parameters")
     for side, other in (("q", {"j"}), ("k", {"i", "h"})):
         m = dot.map(side)
         if m is None:
@@ -117,16 +145,21 @@ def verify(c: n.Cascade) -> n.Cascade:
             raise IRError(f"{where}: ranks must be [i] or [i, j]")
         top = st.expr
         for node in n.walk(top):
-            if node is not top and isinstance(node, (n.Reduce, n.Contract)):
+            if node is not top and isinstance(node, (n.Reduce, n.Contract, n.Scan)):
                 raise IRError(f"{where}: reductions appear only at the top of a stage")
             if isinstance(node, n.ValueRow) and not isinstance(top, n.Contract):
                 raise IRError(f"{where}: v[j] outside a contraction")
             if isinstance(node, n.Running):
                 raise IRError(f"{where}: running values belong to pass plans, not cascades")
-            if isinstance(node, n.Dot) and pos != 0:
-                raise IRError(f"{where}: only qk computes the dot product")
+            if isinstance(node, n.Dot) and (pos >= ndots or node is not top):
+                raise IRError(f"{where}: only the Dot stages (qk, qk2, ...) compute dot products")
         if isinstance(top, (n.Reduce, n.Contract)) and st.ranks != n.ROW:
             raise IRError(f"{where}: a reduction over j is per query")
+        if isinstance(top, n.Scan):
+            if st.ranks != n.PAIR:
+                raise IRError(f"{where}: a partial sum is per pair")
+            if any(ranks.get(r) == n.ROW or isinstance(c.stage(r).expr, n.Scan) for r in _pair_closure(c, top.body)):
+                raise IRError(f"{where}: a partial sum reads only per-pair values")
         _type_of(top, types, params, where)
         body_ranks = n.free_ranks(top, ranks)
         if not body_ranks <= set(st.ranks):

@@ -732,14 +732,22 @@ class Attention:
         # without huge logits their programs only exit (codegen/backward.py.jinja)
         modes = (False, True) if src.exact else (False,)
         exact_kv = torch.zeros((B, Hkv), dtype=torch.int32, device=q.device) if src.exact else dummy
+        scan = ()  # partial sums: the rows kernel adds dK and dV into fp32 buffers (codegen/backward.py)
+        if src.scan_mode:
+            dk32, dv32 = rows(tuple(k.shape), torch.float32).zero_(), rows(tuple(v.shape), torch.float32).zero_()
+            scan = (dk32, dv32)
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
             for exact in modes:
                 kernels.fns[ROWS_KERNEL][(triton.cdiv(Nq, config.block_m), B * Hq)](
-                    q, k, v, out, dout, dlse, stats, coef, dq, *targs, *gargs, *_launch_scalars(scalars, interpret),
+                    q, k, v, out, dout, dlse, stats, coef, dq, *scan, *targs, *gargs, *_launch_scalars(scalars, interpret),
                     *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dlse.stride(),
-                    *stats.stride(), *coef.stride(), *dq.stride(), qtiles, *qtiles.stride()[:3], exact_kv, *vnorm,
-                    *rows_tiles, *sizes, **launch, **flags, EXACT=exact)
+                    *stats.stride(), *coef.stride(), *dq.stride(), *(x for t in scan for x in t.stride()), qtiles,
+                    *qtiles.stride()[:3], exact_kv, *vnorm, *rows_tiles, *sizes, **launch, **flags, EXACT=exact)
+            if scan:
+                dk.copy_(scan[0])
+                dv.copy_(scan[1])
+                return result()
             for exact in modes:
                 kernels.fns[KV_KERNEL][(triton.cdiv(Nkv, config.block_n), B * Hkv)](
                     q, k, v, dout, stats, coef, dk, dv, *targs, *gargs, *_launch_scalars(scalars, interpret),

@@ -161,6 +161,12 @@ class _Eval:
             fill = -math.inf if e.op == "max" else math.inf
             body = body if keep is None else torch.where(keep, body, fill)
             return body.amax(-1, keepdim=True) if e.op == "max" else body.amin(-1, keepdim=True)
+        if isinstance(e, n.Scan):  # Σ_{k kept, k rel j} body[i, k], by cumulative sums along the row
+            body = self.expr(e.body).expand(self.pair_shape)
+            if self.keep is not None:
+                body = torch.where(self.keep, body, 0.0)
+            run = body.flip(-1).cumsum(-1).flip(-1) if e.descending else body.cumsum(-1)
+            return run if e.inclusive else run - body
         if isinstance(e, n.Contract):
             w = self.expr(e.weight).expand(self.pair_shape)
             if self.keep is not None:
@@ -219,6 +225,17 @@ def _mapped(cascade: n.Cascade, sizes: dict, values: dict, x: torch.Tensor, side
     return ev.expr(m).to(_F64).expand(x.shape)
 
 
+def _features(ev: "_Eval", dot: n.Dot, D: int) -> torch.Tensor:
+    """1.0 for the features ``lo <= d < hi`` a (sliced) Dot sums over, else 0.0: [D] float64."""
+    d = torch.arange(D)
+    keep = torch.ones(D, dtype=torch.bool)
+    if dot.lo is not None:
+        keep &= d >= ev.expr(dot.lo).reshape(-1)[0]
+    if dot.hi is not None:
+        keep &= d < ev.expr(dot.hi).reshape(-1)[0]
+    return keep.to(_F64)
+
+
 def _evaluator(cascade: n.Cascade, sizes: dict, values: dict, pair_shape: tuple[int, int, int, int]) -> _Eval:
     B, Hq, Nq, Nkv = pair_shape
     index = {
@@ -250,7 +267,10 @@ def reference_keep(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torc
         for st in cascade.stages:
             if isinstance(st.expr, n.Dot):
                 k64 = _mapped(cascade, sizes, values, k.to("cpu", _F64), "k").repeat_interleave(group, dim=1)
-                ev.values[st.name] = _mapped(cascade, sizes, values, q.to("cpu", _F64), "q") @ k64.transpose(-1, -2)
+                q64 = _mapped(cascade, sizes, values, q.to("cpu", _F64), "q")
+                if st.expr.sliced:
+                    q64 = q64 * _features(ev, st.expr, D)
+                ev.values[st.name] = q64 @ k64.transpose(-1, -2)
             elif st.name == "keep":
                 return ev.expr(st.expr).expand(ev.pair_shape).clone()
             else:
@@ -308,7 +328,8 @@ def reference(cascade: n.Cascade, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     set_live()
     for st in cascade.stages:
         if isinstance(st.expr, n.Dot):
-            ev.values[st.name] = ev.sanitize(q64 @ k64.transpose(-1, -2))
+            qs = q64 * _features(ev, st.expr, D) if st.expr.sliced else q64
+            ev.values[st.name] = ev.sanitize(qs @ k64.transpose(-1, -2))
             continue
         if st.name == "keep":
             if ev.keep is None:

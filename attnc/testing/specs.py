@@ -17,7 +17,9 @@ indices, float parameters and tensor look-ups (one or two ``score =`` lines, ``l
 locally defined mask/score pieces called with arguments), and a normalization from a family of
 cascades (the library's norms; softmax-like with offsets, sinks, temperatures and weights;
 elementwise with constant, size or row-sum divisors; multi-pass: functions of the normalized
-weights, of a row mean or of the row's max and min) — together with its own evaluation of the
+weights, of a row mean or of the row's max and min; partial sums along the row, ``sum(x[i, k] for
+k > j)`` in all four directions, as stick-breaking or a decay; two score maps, a ``score2 = ...``
+line read as ``s2[i, j]``), scores reading slices of q·k (``dot(lo, hi)``) — together with its own evaluation of the
 same trees in float64 torch, written independently of attnc's lowering and reference
 interpreter. A test compares three things: the kernel, attnc's reference, and this evaluation.
 
@@ -127,6 +129,8 @@ def _bool_trees(ctx, max_leaves=4, lib=True):
 
 def _float_trees(ctx, *, in_norm=False, max_leaves=5, score=True):
     leaves = [_lit(-2, 2).map(lambda v: ("flt", v))] + ([st.just(("score",))] * 3 if score else [])
+    if score and not in_norm and ctx.dots:  # scale · (a slice of q·k): ``dot(lo, hi)``
+        leaves += [st.integers(0, len(SLICES) - 1).map(lambda k: ("dot", k))] * 2
     if not in_norm:
         leaves.append(st.tuples(st.just("i2f"), _factor(0.005, 0.1), _int_trees(ctx, max_leaves=3, linear=True)))
         if ctx.float_params:
@@ -218,6 +222,9 @@ def _r_float(t, in_norm=False):
     tag = t[0]
     if tag == "score":
         return "s[i, j]" if in_norm else "score"
+    if tag == "dot":
+        lo, hi, _ = SLICES[t[1]]
+        return f"(scale * dot({lo}, {hi}))"
     if tag == "flt":
         return repr(float(t[1])) if t[1] >= 0 else f"({float(t[1])!r})"
     if tag in ("fparam", "let"):
@@ -263,6 +270,16 @@ FEATURE_MAPS = {
 }
 
 
+# Slices of the head dimension a score may read (``dot(lo, hi)``): spec text and the torch slice.
+SLICES = (
+    ("0", "head_dim // 2", lambda D: slice(0, D // 2)),
+    ("head_dim // 2", "head_dim", lambda D: slice(D // 2, D)),
+    ("1", "head_dim - 1", lambda D: slice(1, D - 1)),
+    ("0", "head_dim", lambda D: slice(0, D)),
+    ("head_dim // 4", "3 * head_dim // 4", lambda D: slice(D // 4, 3 * D // 4)),
+)
+
+
 class _Env:
     def __init__(self, q, k, v, params, scale, maps=(None, None)):
         B, Hq, Nq, D = q.shape
@@ -281,8 +298,15 @@ class _Env:
                 qd, kd = (x, kd) if side == "q" else (qd, x)
         kd = kd.repeat_interleave(Hq // Hkv, dim=1)
         self.v = vd.repeat_interleave(Hq // Hkv, dim=1)
-        self.score = (scale if scale is not None else 1 / math.sqrt(D)) * qd @ kd.transpose(-1, -2)
+        self.scale = scale if scale is not None else 1 / math.sqrt(D)
+        self.qd, self.kd = qd, kd
+        self.score = self.scale * qd @ kd.transpose(-1, -2)
         self.shape = self.score.shape
+        self.s2 = None  # the second score map, when the definition has one
+
+    def dot(self, k: int) -> torch.Tensor:
+        part = SLICES[k][2](self.qd.shape[-1])
+        return self.scale * self.qd[..., part] @ self.kd[..., part].transpose(-1, -2)
 
 
 def _floordiv(a, b):
@@ -383,6 +407,8 @@ def _e_float(t, env, score):
     tag = t[0]
     if tag == "score":
         return score
+    if tag == "dot":
+        return env.dot(t[1])
     if tag == "flt":
         return torch.tensor(float(t[1]), dtype=torch.float64)
     if tag == "fparam":
@@ -457,10 +483,23 @@ def _norms(ctx):
         "kind": st.sampled_from(["clip", "square", "sqrt", "gated", "centered", "minmax"]),
         "f": st.sampled_from(["sigmoid", "tanh", "relu"]), "a": _lit(0.9, 1.1, 3), "c": _lit(-0.02, 0.02, 3),
     }).map(lambda d: Norm("multipass", tuple(sorted(d.items()))))
+    scan = st.fixed_dictionaries({"kind": st.sampled_from(["stick", "decay"]), "rel": st.sampled_from(["<", "<=", ">", ">="]),
+                                  "c": _lit(0.05, 0.5)}).map(lambda d: Norm("scan", tuple(sorted(d.items()))))
     # sampled_from draws families evenly (one_of favours its first alternatives)
-    families = {"library": library, "softmax_like": softmax_like, "elementwise": elementwise, "multipass": multipass}
+    families = {"library": library, "softmax_like": softmax_like, "elementwise": elementwise, "multipass": multipass,
+                "scan": scan}
     names = sorted(families)
     return st.integers(0, 2**16).flatmap(lambda k: families[names[k % len(names)]])
+
+
+def _two_map_norms():
+    """Norms over two score maps, s and s2 (the attention's `score2 = ...`): the difference of their
+    softmaxes (differential attention) or a product of functions of both, per pair."""
+    # c: the product's tanh(s2 + c) is kept away from 0, where an fp16 kernel's rounding of a small
+    # s2 (its q·k cancels) would be a large relative error of the output
+    return st.fixed_dictionaries({"kind": st.sampled_from(["difference", "product"]), "c": _lit(0.5, 1),
+                                  "f": st.sampled_from(["sigmoid", "tanh"])}).map(
+        lambda d: Norm("two_maps", tuple(sorted(d.items()))))
 
 
 def _norm_text(norm: Norm, name: str) -> tuple[str | None, str, set]:
@@ -474,7 +513,23 @@ def _norm_text(norm: Norm, name: str) -> tuple[str | None, str, set]:
             return None, "softmax_sink(sink)", {"sink"}
         return None, lib, set()
     lines, params, attn_params = [], [], set()
-    if norm.family == "softmax_like":
+    if norm.family == "scan":  # a partial sum along the row: stick-breaking, or a decay by the sum
+        if o["kind"] == "stick":
+            lines += ["l[i, j] = logsigmoid(-s[i, j])", f"c[i, j] = sum(l[i, k] for k {o['rel']} j)",
+                      "out[i] = sum(exp(logsigmoid(s[i, j]) + c[i, j]) * v[j] for j)"]
+        else:
+            lines += [f"c[i, j] = sum(sigmoid(s[i, k]) for k {o['rel']} j)",
+                      f"out[i] = sum(exp(-{o['c']!r} * c[i, j]) * tanh(s[i, j]) * v[j] for j) / n_kv"]
+    elif norm.family == "two_maps":
+        if o["kind"] == "difference":
+            for k, x in (("1", "s"), ("2", "s2")):
+                lines += [f"m{k}[i] = max({x}[i, j] for j)", f"e{k}[i, j] = exp({x}[i, j] - m{k}[i])",
+                          f"z{k}[i] = sum(e{k}[i, j] for j)"]
+            lines.append(f"out[i] = sum(e1[i, j] * v[j] for j) / z1[i] - {_r_float(('flt', o['c']))} * "
+                         f"sum(e2[i, j] * v[j] for j) / z2[i]")
+        else:
+            lines.append(f"out[i] = sum({o['f']}(s[i, j]) * tanh(s2[i, j] + {_r_float(('flt', o['c']))}) * v[j] for j) / n_kv")
+    elif norm.family == "softmax_like":
         t = o["temperature"]
         scale = "" if t is None else ("t * " if t == "param" else f"{t!r} * ")
         if t == "param":
@@ -548,6 +603,25 @@ def _norm_eval(norm: Norm, s, keep, env):
     def pv(w):  # Σ_j w_ij v_j over kept keys
         return torch.where(keep, w, torch.zeros_like(w)) @ v
 
+    if norm.family == "scan":
+        def partial(x):  # Σ over the kept keys k with k rel j (docs/language.md)
+            x = torch.where(keep, x, torch.zeros_like(x))
+            rel = o["rel"]
+            run = x.flip(-1).cumsum(-1).flip(-1) if rel in (">", ">=") else x.cumsum(-1)
+            return run if rel in ("<=", ">=") else run - x
+        if o["kind"] == "stick":
+            return pv(torch.exp(torch.nn.functional.logsigmoid(s) + partial(torch.nn.functional.logsigmoid(-s)))), None
+        return pv(torch.exp(-float(o["c"]) * partial(torch.sigmoid(s))) * torch.tanh(s)) / n_kv, None
+    if norm.family == "two_maps":
+        s2 = env.s2
+        if o["kind"] == "difference":
+            def softmax(x):
+                m = _masked_max(x, keep)
+                e = torch.where(keep, torch.exp(x - m[..., None]), torch.zeros_like(x))
+                return e / e.sum(-1)[..., None]
+            return pv(softmax(s)) - float(o["c"]) * pv(softmax(s2)), None
+        f = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}[o["f"]]
+        return pv(f(s) * torch.tanh(s2 + float(o["c"]))) / n_kv, None
     if norm.family == "library":
         name = o["name"]
         if name in ("softmax", "softmax_off_by_one", "softmax_sink", "clipped_softmax"):
@@ -627,6 +701,7 @@ class _Ctx:
     bool_params: tuple
     tensors: tuple
     let_float: bool
+    dots: bool = False  # score lines may read slices of q·k (``dot(lo, hi)``)
 
     def has(self, name):
         return name in self.tensors
@@ -646,6 +721,7 @@ class Definition:
     mask_piece: bool = False
     param_strategies: dict = field(default_factory=dict, compare=False)
     maps: tuple = (None, None)  # FEATURE_MAPS names of q's and k's feature maps
+    scores2: tuple = ()  # float trees of the `score2 = ...` lines (a second score map), in order
 
     def __repr__(self) -> str:  # what hypothesis prints for a falsifying example
         return "Definition:\n" + self.text
@@ -661,6 +737,10 @@ class Definition:
             env.lets["u"] = _e_float(self.let, env, s)
         for tree in self.scores:
             s = _e_float(tree, env, s).expand(env.shape)
+        if self.scores2:
+            env.s2 = env.score  # `score` on a score2 line: its previous value, first scale·q·k
+            for tree in self.scores2:
+                env.s2 = _e_float(tree, env, env.s2).expand(env.shape)
         out, lse = _norm_eval(self.norm, s, keep, env)
         empty = ~keep.any(-1)
         out = torch.where(empty[..., None], torch.zeros_like(out), out)
@@ -681,6 +761,8 @@ def definitions(draw, name: str = "generated") -> Definition:
     )
     ctx.int_params, ctx.float_params = tuple(sorted(ctx.int_params)), tuple(sorted(ctx.float_params))
     ctx.tensors = tuple(sorted(ctx.tensors))
+    ctx.dots = draw(st.integers(0, 3)) == 0
+    two = draw(st.integers(0, 4)) == 0  # a second score map and a norm that reads both
     mask = draw(_bool_trees(ctx)) if draw(st.integers(0, 3)) else None  # three in four have a mask
     # a let does not read `score` (which score line it would see is a question for the spec's
     # author, not for a fuzzer) nor itself
@@ -689,10 +771,12 @@ def definitions(draw, name: str = "generated") -> Definition:
     scores = tuple(draw(st.lists(_float_trees(ctx), min_size=0 if let is None else 1, max_size=2)))
     if let is not None and not any(("let", "u") in _walk(t) for t in scores):
         scores = scores[:-1] + (("add", scores[-1], ("let", "u")),)
-    norm = draw(_norms(_Ctx((), (), (), (), False)))
+    norm = draw(_two_map_norms() if two else _norms(_Ctx((), (), (), (), False)))
+    dctx = _Ctx(ctx.int_params, ctx.float_params, ctx.bool_params, ctx.tensors, False, dots=True)
+    scores2 = tuple(draw(st.lists(_float_trees(dctx, max_leaves=3), min_size=1, max_size=2))) if two else ()
     norm_def, norm_call, norm_attn_params = _norm_text(norm, f"{name}_norm")
 
-    trees = [x for x in (mask, let, *scores) if x is not None]
+    trees = [x for x in (mask, let, *scores, *scores2) if x is not None]
     used = set()
     for tree in trees:
         used |= _names(tree, "param") | _names(tree, "fparam") | _names(tree, "bparam") | _names(tree, "tget")
@@ -720,6 +804,8 @@ def definitions(draw, name: str = "generated") -> Definition:
         body.append(f"let u = {_r_float(let)}")
     for tree in scores:
         body.append(f"score = {_r_float(tree)}")
+    for tree in scores2:
+        body.append(f"score2 = {_r_float(tree)}")
     if mask is not None:
         if mask_piece:
             mparams = sorted(_names(mask, "param") | _names(mask, "bparam") | _names(mask, "tget"))
@@ -738,4 +824,4 @@ def definitions(draw, name: str = "generated") -> Definition:
             + f"attention {name}" + (f"({', '.join(declared)})" if declared else "") + ":\n"
             + "".join(f"    {line}\n" for line in body))
     strategies = {p: s for p, s in {**INT_PARAMS, **FLOAT_PARAMS, **BOOL_PARAMS}.items() if p in used}
-    return Definition(text, name, mask, scores, let, norm, tuple(sorted(used)), mask_piece, strategies, maps)
+    return Definition(text, name, mask, scores, let, norm, tuple(sorted(used)), mask_piece, strategies, maps, scores2)

@@ -33,6 +33,10 @@ def _params(name, B, Hq, Nq, Nkv, g):
         return {"table": torch.randn(Hq, Nq + Nkv - 1, generator=g)}
     if name == "softmax_sink":
         return {"sink": torch.randn(Hq, generator=g)}
+    if name == "stick_breaking_bias":
+        return {"bias": torch.randn(Hq, generator=g) - 0.5}
+    if name == "differential":
+        return {"lam": torch.rand(Hq, generator=g), "causal": True}
     if name == "gpsa":
         return {"width": 4, "gate": torch.randn(Hq, generator=g), "vpos": torch.randn(Hq, 3, generator=g)}
     return dict(PARAMS.get(name, {}))

@@ -41,6 +41,14 @@ KNOWN_BELOW = {
     # ConViT's GPSA: a second softmax over positional scores computed per pair (integer % and //,
     # three FMAs, a second exp) and two sets of running statistics; spills in the loop. Not tuned yet.
     ("gpsa", 64): 0.17,
+    # Stick-breaking: per score two logsigmoids (each an exp and a log on the MUFU unit) and a
+    # cumulative sum within the key tile (tl.cumsum: log2(BLOCK_N) shuffle steps per element), and
+    # P·V in fp32 (the weights' bound exp(logsigmoid + c) ≤ 1 is not proven). Not tuned yet.
+    ("stick_breaking", 64): 0.11,
+    # Linear attention: the key tile mapped through elu every iteration and P·V in fp32 (weights
+    # unbounded); 59 % at bf16 D = 64, the README's 48–56 % elsewhere. Not tuned yet.
+    ("linear_attention", 64): 0.55,
+    ("stick_breaking_bias", 64): 0.11,
 }
 
 

@@ -229,4 +229,32 @@ BAD_SPECS: list[BadSpec] = [
       "cumulative or partial sum", 2, 31),
     B("reduction-over-d", "norm a:\n    z[i] = sum(q[i, d] for d)\n    out[i] = sum(s[i, j] * v[j] for j)\n",
       "feature map", 2, 28),
+    # ------------------------------------------------------------------ several score maps (issue 17)
+    B("second-map-not-declared", "norm two:\n    out[i] = sum(s2[i, j] * v[j] for j)\n\nattention a:\n    norm = two\n",
+      "add one, e.g. `score2 = ", 2, 18),
+    B("second-map-unindexed", "norm two:\n    out[i] = sum(s2 * v[j] for j)\n", "s2[i, j]", 2, 18),
+    B("second-map-outside-attention", "score g:\n    score2 = score\n    score = score\n",
+      "belongs in an attention body", 2, 5),
+    B("second-map-as-stage", "norm a:\n    s2[i, j] = s[i, j]\n    out[i] = sum(s2[i, j] * v[j] for j)\n",
+      "reserved", 2, 5),
+    B("dot-slice-arity", "attention a:\n    score = dot(4)\n", "dot(lo, hi)", 2, 13),
+    B("dot-slice-float", "attention a:\n    score = dot(0, head_dim / 2)\n", "is an int", 2, 20),
+    B("dot-slice-per-pair", "attention a:\n    score = dot(0, q_idx)\n", "same for every pair", 2, 20),
+    B("dot-slice-in-mask", "attention a:\n    mask = dot(0, 4) > 0.0\n", "depends on `score`", 2, 12),
+    # ------------------------------------------------------------------ partial sums (issue 17)
+    B("partial-max", "norm a:\n    c[i, j] = max(s[i, k] for k > j)\n    out[i] = sum(c[i, j] * v[j] for j)\n",
+      "a partial reduction is a sum", 2, 15),
+    B("partial-bound-not-j", "norm a:\n    c[i, j] = sum(s[i, k] for k > i)\n    out[i] = sum(c[i, j] * v[j] for j)\n",
+      "for k > j", 2, 35),
+    B("partial-equal", "norm a:\n    c[i, j] = sum(s[i, k] for k == j)\n    out[i] = sum(c[i, j] * v[j] for j)\n",
+      "not `==`", 2, 15),
+    B("partial-body-reads-j", "norm a:\n    c[i, j] = sum(s[i, j] for k > j)\n    out[i] = sum(c[i, j] * v[j] for j)\n",
+      "write s[i, k]", 2, 19),
+    B("partial-body-reads-a-row", "norm a:\n    m[i] = max(s[i, j] for j)\n    e[i, j] = exp(s[i, j] - m[i])\n"
+      "    c[i, j] = sum(e[i, k] for k < j)\n    out[i] = sum(c[i, j] * v[j] for j)\n", "per-query value `m`", 4, 19),
+    B("partial-both-directions", "norm a:\n    c[i, j] = sum(s[i, k] for k < j)\n    d2[i, j] = sum(s[i, k] for k > j)\n"
+      "    out[i] = sum((c[i, j] + d2[i, j]) * v[j] for j)\n", "from the first key", 3, 16),
+    B("partial-name-taken", "norm a:\n    c[i, j] = sum(s[i, h] for h > j)\n    out[i] = sum(c[i, j] * v[j] for j)\n",
+      "`h` is taken", 2, 31),
+    B("partial-in-a-score", "score g = score + sum(score for k > j)\n", "belongs in a norm", 1, 19),
 ]

@@ -23,7 +23,8 @@ def test_every_definition_lowers_and_verifies(path):
     assert spec.cascades
     for c in spec.cascades.values():
         assert verify(c) is c
-        assert [st.name for st in c.stages][:2] == ["qk", "s"]
+        dots = len(c.dots)  # qk, then any further slices of q·k (qk2, ...), then the score
+        assert [st.name for st in c.stages][:dots + 1] == ["qk", *(f"qk{k}" for k in range(2, dots + 1)), "s"]
         assert c.stage("out").type == n.VEC
 
 

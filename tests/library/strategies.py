@@ -150,6 +150,25 @@ def gpsa_params(draw, s: Shape):
 
 
 @st.composite
+def differential_params(draw, s: Shape):
+    """Differential attention: λ per head (the paper's λ lies in about (0, 1); negative too), causal
+    or not."""
+    g = seeded(draw(st.integers(0, 2**31 - 1)))
+    return {"lam": torch.rand(s.Hq, generator=g, dtype=F64) * 1.2 - 0.1, "causal": draw(st.booleans())}
+
+
+def stick_breaking_params(s: Shape):
+    return st.fixed_dictionaries({}, optional={"attend_current": st.booleans()})
+
+
+@st.composite
+def stick_breaking_bias_params(draw, s: Shape):
+    """A per-head bias on the logits (negative: the stick lasts further back)."""
+    g = seeded(draw(st.integers(0, 2**31 - 1)))
+    return {"bias": torch.randn(s.Hq, generator=g, dtype=F64) - 0.5, "attend_current": draw(st.booleans())}
+
+
+@st.composite
 def sink_params(draw, s: Shape):
     """Per-head sink logits for softmax_sink, sometimes large enough to take most of the mass."""
     seed = draw(st.integers(0, 2**31 - 1))
@@ -455,7 +474,8 @@ LIBRARY_PARAMS = {
     "sigmoid": sigmoid_params, "sigmoid_attention": sigmoid_params, "sink_window": sink_window_params,
     "sliding_window": window_params, "softcap": softcap_params, "softmax_sink": sink_params,
     "clipped_softmax": clipped_softmax_params, "linear_attention": linear_attention_params,
-    "gpsa": gpsa_params,
+    "gpsa": gpsa_params, "differential": differential_params,
+    "stick_breaking": stick_breaking_params, "stick_breaking_bias": stick_breaking_bias_params,
 }
 
 

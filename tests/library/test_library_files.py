@@ -16,7 +16,9 @@ REQUIRED = {
 # definitions shared by several library files, each in the file of its first user
 HELPERS = {"natten1d": {"neighborhood"},  # one axis of NATTEN's window, for natten1d/2d/3d
            "linear_attention": {"linear_norm"},  # linear attention's normalization, usable on its own
-           "gpsa": {"gated_positional"}}  # GPSA's two-softmax norm
+           "gpsa": {"gated_positional"},  # GPSA's two-softmax norm
+           "differential": {"difference_of_softmax"},  # differential attention's two maps
+           "stick_breaking": {"stick_breaking_weights"}}  # its weights from any score (also with a bias)
 
 
 def test_the_first_set_is_complete():

@@ -184,6 +184,81 @@ def test_convit_gpsa_matches_the_paper(shape, dtype, seed, width):
     check(attn, gpsa_formula, shape, dtype, seed, params, what=f"gpsa width={width}")
 
 
+# ----------------------------------------------------------------------------- differential attention
+
+
+def differential_formula(q, k, v, lam, causal=False):
+    """Ye et al., 2024 (Differential Transformer), eq. (1): [Q1; Q2] = Q, [K1; K2] = K split along the
+    head dimension into halves of d = D / 2,
+    DiffAttn(X) = (softmax(Q1 K1ᵀ / √d) − λ·softmax(Q2 K2ᵀ / √d)) V, λ per head."""
+    d = q.shape[-1] // 2
+    k = expand(k, q.shape[1])
+    a1 = q[..., :d] @ k[..., :d].transpose(-1, -2) / math.sqrt(d)
+    a2 = q[..., d:] @ k[..., d:].transpose(-1, -2) / math.sqrt(d)
+    keep = causal_keep(q.shape[2], k.shape[2]) if causal else torch.ones(a1.shape[-2:], dtype=torch.bool)
+    # masked scores −1e30: exp gives exactly 0; a row with no visible key (Nq > Nkv) is then 0
+    p1, p2 = (torch.softmax(a.masked_fill(~keep, -1e30), -1) * keep for a in (a1, a2))
+    return (p1 - lam.view(1, -1, 1, 1) * p2) @ expand(v, q.shape[1])
+
+
+@FEW
+@given(shape=shapes, dtype=dtypes, seed=st.integers(0, 2**16), causal=st.booleans())
+def test_differential_attention_matches_the_paper(shape, dtype, seed, causal):
+    attn = attnc.load("differential")
+
+    def params(B, Hq, Hkv, Nq, Nkv, D, g):
+        return {"lam": torch.rand(Hq, generator=g) * 0.8 + 0.1, "causal": causal}
+    check(attn, differential_formula, shape, dtype, seed, params, what=f"differential causal={causal}")
+
+
+# ----------------------------------------------------------------------------- stick-breaking
+
+
+def stick_breaking_formula(q, k, v, bias=None, attend_current=False):
+    """Tan et al., 2024 (Scaling Stick-Breaking Attention), eq. (2), as a product (not in log space):
+    A_ij = β_ij Π_{j<k<i} (1 − β_ik), β_ij = σ(q_i·k_j / √d + b_h), over the keys j < i (j ≤ i with
+    attend_current: the products then run over j < k ≤ i); the row's leftover mass is dropped."""
+    s = scores(q, k)
+    if bias is not None:
+        s = s + bias.view(1, -1, 1, 1)
+    Nq, Nkv = s.shape[-2:]
+    pos = torch.arange(Nq).view(-1, 1) + (Nkv - Nq)  # query i's position among the keys
+    key = torch.arange(Nkv).view(1, -1)
+    visible = (key < pos) | ((key == pos) & attend_current)
+    beta = torch.sigmoid(s)
+    cols = []
+    for j in range(Nkv):
+        later = visible & (key > j)  # the keys between j and i (the nearer ones), k ≠ j
+        rest = torch.where(later, 1 - beta, torch.ones_like(beta)).prod(-1)
+        cols.append(torch.where(visible[:, j], beta[..., j] * rest, torch.zeros_like(rest)))
+    return torch.stack(cols, -1) @ expand(v, q.shape[1])
+
+
+@FEW
+@given(shape=shapes, dtype=dtypes, seed=st.integers(0, 2**16), attend_current=st.booleans(), bias=st.booleans())
+def test_stick_breaking_matches_the_paper(shape, dtype, seed, attend_current, bias):
+    attn = attnc.load("stick_breaking_bias" if bias else "stick_breaking")
+
+    def params(B, Hq, Hkv, Nq, Nkv, D, g):
+        extra = {"bias": torch.randn(Hq, generator=g) - 0.5} if bias else {}
+        return {**extra, "attend_current": attend_current}
+    check(attn, stick_breaking_formula, shape, dtype, seed, params,
+          what=f"stick_breaking bias={bias} attend_current={attend_current}")
+
+
+def test_stick_breaking_visits_the_nearest_keys_first():
+    # The partial sum over the keys after j runs from the last key down (a suffix sum): one pass
+    # whose key loops count down, carrying the sum of the tiles already visited.
+    from attnc.codegen.generate import Specialization, generate
+    from attnc.ir.passes import pass_scans
+    c = attnc.load("stick_breaking").cascade
+    plan = attnc.plan_passes(c)
+    (scan,) = pass_scans(c, plan, 1)
+    assert c.stage(scan).expr.descending and plan.num_passes == 1
+    text = generate(c, Specialization("float16", False)).text
+    assert "start_n = mid_hi - BLOCK_N - t_r * BLOCK_N" in text and "reverse=True" in text
+
+
 GRID_MAP = """
 attention grid_mapped(width: int):
     grid (y, x) = (n_kv // width, width)

@@ -229,13 +229,16 @@ SCALARS = {
     "softcap": {"cap": st.floats(0.5, 30.0)},
     "linear_attention": {"causal": st.booleans(), "eps": st.floats(1e-6, 1e-2)},
     "gpsa": {"width": st.integers(1, 8)},
+    "differential": {"causal": st.booleans()},
+    "stick_breaking": {"attend_current": st.booleans()},
+    "stick_breaking_bias": {"attend_current": st.booleans()},
 }
 LIBRARY = attnc.library.names()
 
 
 def test_the_parametrization_is_the_whole_library():
     on_disk = sorted(p.stem for p in attnc.library.LIBRARY_DIR.glob("*.attn"))
-    assert LIBRARY == on_disk and len(LIBRARY) == 24
+    assert LIBRARY == on_disk and len(LIBRARY) == 27
     assert set(SCALARS) == set(LIBRARY)  # a new variant needs its parameter ranges here
 
 
@@ -401,6 +404,40 @@ attention local_sigmoid_sq(bias: tensor[H] float, window: int = 8):
     mask = kv_idx <= q_idx + (n_kv - n_q) and q_idx + (n_kv - n_q) - kv_idx < window
     norm = sigmoid_sq(bias)
 
+# Two score maps over overlapping slices of the head dimension (an int parameter in the bounds),
+# the second soft-capped by a score definition, mixed per pair with a learned per-head offset.
+norm two_map_mix(w: tensor[H] float):
+    out[i] = sum(sigmoid(s[i, j]) * tanh(s2[i, j] + w[h]) * v[j] for j) / n_kv
+
+attention sliced_mix(w: tensor[H] float, lo: int = 1):
+    score  = scale * dot(lo, head_dim)
+    score2 = scale * dot(0, head_dim - lo)
+    score2 = capped_slope(4.0, 0.05)
+    mask   = causal
+    norm   = two_map_mix(w)
+
+# A prefix sum (from the first key, j's own included) of gated scores, a per-head gate read inside
+# the partial sum, decaying the weights; a sliding window (one mask clause).
+norm prefix_decay(g: tensor[H] float):
+    c[i, j] = sum(sigmoid(s[i, k] + g[h]) for k <= j)
+    out[i]  = sum(exp(-0.2 * c[i, j]) * tanh(s[i, j]) * v[j] for j) / n_kv
+
+attention windowed_decay(g: tensor[H] float, window: int = 8):
+    mask = kv_idx <= q_idx + (n_kv - n_q) and q_idx + (n_kv - n_q) - kv_idx < window
+    norm = prefix_decay(g)
+
+# Stick-breaking with a per-head bias inside the norm, within documents (a mask classified at run
+# time: every key tile is visited, in order) and normalized by the mass taken.
+norm biased_stick(bias: tensor[H] float):
+    l[i, j] = logsigmoid(-(s[i, j] + bias[h]))
+    c[i, j] = sum(l[i, k] for k >= j)
+    w[i, j] = exp(logsigmoid(s[i, j] + bias[h]) + c[i, j] - l[i, j])
+    out[i]  = sum(w[i, j] * v[j] for j) / (sum(w[i, j] for j) + 0.5)
+
+attention doc_stick(bias: tensor[H] float, doc: tensor[B, N_KV] int):
+    mask = doc[b, q_idx + (n_kv - n_q)] == doc[b, kv_idx] and kv_idx <= q_idx + (n_kv - n_q)
+    norm = biased_stick(bias)
+
 attention thresholded(sharp: tensor[H] float, tau: float = 0.1):
     score = capped_slope(8.0, -0.05)
     norm  = soft_threshold(sharp, tau)
@@ -410,6 +447,9 @@ CUSTOM_SCALARS = {
     "capped_tempered": {"cap": st.floats(0.5, 20.0), "slope": st.floats(-0.5, 0.5)},
     "local_sigmoid_sq": {"window": st.integers(0, 42)},
     "thresholded": {"tau": st.floats(0.0, 0.5)},
+    "sliced_mix": {"lo": st.integers(0, 3)},
+    "windowed_decay": {"window": st.integers(0, 42)},
+    "doc_stick": {},
 }
 
 

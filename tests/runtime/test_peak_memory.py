@@ -40,6 +40,8 @@ def _params(name: str) -> dict:
         "natten3d": {"height": 32, "width": 32, "causal_d": True},  # 16 × 32 × 32
         "relative_bias": {"table": torch.randn(2, 2 * N - 1)}, "softmax_sink": {"sink": torch.randn(2)},
         "gpsa": {"width": 64, "gate": torch.randn(2), "vpos": torch.randn(2, 3)},
+        "differential": {"lam": torch.rand(2), "causal": True},
+        "stick_breaking_bias": {"bias": torch.randn(2)},
     }.get(name, {})
 
 
@@ -107,7 +109,9 @@ def test_no_quadratic_allocation_on_the_kernel_path(stubbed, name):
         out = attn(q, k, v, **params)
         out.backward(dout)
     largest, peak = _allocations(prof)
-    assert len(stubbed) >= 3  # the forward and both backward kernels were launched
+    # the forward and both backward kernels were launched (with a partial sum the rows kernel does
+    # the dK/dV kernel's work: codegen/backward.py's scan mode)
+    assert len(stubbed) >= (2 if any(st.is_scan for st in attn.cascade.stages) else 3)
     assert max(stubbed) < N * N // 64, f"a kernel argument has {max(stubbed)} elements"
     limit = LARGEST_GRID if attn.cascade.grid is not None else LARGEST
     assert largest < limit, f"{name}: largest allocation {largest / MIB:.1f} MiB"

@@ -383,6 +383,8 @@ LIBRARY_PARAMS = {
     "sliding_window": {"window": 2}, "softcap": {"cap": 2.0}, "softmax": {}, "softmax_off_by_one": {},
     "softmax_sink": {"sink": torch.randn(2, dtype=F64)}, "linear_attention": {"causal": True},
     "gpsa": {"width": 2, "gate": torch.randn(2, dtype=F64), "vpos": torch.randn(2, 3, dtype=F64)},
+    "differential": {"lam": torch.rand(2, dtype=F64), "causal": True},
+    "stick_breaking": {}, "stick_breaking_bias": {"bias": torch.randn(2, dtype=F64), "attend_current": True},
 }
 
 

@@ -96,7 +96,7 @@ def test_generated_definitions_agree_with_the_reference_and_an_independent_evalu
     assert stats["definitions"] >= EXAMPLES * 0.95, stats
     assert stats["passes=2"] + stats["passes=3"] >= EXAMPLES * 0.05, stats
     assert stats["masked"] >= EXAMPLES * 0.3, stats
-    for family in ("library", "softmax_like", "elementwise", "multipass"):
+    for family in ("library", "softmax_like", "elementwise", "multipass", "two_maps", "scan"):
         assert stats[f"norm={family}"] >= EXAMPLES * 0.05, stats
     for layout in LAYOUTS:
         assert stats[f"layout={layout}"] >= EXAMPLES * 0.1, stats
