@@ -395,17 +395,21 @@ def _lower_dot_slice(e: ast.Call, ctx: Ctx) -> n.Expr:
     if e.kwargs or len(e.args) != 2:
         raise SpecError("`dot` alone is q·k over every feature; `dot(lo, hi)` sums the features lo <= d < hi, "
                         "as in dot(0, head_dim // 2)", e.span)
-    bounds = []
-    for node in e.args:
-        x = lower_expr(node, ctx)
-        if x.type != n.INT:
-            raise SpecError(f"a bound of `dot(lo, hi)` is an int, but `{_describe(node)}` is {_words(x.type)}", node.span)
-        bad = [v for v in n.walk(x) if (isinstance(v, n.Var) and v.name in ("i", "j", "b", "h")) or isinstance(v, n.Load)]
-        if bad:
-            raise SpecError(f"the slice of `dot(lo, hi)` is the same for every pair (sizes and scalar parameters), but "
-                            f"`{_describe(node)}` depends on indices or tensors", node.span)
-        bounds.append(simplify(x))
-    return n.Dot(lo=bounds[0], hi=bounds[1])
+    lo, hi = (_uniform_int(node, ctx, "a bound of `dot(lo, hi)`", "pair (sizes and scalar parameters)")
+              for node in e.args)
+    return n.Dot(lo=lo, hi=hi)
+
+
+def _uniform_int(node: ast.Expr, ctx: Ctx, what: str, every: str) -> n.Expr:
+    """An int expression the same for every pair or token (of sizes and scalar parameters): a grid
+    size, a slice bound."""
+    x = lower_expr(node, ctx)
+    if x.type != n.INT:
+        raise SpecError(f"{what} must be an integer, but `{_describe(node)}` is {_words(x.type)}", node.span)
+    if any((isinstance(v, n.Var) and v.name in ("i", "j", "b", "h")) or isinstance(v, n.Load) for v in n.walk(x)):
+        raise SpecError(f"{what} must be the same for every {every}, but `{_describe(node)}` depends on indices "
+                        f"or tensors", node.span)
+    return simplify(x)
 
 
 def _lower_builtin_call(e: ast.Call, ctx: Ctx) -> n.Expr:
@@ -828,14 +832,7 @@ def _lower_grid(stmt: ast.Grid, ctx: Ctx) -> None:
         raise SpecError(f"grid axes must differ, got ({', '.join(stmt.axes)})", stmt.span)
 
     def size_expr(node: ast.Expr, what: str) -> n.Expr:
-        x = lower_expr(node, ctx)
-        if x.type != n.INT:
-            raise SpecError(f"{what} must be an integer, but `{_describe(node)}` is {_words(x.type)}", node.span)
-        bad = [v for v in n.walk(x) if (isinstance(v, n.Var) and v.name in ("i", "j", "b", "h")) or isinstance(v, n.Load)]
-        if bad:
-            raise SpecError(f"{what} must be the same for every token (scalar parameters and n_q/n_kv), "
-                            f"but `{_describe(node)}` depends on indices or tensors", node.span)
-        return simplify(x)
+        return _uniform_int(node, ctx, what, "token (scalar parameters and n_q/n_kv)")
 
     sizes = tuple(size_expr(x, "a grid size") for x in stmt.sizes)
     dilated = tuple(size_expr(x, "a `dilated` value") for x in stmt.dilated) if stmt.dilated else (n.Const(1, n.INT),) * rank

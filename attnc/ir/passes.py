@@ -174,23 +174,24 @@ def _opaque(f):
 OPAQUE = {f.name: _opaque(f) for f in FUNCTIONS.values() if f.derivative is not None}
 
 
-def _reduction_deps(c: n.Cascade, stage: str) -> set[str]:
-    """Reductions the body of ``stage`` reads, through any number of maps (not through reductions)."""
+def _reads(c: n.Cascade, start, through) -> set[str]:
+    """The stages reachable from the names ``start`` by following the references of those for which
+    ``through(stage)`` holds (the start names included)."""
     stages = {st.name: st for st in c.stages}
-    out: set[str] = set()
-    todo = list(n.refs(stages[stage].expr))
-    seen: set[str] = set()
+    todo, seen = list(start), set()
     while todo:
         name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        st = stages[name]
-        if st.is_reduction:
-            out.add(name)
-        else:
-            todo.extend(n.refs(st.expr))
-    return out
+        if name not in seen:
+            seen.add(name)
+            if through(stages[name]):
+                todo.extend(n.refs(stages[name].expr))
+    return seen
+
+
+def _reduction_deps(c: n.Cascade, stage: str) -> set[str]:
+    """Reductions the body of ``stage`` reads, through any number of maps (not through reductions)."""
+    reads = _reads(c, n.refs(c.stage(stage).expr), lambda st: not st.is_reduction)
+    return {name for name in reads if c.stage(name).is_reduction}
 
 
 # ---------------------------------------------------------------------------- proofs
@@ -462,21 +463,9 @@ def _plan_cached(c: n.Cascade) -> PassPlan:
 def pass_scans(c: n.Cascade, plan: PassPlan, k: int) -> list[str]:
     """The partial sums (Scan stages) the reductions of pass ``k`` read: the pass visits the keys in
     their order (last first for a suffix sum; one cascade's partial sums share a direction)."""
-    stages = {st.name: st for st in c.stages}
-    out: list[str] = []
-    todo = [r.stage for r in plan.in_pass(k)]
-    seen: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        st = stages[name]
-        if st.is_scan and name not in out:
-            out.append(name)
-        if name in {r.stage for r in plan.in_pass(k)} or (st.ranks == n.PAIR and not st.is_reduction):
-            todo.extend(n.refs(st.expr))
-    return sorted(out)
+    own = {r.stage for r in plan.in_pass(k)}
+    reads = _reads(c, own, lambda st: st.name in own or (st.ranks == n.PAIR and not st.is_reduction))
+    return sorted(name for name in reads if c.stage(name).is_scan)
 
 
 def plan_text(c: n.Cascade, plan: PassPlan) -> str:

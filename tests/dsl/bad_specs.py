@@ -238,7 +238,7 @@ BAD_SPECS: list[BadSpec] = [
     B("second-map-as-stage", "norm a:\n    s2[i, j] = s[i, j]\n    out[i] = sum(s2[i, j] * v[j] for j)\n",
       "reserved", 2, 5),
     B("dot-slice-arity", "attention a:\n    score = dot(4)\n", "dot(lo, hi)", 2, 13),
-    B("dot-slice-float", "attention a:\n    score = dot(0, head_dim / 2)\n", "is an int", 2, 20),
+    B("dot-slice-float", "attention a:\n    score = dot(0, head_dim / 2)\n", "must be an integer", 2, 20),
     B("dot-slice-per-pair", "attention a:\n    score = dot(0, q_idx)\n", "same for every pair", 2, 20),
     B("dot-slice-in-mask", "attention a:\n    mask = dot(0, 4) > 0.0\n", "depends on `score`", 2, 12),
     # ------------------------------------------------------------------ partial sums (issue 17)
