@@ -113,9 +113,11 @@ def permute(c: n.Cascade) -> n.Cascade:
             st = replace(st, expr=simplify(_bin("and", valid, port(st.expr), n.BOOL)))
         elif not isinstance(st.expr, n.Dot):
             st = replace(st, expr=port(st.expr))
-        else:  # feature maps read positions too (q_idx, kv_idx, coordinates, n_q)
+        else:  # feature maps read positions too (q_idx, kv_idx, coordinates, n_q), slice bounds sizes
             st = replace(st, expr=replace(st.expr, **{f"{side}_map": port(st.expr.map(side)) for side in "qk"
-                                                       if st.expr.map(side) is not None}))
+                                                       if st.expr.map(side) is not None},
+                                          **{b: port(getattr(st.expr, b)) for b in ("lo", "hi")
+                                             if getattr(st.expr, b) is not None}))
         stages.append(st)
         if st.name == "s" and not c.has_mask:
             stages.append(n.Stage("keep", n.PAIR, valid))

@@ -541,6 +541,10 @@ def _lower_scan(e: ast.Reduce, ctx: Ctx) -> n.Expr:
     if e.op != "sum":
         raise SpecError(f"a partial reduction is a sum: write `sum(... for {e.var} {e.rel} {e.bound})` "
                         f"(`{e.op}` runs over all kept keys only: `{e.op}(... for j)`)", e.span)
+    flip = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
+    if e.var == "j" and e.bound != "j" and e.rel in flip:
+        raise SpecError(f"the summed key comes first and the pair's key j last: write `for {e.bound} {flip[e.rel]} j`",
+                        e.var_span)
     if e.bound != "j":
         raise SpecError(f"a partial sum runs over the keys before or after the pair's key j: write "
                         f"`for {e.var} {e.rel} j`", e.bound_span)
@@ -1039,6 +1043,10 @@ def _assemble(name: str, specs, score: n.Expr, mask: n.Expr | None, norm_stages,
         _check_size(mask, "the mask", span)
     for st in norm_stages:
         _check_size(st.expr, f"stage `{st.name}`", st.span or span)
+    if grids and any(st.is_scan for st in norm_stages):
+        raise SpecError("a partial sum (`sum(... for k > j)`) on a token grid is not supported yet: the kernels "
+                        "run on grid-permuted tokens, not in key order; write the coordinates without `grid` "
+                        "(q_idx // width, q_idx % width, ...)", grids[0][1] or span)
     dots, scores = _dot_stages(scores, maps)
     stages = dots + [n.Stage(k, n.PAIR, simplify(x)) for k, x in scores.items()]
     if mask is not None:

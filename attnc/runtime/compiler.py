@@ -734,8 +734,11 @@ class Attention:
         exact_kv = torch.zeros((B, Hkv), dtype=torch.int32, device=q.device) if src.exact else dummy
         scan = ()  # partial sums: the rows kernel adds dK and dV into fp32 buffers (codegen/backward.py)
         if src.scan_mode:
-            dk32, dv32 = rows(tuple(k.shape), torch.float32).zero_(), rows(tuple(v.shape), torch.float32).zero_()
-            scan = (dk32, dv32)
+            def zeros(shape):  # packed: a token-major buffer seen as [B, H, N, D] (overlapping: write its base)
+                if not packed:
+                    return torch.zeros(shape, dtype=torch.float32, device=q.device)
+                return packed.view(torch.zeros((shape[2], shape[1], *shape[3:]), dtype=torch.float32, device=q.device))
+            scan = (zeros(tuple(k.shape)), zeros(tuple(v.shape)))
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
             for exact in modes:
@@ -745,8 +748,8 @@ class Attention:
                     *stats.stride(), *coef.stride(), *dq.stride(), *(x for t in scan for x in t.stride()), qtiles,
                     *qtiles.stride()[:3], exact_kv, *vnorm, *rows_tiles, *sizes, **launch, **flags, EXACT=exact)
             if scan:
-                dk.copy_(scan[0])
-                dv.copy_(scan[1])
+                for out, acc in zip((dk, dv), scan):
+                    (Packed.unview(out) if packed else out).copy_(Packed.unview(acc) if packed else acc)
                 return result()
             for exact in modes:
                 kernels.fns[KV_KERNEL][(triton.cdiv(Nkv, config.block_n), B * Hkv)](

@@ -257,4 +257,9 @@ BAD_SPECS: list[BadSpec] = [
     B("partial-name-taken", "norm a:\n    c[i, j] = sum(s[i, h] for h > j)\n    out[i] = sum(c[i, j] * v[j] for j)\n",
       "`h` is taken", 2, 31),
     B("partial-in-a-score", "score g = score + sum(score for k > j)\n", "belongs in a norm", 1, 19),
+    B("partial-key-order", "norm a:\n    c[i, j] = sum(s[i, k] for j < k)\n    out[i] = sum(c[i, j] * v[j] for j)\n",
+      "write `for k > j`", 2, 31),
+    B("partial-on-a-grid", "norm sb:\n    c[i, j] = sum(s[i, k] for k > j)\n    out[i] = sum(c[i, j] * v[j] for j)\n\n"
+      "attention a(width: int = 4):\n    grid (y, x) = (n_kv // width, width)\n    norm = sb\n",
+      "on a token grid is not supported yet", 6, 5),
 ]

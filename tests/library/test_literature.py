@@ -259,6 +259,55 @@ def test_stick_breaking_visits_the_nearest_keys_first():
     assert "start_n = mid_hi - BLOCK_N - t_r * BLOCK_N" in text and "reverse=True" in text
 
 
+@pytest.mark.parametrize("name", ["stick_breaking", "stick_breaking_bias"])
+def test_stick_breaking_varlen_equals_each_sequence_alone(name):
+    # the rows kernel's fp32 dK/dV buffers are token-major for packed sequences (a view that
+    # overlaps itself across sequences: found by review, the copy into it raised)
+    attn, g = attnc.load(name), torch.Generator().manual_seed(3)
+    lens = [3, 0, 11, 6]
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+    total, H, D = int(cu[-1]), 2, 8
+    q, k, v = (torch.randn(total, H, D, generator=g, requires_grad=True) for _ in range(3))
+    params = {"bias": torch.randn(H, generator=g)} if "bias" in name else {}
+    out = attn.varlen(q, k, v, cu, cu, **params)
+    dout = torch.randn(out.shape, generator=g)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    for b, (lo, hi) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        if hi == lo:
+            continue
+        part = [t.detach()[lo:hi].transpose(0, 1).unsqueeze(0).requires_grad_() for t in (q, k, v)]
+        one = attn(*part, **params)
+        want = torch.autograd.grad(one, part, dout[lo:hi].transpose(0, 1).unsqueeze(0))
+        torch.testing.assert_close(out[lo:hi], one[0].transpose(0, 1), atol=1e-5, rtol=1e-4)
+        for got, w in zip(grads, want):
+            torch.testing.assert_close(got[lo:hi], w[0].transpose(0, 1), atol=1e-5, rtol=1e-4)
+
+
+def test_a_slice_bound_reading_the_length_on_a_token_grid():
+    # grid variants run on permuted (padded) tokens: a slice bound reading n_kv sees the caller's
+    # length, as the reference does (found by review: the bound was not ported)
+    attn = attnc.compile("""
+norm two:
+    m1[i] = max(s[i, j] for j)
+    e1[i, j] = exp(s[i, j] - m1[i])
+    z1[i] = sum(e1[i, j] for j)
+    m2[i] = max(s2[i, j] for j)
+    e2[i, j] = exp(s2[i, j] - m2[i])
+    z2[i] = sum(e2[i, j] for j)
+    out[i] = sum(e1[i, j] * v[j] for j) / z1[i] - 0.3 * sum(e2[i, j] * v[j] for j) / z2[i]
+
+attention a(width: int = 5):
+    grid (y, x) = (n_kv // width, width) dilated (3, 3)
+    score2 = scale * dot(0, n_kv // 4)
+    mask = abs(q_y - kv_y) <= 3 and abs(q_x - kv_x) <= 3
+    norm = two
+""", "a")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 1, 20, 16, generator=g) for _ in range(3))
+    want = attn.reference(q.double(), k.double(), v.double())
+    assert rel_err(attn(q, k, v), want) < 1e-5
+
+
 GRID_MAP = """
 attention grid_mapped(width: int):
     grid (y, x) = (n_kv // width, width)
