@@ -74,8 +74,9 @@ def standalone_source(c: n.Cascade, dtype: str, module_hint: str = "attention_ke
     for hopper in (False, True):
         for wide in (16, 32, 64, 128, 256):
             for aligned in (False, True):
-                cfg = gpu_configs(90 if hopper else 80, dtype, wide, wide, plan.num_passes, aligned)[0]
-                configs[(hopper, wide, aligned)] = (cfg.block_m, cfg.block_n, cfg.num_warps, cfg.num_stages)
+                configs[(hopper, wide, aligned)] = [(c.block_m, c.block_n, c.num_warps, c.num_stages)
+                                                    for c in gpu_configs(90 if hopper else 80, dtype, wide, wide,
+                                                                         plan.num_passes, aligned)]
     scalars, tensors = [], []
     for p in c.params:
         if p.kind == "tensor":

@@ -81,9 +81,10 @@ def gpu_configs(capability: int, dtype: str, block_d: int, block_dv: int, num_pa
     return [LaunchConfig(64, 16, 4, 2)]
 
 
-def bwd_gpu_config(capability: int, dtype: str, block_d: int, block_dv: int, aligned: bool = True) -> LaunchConfig:
-    """The backward kernels' tiles (one config for both kernels, not tuned). BLOCK_M tiles the
-    queries, BLOCK_N the keys; ``attnc_bwd_rows`` and ``attnc_bwd_kv`` are launched with the same.
+def bwd_gpu_configs(capability: int, dtype: str, block_d: int, block_dv: int, aligned: bool = True) -> list[LaunchConfig]:
+    """The backward kernels' tiles, in order of preference (not tuned): the runtime launches
+    ``attnc_bwd_rows`` and ``attnc_bwd_kv`` with the first candidate at which both fit the device's
+    shared memory (``first_fitting``). BLOCK_M tiles the queries, BLOCK_N the keys.
 
     The fast path (``aligned``, 16-bit inputs): 64-row and 64-key tiles at least, so every dot is a
     warpgroup MMA on sm_90, two pipeline stages, chosen by the static performance model
@@ -92,23 +93,39 @@ def bwd_gpu_config(capability: int, dtype: str, block_d: int, block_dv: int, ali
     instructions in the fp16 dK/dV loop), 32×64 on 8 above (64×64 spills there); sm_80 64×64 on 4
     at D ≤ 64, on 8 at D ≤ 128. Measured figures: ``docs/performance.md``.
 
+    sm_90's 128×64 dK/dV kernel at D = 128 holds ~226 KB of its 227 KB in double-buffered Q and dO
+    tiles, K, V and the transposed P and dS: a variant with two more per-row statistics, or a
+    second score map, no longer fits (differential, gpsa: 233472 bytes). Its fallback, 64×64 on 8
+    warps, needs 134 KB and keeps the dK/dV loop's ceiling (differential 73 %, as at 128×64).
+
     The general path and fp32 keep the tiles chosen before the fast path existed: the largest at
     which ahead-of-time builds did not spill (fp16/bf16), or spilled least (fp32, ≤ 64 bytes; its
     IEEE dots run without tensor cores and hold fp32 operands), over the library × sm_80/sm_90 ×
     D = 64/128. Why so irregular: ptxas caps a kernel that needs a little more than an occupancy
     step at that step and spills the rest, so a smaller tile can spill where a larger one does not.
+    Each list ends with a smaller fallback for variants heavier than the library's.
     """
     wide, hopper = max(block_d, block_dv), capability >= 90
     if aligned and dtype != "float32":
         if wide <= 64:
-            return LaunchConfig(64, 64, 4, 2)
+            return [LaunchConfig(64, 64, 4, 2), LaunchConfig(64, 32, 4, 2)]
         if wide <= 128:
-            return LaunchConfig(128, 64, 8, 2) if hopper else LaunchConfig(64, 64, 8, 2)
-        return LaunchConfig(32, 64, 8, 2)
+            return ([LaunchConfig(128, 64, 8, 2), LaunchConfig(64, 64, 8, 2), LaunchConfig(64, 32, 8, 1)] if hopper
+                    else [LaunchConfig(64, 64, 8, 2), LaunchConfig(64, 32, 8, 1)])
+        return [LaunchConfig(32, 64, 8, 2), LaunchConfig(32, 32, 8, 1)]
     if wide > 128:
-        return LaunchConfig(16, 16, 8, 1)
+        return [LaunchConfig(16, 16, 8, 1)]
     if dtype == "float32":
-        return LaunchConfig(16, 32, 8, 1) if wide <= 64 and not hopper else LaunchConfig(16, 16, 8, 1)
+        return ([LaunchConfig(16, 32, 8, 1) if wide <= 64 and not hopper else LaunchConfig(16, 16, 8, 1)]
+                + ([LaunchConfig(16, 16, 8, 1)] if wide <= 64 and not hopper else []))
     if wide <= 64:
-        return LaunchConfig(64, 32, 8, 1) if hopper else LaunchConfig(16, 32, 4, 1)
-    return LaunchConfig(32, 16, 8, 1) if hopper else LaunchConfig(32, 32, 8, 1)
+        return [LaunchConfig(64, 32, 8, 1), LaunchConfig(32, 32, 8, 1)] if hopper else [LaunchConfig(16, 32, 4, 1), LaunchConfig(16, 16, 4, 1)]
+    return [LaunchConfig(32, 16, 8, 1), LaunchConfig(16, 16, 8, 1)] if hopper else [LaunchConfig(32, 32, 8, 1), LaunchConfig(16, 16, 8, 1)]
+
+
+def first_fitting(candidates, fits) -> LaunchConfig | None:
+    """The first of ``candidates`` for which ``fits(config)`` holds (its kernels fit the shared
+    memory: the runtime asks the compiled kernels on the device, ``runtime/aot.py`` the builds for
+    an architecture), or None. One rule for both, so the configs costed ahead of time are the ones
+    launched."""
+    return next((c for c in candidates if fits(c)), None)

@@ -1106,6 +1106,7 @@ def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
     norm_call: tuple | None = None
     maps: dict[str, n.Expr] = {}  # feature maps, by side
     extra: dict[str, n.Expr] = {}  # score2, ... by their line's target
+    extra_spans: dict[str, object] = {}
     for stmt in d.body:
         if isinstance(stmt, ast.Let):
             _check_new_name(stmt.name, stmt.name_span or stmt.span, ctx, "let")
@@ -1122,6 +1123,7 @@ def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
             # here applies to it), as on `score =` lines
             env["score"] = Value(extra.get(stmt.target, _raw_score()), "built-in")
             extra[stmt.target] = _lower_part(replace(stmt, target="score"), ctx)
+            extra_spans[stmt.target] = stmt.target_span
             env["score"] = Value(score, "built-in")
         elif isinstance(stmt, ast.Assign) and stmt.target == "mask":
             if mask is not None:
@@ -1138,7 +1140,14 @@ def lower_attention(d: ast.Def, scope: Scope) -> n.Cascade:
     (nd, nscope), call = norm_call
     scores = {f"s{t[5:]}": x for t, x in extra.items()}
     stages = _lower_norm(nd, nscope, call, ctx, frozenset(scores))
-    return _assemble(d.name, specs, score, mask, stages, d.span, ctx.grids, maps, scores)
+    cascade = _assemble(d.name, specs, score, mask, stages, d.span, ctx.grids, maps, scores)
+    kept = {st.name for st in cascade.stages}
+    for target, span in extra_spans.items():
+        if f"s{target[5:]}" not in kept:  # a map the output does not depend on is a mistake, not dead code
+            raise SpecError(f"`{target} = ...` defines the score map s{target[5:]}[i, j], but the norm `{nd.name}` "
+                            f"never uses it; read s{target[5:]}[i, j] in a norm's stage (see \"Several score maps\" "
+                            f"in docs/language.md) or remove the line", span)
+    return cascade
 
 
 def _default_norm(d: ast.Def, scope: Scope):

@@ -9,7 +9,7 @@ only Triton's interpreter accepts and launch configurations that spill registers
 
 ``aot_compile_backward(cascade, "float16", 128, 128, 90)`` does the same for the two backward
 kernels (``attnc_bwd_rows``, ``attnc_bwd_kv``; ``codegen/backward.py``), by default with the one
-config the runtime launches them with (``codegen.tuning.bwd_gpu_config``); it returns one
+config the runtime launches them with (``codegen.tuning.bwd_gpu_configs``); it returns one
 ``AotResult`` per kernel. ``library_jobs`` / ``library_backward_jobs`` and ``run_jobs`` sweep the
 library on a process pool; ``python -m attnc.runtime.aot [--backward] [variant ...]`` prints one
 line per build.
@@ -50,7 +50,7 @@ from pathlib import Path
 
 from ..codegen.backward import KV_KERNEL, ROWS_KERNEL, generate_backward
 from ..codegen.generate import KERNEL_NAME, Specialization, generate
-from ..codegen.tuning import LaunchConfig, bwd_gpu_config, gpu_configs
+from ..codegen.tuning import LaunchConfig, bwd_gpu_configs, first_fitting, gpu_configs
 from ..ir import nodes as n
 from ..ir.names import grad_arg_names, kernel_ident, tensor_arg_names
 from ..ir.passes import plan_passes
@@ -451,12 +451,63 @@ def aot_compile(cascade: n.Cascade, dtype: str, head_dim: int, head_dim_v: int, 
                   constexprs, extra_types, compile_options, fast, source.text, perf)
 
 
-def backward_config(capability: int, dtype: str, head_dim: int, head_dim_v: int, fast: bool = True) -> LaunchConfig:
-    """The launch config the runtime gives the backward kernels (``codegen.tuning.bwd_gpu_config``)."""
+def backward_configs(capability: int, dtype: str, head_dim: int, head_dim_v: int, fast: bool = True) -> list[LaunchConfig]:
+    """The backward kernels' candidate configs, in the runtime's order (``codegen.tuning.bwd_gpu_configs``)."""
     import triton
 
-    return bwd_gpu_config(capability, _dtype_name(dtype), max(16, triton.next_power_of_2(head_dim)),
-                          max(16, triton.next_power_of_2(head_dim_v)), aligned=fast)
+    return bwd_gpu_configs(capability, _dtype_name(dtype), max(16, triton.next_power_of_2(head_dim)),
+                           max(16, triton.next_power_of_2(head_dim_v)), aligned=fast)
+
+
+def backward_config(capability: int, dtype: str, head_dim: int, head_dim_v: int, fast: bool = True) -> LaunchConfig:
+    """The first backward candidate: the config the runtime launches whenever both kernels fit at it
+    (``runtime_choices`` finds the one it takes for a given variant)."""
+    return backward_configs(capability, dtype, head_dim, head_dim_v, fast)[0]
+
+
+def runtime_choices(variants, capability: int, dtype: str, head_dim: int, *, backward: bool, fast: bool = True,
+                    workers: int | None = None) -> dict[str, tuple[LaunchConfig | None, dict]]:
+    """What the runtime would launch on an sm_<capability> GPU without autotuning, per library
+    variant: the first candidate config at which its kernels fit the shared memory
+    (``codegen.tuning.first_fitting``, the rule the runtime applies to the compiled kernels),
+    found by building candidates in order, each round one pool over the variants still undecided.
+    {variant: (config or None, {job: result} of every build made for it)}."""
+    from ..ir.layout import kernel_cascade
+    from .frontend import library_cascade
+
+    dtype = _dtype_name(dtype)
+
+    def candidates(name):
+        if backward:
+            return backward_configs(capability, dtype, head_dim, head_dim, fast)
+        return configs_for(kernel_cascade(library_cascade(name)), capability, dtype, head_dim, head_dim, fast)
+
+    def jobs_for(name, config):
+        return [AotJob(name, capability, dtype, head_dim, head_dim, config, fn, fast)
+                for fn in (BACKWARD_KERNELS if backward else (KERNEL_NAME,))]
+
+    built: dict[AotJob, object] = {}
+    chosen: dict[str, LaunchConfig | None] = {}
+    todo = list(variants)
+    while todo:
+        wanted = []
+        for name in todo:
+            unbuilt = []
+
+            def fits(config):
+                jobs = jobs_for(name, config)
+                if any(j not in built for j in jobs):
+                    unbuilt.extend(jobs)
+                    raise LookupError  # not built yet: next round
+                return all(isinstance(built[j], AotResult) and built[j].fits_shared for j in jobs)
+
+            try:
+                chosen[name] = first_fitting(candidates(name), fits)
+            except LookupError:
+                wanted += unbuilt
+        built.update(run_jobs(wanted, workers) if wanted else {})
+        todo = [name for name in todo if name not in chosen]
+    return {name: (chosen[name], {j: r for j, r in built.items() if j.variant == name}) for name in variants}
 
 
 def aot_compile_backward(cascade: n.Cascade, dtype: str, head_dim: int, head_dim_v: int, capability: int,
@@ -467,7 +518,7 @@ def aot_compile_backward(cascade: n.Cascade, dtype: str, head_dim: int, head_dim
     """Compile ``cascade``'s backward kernels for ``sm_<capability>``: {kernel name: AotResult}
     for ``attnc_bwd_rows`` and ``attnc_bwd_kv`` (or those ``kernels`` names).
 
-    ``config`` defaults to the one the runtime launches both with (``bwd_gpu_config``). The
+    ``config`` defaults to the first the runtime tries (``bwd_gpu_configs``). The
     ``GRAD_<param>`` constexprs keep their default (True: every gradient computed, the most
     registers); ``constexprs`` overrides them or any other. DO, DQ, DK, DV are pointers of the
     input dtype, DL / Stats / Coef and the ``grad_u_<param>`` buffers fp32, ``gstrideK_u_<param>`` i32.
@@ -549,7 +600,7 @@ def library_backward_jobs(variants, capabilities=(80, 90), dtypes=("float16", "b
                           head_dims=(64, 128), kernels: tuple[str, ...] = BACKWARD_KERNELS, fast: bool = True,
                           perf: bool = False) -> list[AotJob]:
     """Every (variant, arch, dtype, D = Dv, backward kernel) build, with the one config the runtime
-    launches the backward with (``bwd_gpu_config``). One job per kernel, so a pool spreads them."""
+    tries first for the backward (``bwd_gpu_configs``). One job per kernel, so a pool spreads them."""
     jobs = []
     for name in variants:
         for cap in capabilities:
@@ -609,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m attnc.runtime.aot", description=main.__doc__)
     ap.add_argument("variants", nargs="*", help="library variants (default: all)")
     ap.add_argument("--backward", action="store_true",
-                    help="the backward kernels (attnc_bwd_rows, attnc_bwd_kv) with bwd_gpu_config, not the forward")
+                    help="the backward kernels (attnc_bwd_rows, attnc_bwd_kv) with bwd_gpu_configs' first, not the forward")
     ap.add_argument("--caps", default="80,90")
     ap.add_argument("--dtypes", default=None,
                     help="default: float16,float32 (forward), float16,bfloat16,float32 (backward)")

@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ..codegen.backward import KV_KERNEL, ROWS_KERNEL, BackwardSource, generate_backward
 from ..codegen.generate import CODEGEN_VERSION, KernelSource, Specialization, generate, unspecialized
-from ..codegen.tuning import INTERPRETER_CONFIG, LaunchConfig, bwd_gpu_config, gpu_configs
+from ..codegen.tuning import INTERPRETER_CONFIG, LaunchConfig, bwd_gpu_configs, first_fitting, gpu_configs
 from ..dsl.errors import SpecError
 from ..ir import nodes as n
 from ..ir.backward import BackwardError, derive_backward
@@ -162,20 +162,22 @@ class _Kernel:
         self.interpret = interpret
         self.fn = _kernel_fns(module, (source.kernel_name,), interpret)[source.kernel_name]
         self._tuned: dict[tuple, object] = {}
+        self.chosen: dict[tuple, LaunchConfig] = {}  # the untimed config that fits, per launcher key
 
     def launcher(self, config_key: tuple):
-        """The kernel to launch for (capability, BLOCK_D, BLOCK_DV, aligned): interpreted, or
-        autotuned over ``gpu_configs`` (``ATTNC_AUTOTUNE=0`` takes the first config untimed)."""
+        """The kernel to launch for (capability, BLOCK_D, BLOCK_DV, aligned) and its configs:
+        interpreted (one config), autotuned over ``gpu_configs`` (None: the tuner picks, skipping
+        configs that do not fit the device), or untimed (``ATTNC_AUTOTUNE=0``, runtime tile
+        classes): the candidates in order, of which the caller launches the first that fits."""
         if self.interpret:
-            return self.fn, _interpreter_config
+            return self.fn, [_interpreter_config]
         if config_key not in self._tuned:
             capability, block_d, block_dv, aligned = config_key
             configs = gpu_configs(capability, self.dtype, block_d, block_dv, self.num_passes, aligned)
-            # A runtime tile classification is made for one tile size: the first config, untimed.
+            # A runtime tile classification is made for one tile size: one config, untimed.
             fixed = self.source.runtime_tiles or os.environ.get("ATTNC_AUTOTUNE", "1") == "0"
             if fixed or len(configs) == 1:
-                fn = self.fn
-                self._tuned[config_key] = (fn, configs[0])
+                self._tuned[config_key] = (self.fn, configs)
             else:
                 fn = triton.autotune(
                     [triton.Config(c.kwargs(), num_warps=c.num_warps, num_stages=c.num_stages) for c in configs],
@@ -221,11 +223,41 @@ class _BackwardKernels:
         self.interpret = interpret
         self.dtype = dtype
         self.fns = _kernel_fns(module, (ROWS_KERNEL, KV_KERNEL), interpret)
+        self.chosen: dict[tuple, LaunchConfig] = {}  # the config that fits, per (capability, blocks, aligned)
 
-    def config(self, capability: int, block_d: int, block_dv: int, aligned: bool = True):
+    def configs(self, capability: int, block_d: int, block_dv: int, aligned: bool = True) -> list[LaunchConfig]:
+        """The candidates, in order: the caller launches the first at which both kernels fit."""
         if self.interpret:
-            return _interpreter_config
-        return bwd_gpu_config(capability, self.dtype, block_d, block_dv, aligned)
+            return [_interpreter_config]
+        return bwd_gpu_configs(capability, self.dtype, block_d, block_dv, aligned)
+
+
+def _fitting_config(chosen: dict, key: tuple, candidates: list[LaunchConfig], compiled, device, what: str):
+    """The first of ``candidates`` whose kernels (``compiled(config)``: Triton's compiled kernels,
+    built without a launch) fit ``device``'s shared memory, remembered under ``key``. One candidate,
+    or the interpreter: that one, unchecked. Triton refuses a launch past the limit ("out of
+    resource: shared memory") only after earlier kernels of the same call may have run; checking
+    first leaves nothing half-written."""
+    if key in chosen:
+        return chosen[key]
+    if len(candidates) == 1 or device.type != "cuda":
+        return candidates[0]
+    from triton.compiler.compiler import max_shared_mem
+
+    limit = max_shared_mem(device.index if device.index is not None else torch.cuda.current_device())
+    needs = {}
+
+    def fits(config):
+        needs[config] = max(k.metadata.shared for k in compiled(config))
+        return needs[config] <= limit
+
+    config = first_fitting(candidates, fits)
+    if config is None:
+        tried = ", ".join(f"{c.block_m}x{c.block_n} ({needs[c]} bytes)" for c in candidates)
+        raise RuntimeError(f"{what}: no launch config fits this GPU's {limit} bytes of shared memory "
+                           f"(tried {tried}); a smaller head dim or fewer per-row statistics would need less")
+    chosen[key] = config
+    return config
 
 
 def backward_kernels_for(c: n.Cascade, spec: Specialization) -> _BackwardKernels:
@@ -640,33 +672,42 @@ class Attention:
         block_d, block_dv = _block(D), _block(Dv)
         capability = 0 if interpret else _capability(q.device)
         flags = fast_path((q, k, v, out), D, Dv)
-        fn, config = kernel.launcher((capability, block_d, block_dv, flags["ALIGNED"]))
-        if config is None:  # autotuned: the tuner picks the tile sizes
-            grid = lambda meta: (triton.cdiv(Nq, meta["BLOCK_M"]), B * Hq)
-            launch = {}
-        else:
-            grid = (triton.cdiv(Nq, config.block_m), B * Hq)
-            launch = {**config.kwargs(), **({} if interpret else
-                                            {"num_warps": config.num_warps, "num_stages": config.num_stages})}
+        key = (capability, block_d, block_dv, flags["ALIGNED"])
+        fn, configs = kernel.launcher(key)
         targs = [x for t in tensors for x in (t, *t.shape, *t.stride())]
         st = stats if save_stats else lse
         st_strides = stats.stride() if save_stats else (0, 0, 0, 0)
-        tile_args = ()
-        if kernel.source.runtime_tiles:
-            tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n, packed)
-            tile_args = _tile_args(tiles.lists, B, Hq)
         cu = packed.pointers if packed else (lse, lse)  # never read unless VARLEN
-        quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()  # masked-off lanes
-        with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
-            for exact in ((False, True) if kernel.source.exact else (False,)):
-                fn[grid](
-                    q, k, v, out, lse, *targs, *_launch_scalars(scalars, interpret),
+        tile_args = {}
+
+        def run(config, exact, warmup=False):
+            if config is None:  # autotuned: the tuner picks the tile sizes
+                grid, meta = (lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * Hq)), {}
+            else:
+                grid = (triton.cdiv(Nq, config.block_m), B * Hq)
+                meta = {**config.kwargs(), **({} if interpret else
+                                              {"num_warps": config.num_warps, "num_stages": config.num_stages})}
+            if config not in tile_args:
+                tile_args[config] = ()
+                if kernel.source.runtime_tiles:
+                    tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n, packed)
+                    tile_args[config] = _tile_args(tiles.lists, B, Hq)
+            args = (q, k, v, out, lse, *targs, *_launch_scalars(scalars, interpret),
                     *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *cu,
                     Nq, Nkv, Hq, Hkv, D, Dv, *_launch_scalars([float(scale)], interpret), st, *st_strides, redo,
-                    *tile_args,
-                    BLOCK_D=block_d, BLOCK_DV=block_dv, SAVE_STATS=save_stats, VARLEN=packed is not None, **flags,
-                    **launch, EXACT=exact,
-                )
+                    *tile_args[config])
+            kw = dict(BLOCK_D=block_d, BLOCK_DV=block_dv, SAVE_STATS=save_stats, VARLEN=packed is not None, **flags,
+                      **meta, EXACT=exact)
+            return fn.warmup(*args, grid=grid, **kw) if warmup else fn[grid](*args, **kw)
+
+        exacts = (False, True) if kernel.source.exact else (False,)
+        quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()  # masked-off lanes
+        with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
+            config = configs and _fitting_config(kernel.chosen, key, configs,
+                                                 lambda c: [run(c, e, warmup=True) for e in exacts], q.device,
+                                                 f"the forward kernel of `{self.cascade.name}`")
+            for exact in exacts:
+                run(config, exact)
         return out, lse, stats
 
     def launch_backward(self, dout, dlse, q, k, v, out, stats, tensors: list, scalars: list, scale: float,
@@ -702,13 +743,8 @@ class Attention:
             Nq, Nkv = packed.max_q, packed.max_k
         block_d, block_dv = _block(D), _block(Dv)
         flags = fast_path((q, k, v, out, dout, dq, dk, dv), D, Dv)
-        config = kernels.config(0 if interpret else _capability(q.device), block_d, block_dv, flags["ALIGNED"])
-        launch = {**config.kwargs(), "BLOCK_D": block_d, "BLOCK_DV": block_dv,
-                  **({} if interpret else {"num_warps": config.num_warps, "num_stages": config.num_stages})}
-        # each query tile's key range, written by the rows kernel, scanned by the dK/dV kernel
-        # (and, for fp16 score gradients scaled into range, the tile's smallest scale exponent)
-        qtiles = torch.empty((B, Hq, triton.cdiv(Nq, config.block_m), src.qtile_cols), dtype=torch.int32,
-                             device=q.device)
+        capability = 0 if interpret else _capability(q.device)
+        configs = kernels.configs(capability, block_d, block_dv, flags["ALIGNED"])
         vnorm = ()
         if src.needs_vnorm:  # max_j ‖v_j‖ per (batch, kv head): bounds dO·v for the dS scale
             norms = (torch.linalg.vector_norm(v, dim=-1, dtype=torch.float32).amax(dim=-1) if v.shape[2]
@@ -724,10 +760,6 @@ class Attention:
         sizes = (*(packed.pointers if packed else (dq, dq)), Nq, Nkv, Hq, Hkv, D, Dv,
                  *_launch_scalars([float(scale)], interpret))
         flags["VARLEN"] = packed is not None
-        rows_tiles, kv_tiles = (), ()
-        if src.runtime_tiles:
-            tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n, packed)
-            rows_tiles, kv_tiles = _tile_args(tiles.lists, B, Hq), _tile_args(tiles.classes, B, Hq)
         # the EXACT builds take the query tiles (and kv heads) the forward ran with exact exponents;
         # without huge logits their programs only exit (codegen/backward.py.jinja)
         modes = (False, True) if src.exact else (False,)
@@ -739,24 +771,55 @@ class Attention:
                     return torch.zeros(shape, dtype=torch.float32, device=q.device)
                 return packed.view(torch.zeros((shape[2], shape[1], *shape[3:]), dtype=torch.float32, device=q.device))
             scan = (zeros(tuple(k.shape)), zeros(tuple(v.shape)))
+        kernel_names = (ROWS_KERNEL,) if scan else (ROWS_KERNEL, KV_KERNEL)
+        per_config = {}
+
+        def run(config, name, exact, warmup=False):
+            """Launch (or, ``warmup``, only compile) one backward kernel with ``config``'s tiles."""
+            if config not in per_config:
+                # each query tile's key range, written by the rows kernel, scanned by the dK/dV kernel
+                # (and, for fp16 score gradients scaled into range, the tile's smallest scale exponent)
+                qtiles = torch.empty((B, Hq, triton.cdiv(Nq, config.block_m), src.qtile_cols), dtype=torch.int32,
+                                     device=q.device)
+                tile_args = ((), ())
+                if src.runtime_tiles:
+                    tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n, packed)
+                    tile_args = (_tile_args(tiles.lists, B, Hq), _tile_args(tiles.classes, B, Hq))
+                per_config[config] = qtiles, tile_args
+            qtiles, (rows_tiles, kv_tiles) = per_config[config]
+            launch = {**config.kwargs(), "BLOCK_D": block_d, "BLOCK_DV": block_dv,
+                      **({} if interpret else {"num_warps": config.num_warps, "num_stages": config.num_stages})}
+            if name == ROWS_KERNEL:
+                grid = (triton.cdiv(Nq, config.block_m), B * Hq)
+                args = (q, k, v, out, dout, dlse, stats, coef, dq, *scan, *targs, *gargs,
+                        *_launch_scalars(scalars, interpret), *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+                        *dout.stride(), *dlse.stride(), *stats.stride(), *coef.stride(), *dq.stride(),
+                        *(x for t in scan for x in t.stride()), qtiles, *qtiles.stride()[:3], exact_kv, *vnorm,
+                        *rows_tiles, *sizes)
+            else:
+                grid = (triton.cdiv(Nkv, config.block_n), B * Hkv)
+                args = (q, k, v, dout, stats, coef, dk, dv, *targs, *gargs, *_launch_scalars(scalars, interpret),
+                        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *stats.stride(), *coef.stride(),
+                        *dk.stride(), *dv.stride(), qtiles, *qtiles.stride()[:3], exact_kv, *kv_tiles, *sizes)
+            fn = kernels.fns[name]
+            kw = {**launch, **flags, "EXACT": exact}
+            return fn.warmup(*args, grid=grid, **kw) if warmup else fn[grid](*args, **kw)
+
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
+            # both kernels must fit before either runs: the rows kernel adds into gradients (and,
+            # with partial sums, into dK/dV), so a second try after a refused dK/dV launch would not
+            config = _fitting_config(kernels.chosen, (capability, block_d, block_dv, flags["ALIGNED"]), configs,
+                                     lambda c: [run(c, k, e, warmup=True) for k in kernel_names for e in modes],
+                                     q.device, f"the backward kernels of `{self.cascade.name}`")
             for exact in modes:
-                kernels.fns[ROWS_KERNEL][(triton.cdiv(Nq, config.block_m), B * Hq)](
-                    q, k, v, out, dout, dlse, stats, coef, dq, *scan, *targs, *gargs, *_launch_scalars(scalars, interpret),
-                    *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dlse.stride(),
-                    *stats.stride(), *coef.stride(), *dq.stride(), *(x for t in scan for x in t.stride()), qtiles,
-                    *qtiles.stride()[:3], exact_kv, *vnorm, *rows_tiles, *sizes, **launch, **flags, EXACT=exact)
+                run(config, ROWS_KERNEL, exact)
             if scan:
                 for out, acc in zip((dk, dv), scan):
                     (Packed.unview(out) if packed else out).copy_(Packed.unview(acc) if packed else acc)
                 return result()
             for exact in modes:
-                kernels.fns[KV_KERNEL][(triton.cdiv(Nkv, config.block_n), B * Hkv)](
-                    q, k, v, dout, stats, coef, dk, dv, *targs, *gargs, *_launch_scalars(scalars, interpret),
-                    *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *stats.stride(), *coef.stride(),
-                    *dk.stride(), *dv.stride(), qtiles, *qtiles.stride()[:3], exact_kv, *kv_tiles, *sizes, **launch,
-                    **flags, EXACT=exact)
+                run(config, KV_KERNEL, exact)
         return result()
 
 

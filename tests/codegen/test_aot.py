@@ -22,7 +22,7 @@ How much is built (``ATTNC_AOT``; a build takes 1–5 s of CPU):
 * ``full`` (or ``ATTNC_AOT_FULL=1``): every config of every case.
 
 The backward kernels (``attnc_bwd_rows`` and ``attnc_bwd_kv``, ``codegen/backward.py``) are built
-the same way with the general path's config (``codegen.tuning.bwd_gpu_config(..., aligned=False)``),
+the same way with the general path's first config (``codegen.tuning.bwd_gpu_configs(..., aligned=False)``),
 fp16, bf16 and fp32, D = Dv = 64 and 128, ``GRAD_*`` flags at their default (every gradient on);
 ``ATTNC_AOT_BWD`` picks how much:
 
@@ -47,7 +47,7 @@ import pytest
 import attnc
 from attnc.runtime.aot import (BACKWARD_KERNELS, AotResult, aot_compile, aot_compile_backward, configs_for,
                                library_backward_jobs, library_jobs, parse_ptxas_log, parse_resource_usage, run_jobs,
-                               toolchain_problem)
+                               runtime_choices, toolchain_problem)
 
 CAPABILITIES = (80, 90)
 DTYPES = ("float16", "float32")
@@ -142,7 +142,7 @@ def test_library_backward_kernel_builds(built, job):
     result = built[job]
     if isinstance(result, AotResult):
         assert result.function == job.function
-    _check(job, result, "smaller BLOCK_M/BLOCK_N or more warps in bwd_gpu_config, attnc/codegen/tuning.py")
+    _check(job, result, "smaller BLOCK_M/BLOCK_N or more warps in bwd_gpu_configs, attnc/codegen/tuning.py")
 
 
 def test_the_selection_covers_every_variant_and_case():
@@ -170,6 +170,38 @@ def test_the_backward_selection_covers_every_variant_kernel_and_case():
         assert {h for _, _, h in by[(v, BACKWARD_KERNELS[0])]} == set(HEAD_DIMS)
     if BWD_MODE == "full":
         assert len(BWD_JOBS) == len(VARIANTS) * len(cases) * len(BACKWARD_KERNELS)
+
+
+# ---------------------------------------------------------------------------- shared memory on the fast path
+# The fast path's tiles are the largest: on sm_90 the backward's 128×64 at D = 128 and the
+# forward's 128×128 (three stages) at D = 64 come within a few KB of the 227 KB a block may use,
+# and a variant with more per-row state passes it (differential, gpsa: dK/dV 233472 bytes;
+# relative_bias: forward 246784). Without autotuning the runtime launches the first candidate at
+# which the compiled kernels fit (``codegen.tuning.first_fitting``); these builds find that
+# choice the same way, for every library variant. (The autotuned forward skips what does not fit.)
+FIT_CASES = {"backward": (90, "float16", 128), "forward": (90, "float16", 64)}
+
+
+@pytest.fixture(scope="module")
+def runtime_choices_built():
+    problem = _problem()
+    if problem:
+        pytest.skip(f"ahead-of-time builds need Triton's NVIDIA backend: {problem}")
+    return {kind: runtime_choices(VARIANTS, cap, dtype, d, backward=kind == "backward")
+            for kind, (cap, dtype, d) in FIT_CASES.items()}
+
+
+@pytest.mark.parametrize("kind", sorted(FIT_CASES))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_runtime_has_a_config_that_fits(runtime_choices_built, kind, variant):
+    config, builds = runtime_choices_built[kind][variant]
+    if config is None:
+        lines = [r.describe() if isinstance(r, AotResult) else f"{j.label}: {r}" for j, r in builds.items()]
+        pytest.fail(f"{variant} {kind}: no candidate fits sm_{FIT_CASES[kind][0]}'s shared memory:\n  "
+                    + "\n  ".join(lines), pytrace=False)
+    for job, result in builds.items():
+        if job.config == config:
+            assert isinstance(result, AotResult) and result.fits_shared, result
 
 
 # ---------------------------------------------------------------------------- parsers (no toolchain)

@@ -222,3 +222,41 @@ def test_sigmoid_on_a_tile_matches_torch_over_its_whole_range():
     assert torch.isnan(out[0, 0, 7]).all()
     rows = torch.arange(64) != 7
     assert torch.allclose(out[0, 0, rows].double(), want[0, 0, rows], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- configs that fit
+
+
+def test_the_first_config_whose_kernels_fit_shared_memory_is_launched(monkeypatch):
+    """``_fitting_config`` on a (pretend) GPU: candidates are compiled in order, without a launch,
+    until every kernel of one fits; the choice is remembered; none fitting is an error that says
+    what was tried. (The ahead-of-time side of the same rule: tests/codegen/test_aot.py.)"""
+    import types
+
+    import triton.compiler.compiler as tc
+
+    from attnc.codegen.tuning import LaunchConfig
+
+    monkeypatch.setattr(tc, "max_shared_mem", lambda device: 232448)
+    big, mid, small = LaunchConfig(128, 64, 8, 2), LaunchConfig(64, 64, 8, 2), LaunchConfig(64, 32, 8, 1)
+    needs = {big: (181248, 233472), mid: (136192, 134144), small: (70000, 60000)}
+    compiled = []
+
+    def compile_(config):  # the rows and dK/dV kernels of one config, as Triton's compiled kernels
+        compiled.append(config)
+        return [types.SimpleNamespace(metadata=types.SimpleNamespace(shared=b)) for b in needs[config]]
+
+    gpu, chosen = types.SimpleNamespace(type="cuda", index=0), {}
+    assert compiler._fitting_config(chosen, "key", [big, mid, small], compile_, gpu, "x") == mid
+    assert compiled == [big, mid]  # the smaller fallback is never built
+    assert compiler._fitting_config(chosen, "key", [big, mid, small], compile_, gpu, "x") == mid
+    assert compiled == [big, mid]  # remembered
+    needs[mid] = (240000, 1)
+    needs[small] = (240000, 1)
+    with pytest.raises(RuntimeError, match=r"the backward kernels of `v`: no launch config fits this GPU's 232448 "
+                                           r"bytes .*128x64 \(233472 bytes\), 64x64 \(240000 bytes\)"):
+        compiler._fitting_config({}, "key", [big, mid, small], compile_, gpu, "the backward kernels of `v`")
+    # the interpreter (or a single candidate) compiles nothing
+    compiled.clear()
+    cpu = types.SimpleNamespace(type="cpu", index=None)
+    assert compiler._fitting_config({}, "key", [big, mid], compile_, cpu, "x") == big and compiled == []

@@ -237,6 +237,7 @@ BAD_SPECS: list[BadSpec] = [
       "belongs in an attention body", 2, 5),
     B("second-map-as-stage", "norm a:\n    s2[i, j] = s[i, j]\n    out[i] = sum(s2[i, j] * v[j] for j)\n",
       "reserved", 2, 5),
+    B("second-map-never-read", "attention a:\n    score2 = dot(0, 4)\n", "never uses it", 2, 5),
     B("dot-slice-arity", "attention a:\n    score = dot(4)\n", "dot(lo, hi)", 2, 13),
     B("dot-slice-float", "attention a:\n    score = dot(0, head_dim / 2)\n", "must be an integer", 2, 20),
     B("dot-slice-per-pair", "attention a:\n    score = dot(0, q_idx)\n", "same for every pair", 2, 20),

@@ -67,6 +67,7 @@ def stubbed(monkeypatch):
 
         class Fwd:
             source = kernel.source
+            chosen: dict = {}
 
             @staticmethod
             def launcher(key):
@@ -78,7 +79,8 @@ def stubbed(monkeypatch):
 
         class Bwd:
             source = kernels.source
-            config = kernels.config
+            configs = kernels.configs
+            chosen: dict = {}
             fns = {name: _Stub(seen) for name in kernels.fns}
         return Bwd
 
