@@ -103,7 +103,7 @@ def bwd_gpu_configs(capability: int, dtype: str, block_d: int, block_dv: int, al
     IEEE dots run without tensor cores and hold fp32 operands), over the library × sm_80/sm_90 ×
     D = 64/128. Why so irregular: ptxas caps a kernel that needs a little more than an occupancy
     step at that step and spills the rest, so a smaller tile can spill where a larger one does not.
-    Each list ends with a smaller fallback for variants heavier than the library's.
+    The lists end with a smaller fallback (but D > 128 on the general path) for heavier variants.
     """
     wide, hopper = max(block_d, block_dv), capability >= 90
     if aligned and dtype != "float32":
