@@ -13,6 +13,7 @@ tensor objects, so each call reads their current contents.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -260,6 +261,8 @@ class Sym:
     def __getattr__(self, name: str):
         if name.startswith("__"):
             raise AttributeError(name)
+        if name == "device":  # `b.new_ones((), device=b.device)` (torch's noop_mask): no device of its own
+            return None
         method = self._method(name)
         signature = inspect.signature(method)
 
@@ -289,11 +292,29 @@ class Sym:
             return lambda other: self._logic(name[8:], other)
         if name == "logical_not":
             return self.__invert__
+        if name in ("new_ones", "new_zeros"):  # torch's and_masks / or_masks / noop_mask start from one
+            fill = int(name == "new_ones")
+            return lambda size, *, dtype=None, device=None, requires_grad=False, layout=None, pin_memory=False: \
+                self._new(name, size, fill, dtype)
+        if name == "new_full":
+            return lambda size, fill_value, *, dtype=None, device=None, requires_grad=False, layout=None, \
+                pin_memory=False: self._new(name, size, fill_value, dtype)
         if name in ("minimum", "maximum"):
             return lambda other: self.tracer.call("min" if name == "minimum" else "max", self, other)
         if name == "where":  # x.where(cond, y) == torch.where(cond, x, y)
             return lambda cond, other: self.tracer.where(cond, self, other)
         raise trace_error(f"`.{name}` is not supported on a traced value")
+
+    def _new(self, name: str, size, fill, dtype) -> Sym:
+        """``x.new_ones(())`` and friends: a constant, when the size is () (one number per pair)."""
+        if tuple(size) != ():
+            raise trace_error(f"`.{name}({tuple(size)})` makes a tensor of several numbers; a traced value is one "
+                              f"number per (q_idx, kv_idx): only size () has a spec meaning")
+        kind = self.kind if dtype is None else ("bool" if dtype == torch.bool else
+                                                "float" if dtype.is_floating_point else "int")
+        if kind not in ("bool", "int", "float"):
+            raise trace_error(f"`.{name}` of a {kind} value")
+        return self._lift(bool(fill) if kind == "bool" else int(fill) if kind == "int" else float(fill))
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -573,21 +594,41 @@ def fn_name(fn) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
+def _standard_count(fn) -> int:
+    """How many leading parameters are FlexAttention's own (``score``, ``b``, ``h``, ``q_idx``,
+    ``kv_idx`` by position, any names): those without a default whose annotation is not int, float
+    or bool — what marks a runtime parameter (``extra_params``)."""
+    count = 0
+    for p in inspect.signature(fn).parameters.values():
+        if (p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.default is not p.empty
+                or p.annotation in (int, float, bool, "int", "float", "bool")):
+            break
+        count += 1
+    return count
+
+
 def role_of(fn) -> str:
-    """"score" for ``score_mod(score, b, h, q_idx, kv_idx, ...)``, "mask" for
-    ``mask_mod(b, h, q_idx, kv_idx, ...)``; a SpecError at the def line otherwise."""
+    """"score" for a score_mod, "mask" for a mask_mod, as FlexAttention calls them — by position,
+    whatever the names: ``score_mod(score, b, h, q_idx, kv_idx, ...)``, ``mask_mod(b, h, q_idx,
+    kv_idx, ...)``, then runtime parameters (annotated int/float/bool, or with a number default).
+    A first parameter named ``score`` makes a score_mod; otherwise the count of leading
+    unannotated parameters without a default decides (5 or 4). A SpecError at the def line else."""
     try:
         params = list(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
         raise SpecError(f"{fn_name(fn)!r} has no inspectable signature") from None
-    if len(params) >= 5 and params[0] == "score":
+    count = _standard_count(fn)
+    # `b`/`batch` first is a mask_mod whose extra parameter lacks its annotation (extra_params says so)
+    if len(params) >= 5 and params[0] == "score" or count == 5 and params[0] not in ("b", "batch"):
         return "score"
-    if len(params) >= 4 and params[0] != "score":
+    if count == 4 or count >= 4 and params[0] in ("b", "batch"):
         return "mask"
     name = fn_name(fn)
     raise SpecError(
         f"`{name}({', '.join(params)})` is neither a score_mod (score, b, h, q_idx, kv_idx, ...) "
-        "nor a mask_mod (b, h, q_idx, kv_idx, ...)", _def_span(fn))
+        "nor a mask_mod (b, h, q_idx, kv_idx, ...): FlexAttention passes those 5 or 4 by position; "
+        "the parameters after them are attnc runtime parameters and need an int/float/bool annotation "
+        "or a number default", _def_span(fn))
 
 
 def extra_params(fn, role: str) -> list[ExtraParam]:
@@ -648,7 +689,31 @@ def trace(fn, role: str, tracer: Tracer, extras: list[ExtraParam]) -> Sym | bool
     by_name = {e.name: e for e in extras}
     extra_syms = [Sym(ast.Name(nm), by_name[nm].kind, tracer) for nm in names]
     tracer.functions.append(fn)
-    return fn(*positional, *extra_syms)
+    with _no_custom_backward():
+        return fn(*positional, *extra_syms)
+
+
+@contextlib.contextmanager
+def _no_custom_backward():
+    """While tracing, a ``torch.autograd.Function`` applied to a traced value is refused at the
+    user's line: attnc derives the gradient from what the function computes, so a hand-written
+    backward (a straight-through estimator, a clipped gradient) would be silently replaced."""
+    base = torch.autograd.Function
+    original = base.__dict__["apply"]
+
+    def apply(cls, *args, **kwargs):
+        if any(isinstance(a, Sym) for a in _flatten((args, kwargs))):
+            raise trace_error(f"`{cls.__name__}.apply(...)`: a torch.autograd.Function's own backward cannot be "
+                              f"used in attnc, which derives the gradient from the traced arithmetic; write the "
+                              f"function's forward computation in the score_mod itself (its exact gradient is then "
+                              f"derived)")
+        return original.__func__(cls, *args, **kwargs)
+
+    base.apply = classmethod(apply)
+    try:
+        yield
+    finally:
+        base.apply = original
 
 
 def as_expr(result, role: str, fn, tracer: Tracer) -> tuple[ast.Expr, ast.Expr | None]:

@@ -429,6 +429,101 @@ def test_bare_decorator_closure_constants_gqa_scale_and_lse():
     assert rel_err(lse, f_lse) <= TOL32
 
 
+# ---------------------------------------------------------------------------- as Flex calls them (issue 18)
+# FlexAttention passes a score_mod's and a mask_mod's arguments by position, so their names are the
+# user's; torch's own and_masks / or_masks / noop_mask start from `b.new_ones(())`.
+from torch.nn.attention.flex_attention import and_masks, noop_mask, or_masks  # noqa: E402
+
+
+def _score_any_names(qk, bb, hh, qi, ki):
+    return qk * 0.5 + torch.where(qi >= ki, (qi - ki) * 0.03, -0.2)
+
+
+def _window3(b, h, q_idx, kv_idx):
+    return (q_idx - kv_idx).abs() <= 3
+
+
+def _diag_blocks(b, h, q_idx, kv_idx):
+    return q_idx // 8 == kv_idx // 8
+
+
+FLEX_FORMS = {
+    "score_mod with its own names": (None, _score_any_names),
+    "lambda score_mod": (None, lambda s, b, h, q, k: s * 0.8 + torch.where(q > k, 0.1, 0.0)),
+    "and_masks": (and_masks(causal, _window3), None),
+    "or_masks": (or_masks(_window3, _diag_blocks), None),
+    "nested combinators": (and_masks(or_masks(_window3, _diag_blocks), causal), None),
+    "noop_mask": (noop_mask, None),
+    "partial mask_mod": (functools.partial(sliding, window=5), None),
+}
+
+
+@pytest.mark.parametrize("form", list(FLEX_FORMS))
+def test_flex_calling_conventions_and_combinators_match_flex(form):
+    mask_mod, score_mod = FLEX_FORMS[form]
+    attn = attnc.jit(mask_mod if mask_mod is not None else score_mod)
+    check_against_flex(attn, mask_mod=mask_mod, score_mod=score_mod, shape=(1, 2, 1, 20, 24))
+    # gradients of q, k, v against torch's autograd through flex's semantics, computed densely in
+    # float64 from the same functions on index tensors (flex has no CPU backward)
+    q, k, v = make_qkv(1, 2, 1, 20, 24, seed=3)
+    w = torch.randn(1, 2, 20, D, generator=torch.Generator().manual_seed(4))
+    x32 = [t.clone().requires_grad_() for t in (q, k, v)]
+    x64 = [t.double().requires_grad_() for t in (q, k, v)]
+    grads = torch.autograd.grad((attn(*x32) * w).sum(), x32)
+    want = torch.autograd.grad((_dense_flex(*x64, mask_mod, score_mod) * w.double()).sum(), x64)
+    for name, g, f in zip("qkv", grads, want):
+        assert rel_err(g.double(), f) <= 1e-4, f"{form}: d{name} vs dense autograd rel err {rel_err(g.double(), f):.3g}"
+
+
+def _dense_flex(q, k, v, mask_mod, score_mod):
+    """FlexAttention's definition, materialized: the functions called once on broadcast index tensors."""
+    B, Hq, Nq, _ = q.shape
+    k, v = (t.repeat_interleave(Hq // t.shape[1], dim=1) for t in (k, v))
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    idx = (torch.arange(B).view(-1, 1, 1, 1), torch.arange(Hq).view(1, -1, 1, 1),
+           torch.arange(Nq).view(1, 1, -1, 1), torch.arange(k.shape[2]).view(1, 1, 1, -1))
+    if score_mod is not None:
+        s = score_mod(s, *idx)
+    if mask_mod is not None:
+        s = s.masked_fill(~torch.as_tensor(mask_mod(*idx)).expand(s.shape), -math.inf)
+    return torch.softmax(s, dim=-1) @ v
+
+
+def test_a_combinator_over_sizes_other_than_a_scalar_says_what_it_made():
+    def bad(b, h, q_idx, kv_idx):
+        return b.new_ones((2,), dtype=torch.bool) & (q_idx >= kv_idx)  # MARK
+    with pytest.raises(attnc.SpecError, match=r"new_ones\(\(2,\)\)` makes a tensor of several numbers") as err:
+        trace(bad)
+    assert_names_line(err.value, line_of(bad, "MARK"))
+
+
+def test_an_autograd_function_in_a_score_mod_is_refused_at_its_line():
+    class Straight(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, g):  # not the derivative of the forward: attnc could not honour it
+            return g
+
+    def scored(score, b, h, q_idx, kv_idx):
+        return Straight.apply(score)  # MARK
+    with pytest.raises(attnc.SpecError, match=r"`Straight.apply\(...\)`: a torch.autograd.Function's own backward") as err:
+        trace(scored)
+    assert_names_line(err.value, line_of(scored, "MARK"))
+    x = torch.ones(3, requires_grad=True)  # outside a trace, Function.apply is torch's own again
+    Straight.apply(x).sum().backward()
+    assert torch.equal(x.grad, torch.ones(3))
+
+
+def test_a_mask_mod_extra_without_annotation_is_asked_for_one():
+    def windowed(b, h, q_idx, kv_idx, window):  # MARK
+        return q_idx - kv_idx <= window
+    with pytest.raises(attnc.SpecError, match="extra parameter `window` needs an int/float/bool annotation"):
+        trace(windowed)
+
+
 # ============================================================================ 2. random layouts (hypothesis)
 
 
