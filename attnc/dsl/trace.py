@@ -146,10 +146,14 @@ class Sym:
         if isinstance(x, (bool, int, float)):
             kind = "bool" if isinstance(x, bool) else "int" if isinstance(x, int) else "float"
             return Sym(_num(x), kind, self.tracer)
+        if isinstance(x, torch.Tensor) and x.dim() == 0:
+            return self.tracer.scalar(x)
         if isinstance(x, torch.Tensor):
             raise trace_error(
                 f"a captured tensor of shape {tuple(x.shape)} is used as a value; index it with "
                 "the symbolic arguments (e.g. `bias[h]`, `doc[q_idx]`), or pass a Python number")
+        if isinstance(x, PartialIndex):
+            x._incomplete()
         raise trace_error(f"cannot use a {type(x).__name__} in a traced expression")
 
     def _arith(self, op: str, other, reverse: bool = False) -> Sym:
@@ -334,6 +338,33 @@ def _flatten(x):
         yield x
 
 
+class PartialIndex:
+    """A captured tensor indexed in fewer dimensions than it has (``bias[b]``, ``table[q_idx]``):
+    indexing it again continues the index; anything else says what is missing."""
+
+    def __init__(self, tracer, tensor: torch.Tensor, indices: tuple):
+        self.tracer, self.tensor, self.indices = tracer, tensor, indices
+
+    def __getitem__(self, idx):
+        return self.tracer.index(self.tensor, idx, self.indices)
+
+    def _incomplete(self, *_, **__):
+        rest = self.tensor.dim() - len(self.indices)
+        raise trace_error(f"a captured tensor of shape {tuple(self.tensor.shape)} indexed in {len(self.indices)} of "
+                          f"its {self.tensor.dim()} dimensions is used as a value; index the other {rest} too "
+                          f"(`t[b][h, q_idx]` or `t[b, h, q_idx]`): a traced value is one number per pair")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _incomplete
+    __lt__ = __le__ = __gt__ = __ge__ = __eq__ = __ne__ = __and__ = __or__ = __neg__ = __bool__ = _incomplete
+    __pow__ = __floordiv__ = __mod__ = __float__ = __int__ = __index__ = _incomplete
+    __hash__ = object.__hash__
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        self._incomplete()
+
+
 # ---------------------------------------------------------------------------- the tracer
 
 
@@ -344,6 +375,16 @@ class Captured:
     name: str
     tensor: torch.Tensor
     elem: str
+    scalar: bool = False  # a 0-d tensor: passed as a one-element view, read at [0]
+
+    @property
+    def argument(self) -> torch.Tensor:
+        """What each call passes (a fresh view of a 0-d tensor, so gradients reach it)."""
+        return self.tensor.reshape(1) if self.scalar else self.tensor
+
+    @property
+    def dims(self) -> int:
+        return 1 if self.scalar else self.tensor.dim()
 
 
 @dataclass
@@ -442,31 +483,41 @@ class Tracer:
         raise trace_error(f".to({dtype!r}) is not supported on a traced value")
 
     # -- captured tensors
-    def index(self, tensor: torch.Tensor, idx) -> Sym:
-        indices = idx if isinstance(idx, tuple) else (idx,)
+    def index(self, tensor: torch.Tensor, idx, earlier: tuple = ()):
+        """``tensor[idx]`` with symbolic indices: a value once every dimension has an index, else a
+        ``PartialIndex`` that further indexing completes (``bias[b][h, q_idx]``)."""
+        indices = earlier + (idx if isinstance(idx, tuple) else (idx,))
         if any(i is Ellipsis or i is None or isinstance(i, slice) for i in indices):
             raise trace_error("index captured tensors with one value per dimension (no slices, `...` or None)")
-        if len(indices) != tensor.dim():
+        if len(indices) > tensor.dim():
             raise trace_error(
                 f"a captured tensor of shape {tuple(tensor.shape)} is indexed with {len(indices)} "
-                f"index{'es' if len(indices) != 1 else ''}; give exactly one per dimension, e.g. t[h, q_idx]")
-        cap = self.capture(tensor)
-        anchor = next(i for i in indices if isinstance(i, Sym))
+                f"indexes; give exactly one per dimension, e.g. t[h, q_idx]")
         nodes = []
         for i in indices:
-            s = anchor._lift(i)
-            if s.kind != "int":
-                raise trace_error(f"a tensor index must be an integer, got a {s.kind} value")
+            if isinstance(i, torch.Tensor) and i.dim() == 0 and not i.dtype.is_floating_point:
+                i = self.scalar(i)
+            s = i if isinstance(i, Sym) else Sym(_num(i), "bool" if isinstance(i, bool) else "int", self) \
+                if isinstance(i, (bool, int)) else None
+            if s is None or s.plain().kind != "int":
+                kind = s.kind if s is not None else type(i).__name__
+                raise trace_error(f"a tensor index must be an integer, got a {kind} value")
             nodes.append(s.node)
-        kind = cap.elem
-        return Sym(ast.Index(cap.name, tuple(nodes)), kind, self)
+        if len(indices) < tensor.dim():
+            return PartialIndex(self, tensor, indices)
+        cap = self.capture(tensor)
+        return Sym(ast.Index(cap.name, tuple(nodes)), cap.elem, self)
+
+    def scalar(self, tensor: torch.Tensor) -> Sym:
+        """A 0-d captured tensor used as a value: a runtime value (a one-element tensor parameter,
+        passed again at every call: no recompilation when it changes, a gradient when it requires one)."""
+        cap = self.capture(tensor)
+        return Sym(ast.Index(cap.name, (ast.Num(0, True),)), cap.elem, self)
 
     def capture(self, tensor: torch.Tensor) -> Captured:
         for cap in self.captured:
             if cap.tensor is tensor:
                 return cap
-        if tensor.dim() == 0:
-            raise trace_error("a 0-d captured tensor; pass the value as a Python number or as an extra parameter")
         if tensor.dtype == torch.bool:
             elem = "bool"
         elif tensor.dtype.is_floating_point:
@@ -476,7 +527,7 @@ class Tracer:
         else:
             elem = "int"
         name = self._name_for(tensor)
-        cap = Captured(name, tensor, elem)
+        cap = Captured(name, tensor, elem, tensor.dim() == 0)
         self.captured.append(cap)
         self.taken.add(name)
         return cap
@@ -562,6 +613,10 @@ _OPS = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "m
 
 def _binary(args, op: str) -> Sym:
     a, b = args
+    if isinstance(a, torch.Tensor) and a.dim() == 0 and isinstance(b, Sym):
+        a = b._lift(a)
+    if isinstance(b, torch.Tensor) and b.dim() == 0 and isinstance(a, Sym):
+        b = a._lift(b)
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         t = a if isinstance(a, torch.Tensor) else b
         raise trace_error(

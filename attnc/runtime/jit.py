@@ -56,7 +56,7 @@ class JitAttention(Attention):
             if cap.name in params:
                 raise TypeError(f"parameter `{cap.name}` is the tensor captured by the traced function; "
                                 "update that tensor in place instead of passing it")
-        return {**{cap.name: cap.tensor for cap in self.captured}, **params}
+        return {**{cap.name: cap.argument for cap in self.captured}, **params}
 
     def __call__(self, q, k, v, /, *, scale=None, return_lse=False, **params):
         return super().__call__(q, k, v, scale=scale, return_lse=return_lse, **self._with_captured(params))
@@ -123,7 +123,7 @@ def build(score_mod=None, mask_mod=None, norm: str = DEFAULT_NORM, name: str | N
 
     norm_name, norm_defs, norm_params = _norm_defs(norm)
     params = [_param_ast(e) for e in extras.values()]
-    params += [ast.Param(c.name, ast.TensorType(tuple(ast.Name("_") for _ in range(c.tensor.dim())), c.elem), None)
+    params += [ast.Param(c.name, ast.TensorType(tuple(ast.Name("_") for _ in range(c.dims)), c.elem), None)
                for c in tracer.captured]
     taken = {p.name for p in params}
     for p in norm_params:

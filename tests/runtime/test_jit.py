@@ -489,6 +489,77 @@ def _dense_flex(q, k, v, mask_mod, score_mod):
     return torch.softmax(s, dim=-1) @ v
 
 
+_BIAS4 = torch.randn(1, 2, 20, 24, generator=torch.Generator().manual_seed(11))
+_TABLE2 = torch.randn(2, 48, generator=torch.Generator().manual_seed(12))
+_IDS2 = torch.arange(20 * 24).view(20, 24) % 5
+
+
+def _bias_in_steps(score, b, h, q_idx, kv_idx):
+    return score + _BIAS4[b][h][q_idx][kv_idx]
+
+
+def _bias_in_two_groups(score, b, h, q_idx, kv_idx):
+    return score + _BIAS4[b, h][q_idx, kv_idx] - _TABLE2[h][q_idx - kv_idx + 23]
+
+
+def _ids_partial_mask(b, h, q_idx, kv_idx):
+    return _IDS2[q_idx][kv_idx] != 3
+
+
+@pytest.mark.parametrize("fn", [_bias_in_steps, _bias_in_two_groups, _ids_partial_mask], ids=lambda f: f.__name__)
+def test_captured_tensors_indexed_in_steps_match_flex(fn):
+    role = "mask" if fn is _ids_partial_mask else "score"
+    attn = attnc.jit(fn)
+    # the test helpers build the dense mask on broadcast index tensors, where `t[q][kv]` means
+    # something else than flex's per-pair `t[q][kv]`: the oracle gets the one-step spelling
+    kw = {"mask_mod": lambda b, h, q_idx, kv_idx: _IDS2[q_idx, kv_idx] != 3} if role == "mask" else {"score_mod": fn}
+    check_against_flex(attn, shape=(1, 2, 1, 20, 24), reference=False, **kw)
+    # one tensor parameter per captured tensor, however many steps index it
+    assert len([p for p in attn.cascade.params if p.kind == "tensor"]) == (2 if fn is _bias_in_two_groups else 1)
+
+
+def test_zero_dim_captured_tensors_are_runtime_values_with_gradients():
+    offset = torch.tensor(2)
+    temperature = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    t32 = temperature.detach().float().requires_grad_()
+
+    def shifted(b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx + offset
+
+    def tempered(score, b, h, q_idx, kv_idx):
+        return score * t32 + torch.where(q_idx > kv_idx, t32, 0.0)
+
+    attn = attnc.jit(tempered, mask_mod=shifted)
+    q, k, v = make_qkv(1, 2, 1, 12, 16, seed=5)
+    dense = lambda t: _dense_flex(q.double(), k.double(), v.double(), shifted,  # noqa: E731
+                                  lambda s, b, h, qi, ki: s * t + torch.where(qi > ki, t, 0.0))
+    out = attn(q, k, v)
+    assert rel_err(out.detach().double(), dense(temperature).detach()) <= 1e-5
+    (g,) = torch.autograd.grad(out.sum(), t32)
+    (want,) = torch.autograd.grad(dense(temperature).sum(), temperature)
+    assert abs(g.item() - want.item()) <= 1e-4 * max(1.0, abs(want.item()))
+    # changed in place: read at the next call, no new kernel
+    builds = attnc.compile_count()
+    with torch.no_grad():
+        t32.fill_(1.3)
+        offset.fill_(0)
+    out = attn(q, k, v).detach()
+    assert attnc.compile_count() == builds
+    def expected(shift):
+        return _dense_flex(q.double(), k.double(), v.double(), lambda b, h, qi, ki: ki <= qi + shift,
+                           lambda s, b, h, qi, ki: s * 1.3 + torch.where(qi > ki, 1.3, 0.0))
+    assert rel_err(out.double(), expected(0)) <= 1e-5
+    assert rel_err(out.double(), expected(2)) > 1e-3  # the offset it was traced with is not baked in
+
+
+def test_a_partly_indexed_tensor_used_as_a_value_says_what_is_missing():
+    def bad(score, b, h, q_idx, kv_idx):
+        return score + _BIAS4[b, h]  # MARK
+    with pytest.raises(attnc.SpecError, match=r"indexed in 2 of its 4 dimensions is used as a value") as err:
+        trace(bad)
+    assert_names_line(err.value, line_of(bad, "MARK"))
+
+
 def test_a_combinator_over_sizes_other_than_a_scalar_says_what_it_made():
     def bad(b, h, q_idx, kv_idx):
         return b.new_ones((2,), dtype=torch.bool) & (q_idx >= kv_idx)  # MARK
