@@ -152,11 +152,15 @@ class Sym:
             raise trace_error(
                 f"a captured tensor of shape {tuple(x.shape)} is used as a value; index it with "
                 "the symbolic arguments (e.g. `bias[h]`, `doc[q_idx]`), or pass a Python number")
-        if isinstance(x, PartialIndex):
-            x._incomplete()
+        if isinstance(x, (PartialIndex, Vec)):
+            raise trace_error("a traced vector (a captured tensor indexed in all but its last dimension) is "
+                              "combined with a number per pair; reduce it first (`.sum(-1)`, `torch.dot`, "
+                              "`.norm(dim=-1)`)")
         raise trace_error(f"cannot use a {type(x).__name__} in a traced expression")
 
     def _arith(self, op: str, other, reverse: bool = False) -> Sym:
+        if isinstance(other, (Vec, PartialIndex)):  # a number and a vector: elementwise, by the vector
+            return NotImplemented
         a, b = (self._lift(other), self) if reverse else (self, self._lift(other))
         a, b = a.plain(), b.plain()
         for x in (a, b):
@@ -338,9 +342,15 @@ def _flatten(x):
         yield x
 
 
+VEC_MAX = 64  # the longest trailing dimension unrolled into a per-pair sum
+
+
 class PartialIndex:
-    """A captured tensor indexed in fewer dimensions than it has (``bias[b]``, ``table[q_idx]``):
-    indexing it again continues the index; anything else says what is missing."""
+    """A captured tensor indexed in fewer dimensions than it has (``bias[b]``, ``means[q_idx]``):
+    indexing it again continues the index. With only the last dimension left (of at most
+    ``VEC_MAX``), it is a short vector: elementwise arithmetic and reductions over that dimension
+    (``.sum(-1)``, ``torch.dot``, ``.norm(dim=-1)``) unroll into one expression per pair.
+    Anything else says what is missing."""
 
     def __init__(self, tracer, tensor: torch.Tensor, indices: tuple):
         self.tracer, self.tensor, self.indices = tracer, tensor, indices
@@ -348,21 +358,141 @@ class PartialIndex:
     def __getitem__(self, idx):
         return self.tracer.index(self.tensor, idx, self.indices)
 
+    def vec(self) -> Vec:
+        rest = self.tensor.dim() - len(self.indices)
+        if rest != 1 or self.tensor.shape[-1] > VEC_MAX:
+            self._incomplete()
+        return Vec(tuple(self.tracer.index(self.tensor, c, self.indices) for c in range(self.tensor.shape[-1])))
+
     def _incomplete(self, *_, **__):
         rest = self.tensor.dim() - len(self.indices)
         raise trace_error(f"a captured tensor of shape {tuple(self.tensor.shape)} indexed in {len(self.indices)} of "
                           f"its {self.tensor.dim()} dimensions is used as a value; index the other {rest} too "
-                          f"(`t[b][h, q_idx]` or `t[b, h, q_idx]`): a traced value is one number per pair")
+                          f"(`t[b][h, q_idx]` or `t[b, h, q_idx]`), or, with only the last left (at most {VEC_MAX} "
+                          f"long), reduce it (`.sum(-1)`, `torch.dot(a, b)`, `.norm(dim=-1)`): a traced value is "
+                          f"one number per pair")
 
-    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _incomplete
-    __lt__ = __le__ = __gt__ = __ge__ = __eq__ = __ne__ = __and__ = __or__ = __neg__ = __bool__ = _incomplete
-    __pow__ = __floordiv__ = __mod__ = __float__ = __int__ = __index__ = _incomplete
+    def __bool__(self):
+        self._incomplete()
+
     __hash__ = object.__hash__
 
     def __getattr__(self, name):
         if name.startswith("__"):
             raise AttributeError(name)
-        self._incomplete()
+        return getattr(self.vec(), name)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        tracer = next(a.tracer for a in _flatten((args, kwargs or {})) if isinstance(a, PartialIndex))
+        return tracer.torch_function(func, args, kwargs or {})
+
+
+def _vec_op(name):
+    def op(self, other=None):
+        return getattr(self.vec(), name)(other) if other is not None else getattr(self.vec(), name)()
+    return op
+
+
+class Vec:
+    """A short vector of traced values (one per element of a captured tensor's last dimension)."""
+
+    def __init__(self, items: tuple):
+        self.items = items
+
+    def _zip(self, other, f):
+        other = other.vec() if isinstance(other, PartialIndex) else other
+        if isinstance(other, Vec):
+            if len(other.items) != len(self.items):
+                raise trace_error(f"vectors of lengths {len(self.items)} and {len(other.items)} combined")
+            return Vec(tuple(f(a, b) for a, b in zip(self.items, other.items)))
+        if isinstance(other, torch.Tensor) and other.dim() > 0:
+            raise trace_error(f"a captured tensor of shape {tuple(other.shape)} combined with a traced vector; "
+                              f"index it as well")
+        return Vec(tuple(f(a, other) for a in self.items))
+
+    def __add__(self, o): return self._zip(o, lambda a, b: a + b)
+    def __radd__(self, o): return self._zip(o, lambda a, b: b + a)
+    def __sub__(self, o): return self._zip(o, lambda a, b: a - b)
+    def __rsub__(self, o): return self._zip(o, lambda a, b: b - a)
+    def __mul__(self, o): return self._zip(o, lambda a, b: a * b)
+    def __rmul__(self, o): return self._zip(o, lambda a, b: b * a)
+    def __truediv__(self, o): return self._zip(o, lambda a, b: a / b)
+    def __rtruediv__(self, o): return self._zip(o, lambda a, b: b / a)
+    def __pow__(self, o): return self._zip(o, lambda a, b: a ** b)
+    def __neg__(self): return Vec(tuple(-a for a in self.items))
+    def __abs__(self): return Vec(tuple(abs(a) for a in self.items))
+    def __bool__(self):
+        raise trace_error("Python control flow on a traced vector; reduce it first (`.sum(-1)`)")
+    __hash__ = object.__hash__
+
+    def pow(self, o): return self ** o
+    def abs(self): return abs(self)
+    def square(self): return self * self
+
+    def sum(self, dim=None, keepdim=False):
+        if dim not in (None, -1, 0) or keepdim:
+            raise trace_error(f"a traced vector has one dimension: `.sum()` or `.sum(-1)`, not `.sum({dim!r})`")
+        out = self.items[0]
+        for a in self.items[1:]:
+            out = out + a
+        return out
+
+    def norm(self, p=2, dim=None, keepdim=False):
+        if p != 2 or dim not in (None, -1, 0) or keepdim:
+            raise trace_error("`.norm()` of a traced vector: the Euclidean norm over its one dimension only")
+        total = (self * self).sum()
+        return total.tracer.call("sqrt", total)
+
+    def dot(self, other):
+        return (self * other).sum()
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        f = lookup_traced(name, None)
+        if f is not None and f.arity == (1, 1):  # v.exp(), v.tanh(), ... elementwise
+            return lambda: Vec(tuple(getattr(a, name)() for a in self.items))
+        raise trace_error(f"`.{name}` is not supported on a traced vector (elementwise arithmetic, built-in "
+                          f"functions, `.sum(-1)`, `.norm(dim=-1)` and `torch.dot` are)")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return _vec_function(func, args, kwargs or {})
+
+
+for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+              "__pow__", "__neg__", "__abs__"):
+    setattr(PartialIndex, _name, _vec_op(_name))
+for _name in ("__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__", "__and__", "__or__", "__floordiv__",
+              "__mod__", "__float__", "__int__", "__index__"):
+    setattr(PartialIndex, _name, PartialIndex._incomplete)
+
+
+def _vec_function(func, args, kwargs):
+    """torch functions of traced vectors: reductions over the one dimension, elementwise built-ins."""
+    name = getattr(func, "__name__", str(func))
+    vs = [a.vec() if isinstance(a, PartialIndex) else a for a in args]
+    if name in ("dot", "inner", "vdot") and len(vs) == 2:
+        a, b = vs
+        return (a * b).sum() if isinstance(a, Vec) else (b * a).sum()
+    if name == "sum" and isinstance(vs[0], Vec):
+        return vs[0].sum(*vs[1:], **kwargs)
+    if name in ("norm", "vector_norm", "linalg_vector_norm") and isinstance(vs[0], Vec):
+        ord_ = kwargs.pop("ord", kwargs.pop("p", vs[1] if len(vs) > 1 else 2))
+        return vs[0].norm(ord_, **kwargs)
+    if name == "__getitem__":
+        raise trace_error("a traced vector cannot be indexed; index the captured tensor in all its dimensions")
+    if name.startswith("__") and name.endswith("__") and len(vs) == 2:  # Tensor operators
+        a, b = vs
+        op = name.strip("_")
+        if isinstance(b, Vec):
+            return getattr(b, f"__{op}__")(a) if op.startswith("r") else getattr(b, f"__r{op}__")(a)
+    f = lookup_traced(name, kwargs)
+    if f is not None and f.arity == (1, 1) and len(vs) == 1 and isinstance(vs[0], Vec):
+        return Vec(tuple(vs[0].items[0].tracer.call(f.name, a) for a in vs[0].items))
+    raise trace_error(f"`torch.{name}` on a traced vector is not supported (elementwise arithmetic, built-in "
+                      f"functions, `.sum(-1)`, `.norm(dim=-1)` and `torch.dot` are)")
 
 
 # ---------------------------------------------------------------------------- the tracer
@@ -560,8 +690,10 @@ class Tracer:
     # -- torch functions on symbolic values
     def torch_function(self, func, args, kwargs):
         name = getattr(func, "__name__", str(func))
-        if func is torch.Tensor.__getitem__:
+        if func is torch.Tensor.__getitem__ and isinstance(args[0], torch.Tensor):
             return self.index(args[0], args[1])
+        if any(isinstance(a, (Vec, PartialIndex)) for a in _flatten((args, kwargs))):
+            return _vec_function(func, args, kwargs)
         f = lookup_traced(name, kwargs)
         if f is not None and f.arity == (1, 1) and len(args) == 1:
             return self.call(f.name, args[0])

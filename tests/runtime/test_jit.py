@@ -552,6 +552,43 @@ def test_zero_dim_captured_tensors_are_runtime_values_with_gradients():
     assert rel_err(out.double(), expected(2)) > 1e-3  # the offset it was traced with is not baked in
 
 
+_MEANS = torch.randn(24, 3, generator=torch.Generator().manual_seed(13))
+_ROPE = torch.randn(1, 2, 24, 4, generator=torch.Generator().manual_seed(14))
+_W2 = torch.rand(2, generator=torch.Generator().manual_seed(15))
+
+TRAILING = {  # reductions over a captured tensor's last dimension, as attention-gym and Flex tests write them
+    "distance": lambda score, b, h, q_idx, kv_idx: score - (_MEANS[q_idx] - _MEANS[kv_idx]).pow(2).sum(-1).sqrt(),
+    "torch.dot": lambda score, b, h, q_idx, kv_idx: score + torch.dot(_ROPE[b, h, q_idx], _ROPE[b, h, kv_idx]),
+    "norm(dim=-1)": lambda score, b, h, q_idx, kv_idx: score - (_MEANS[q_idx] - _MEANS[kv_idx]).norm(dim=-1),
+    "vector_norm": lambda score, b, h, q_idx, kv_idx: score - torch.linalg.vector_norm(_MEANS[q_idx], dim=-1),
+    "weighted": lambda score, b, h, q_idx, kv_idx: score + (_W2[h] * _MEANS[q_idx] * _MEANS[kv_idx]).sum(-1),
+    "elementwise exp": lambda score, b, h, q_idx, kv_idx: score + torch.exp(-_MEANS[q_idx].abs()).sum(),
+}
+
+
+@pytest.mark.parametrize("form", list(TRAILING))
+def test_reductions_over_a_trailing_dimension_match_flex(form):
+    fn = TRAILING[form]
+    check_against_flex(attnc.jit(fn), score_mod=fn, shape=(1, 2, 1, 20, 24), reference=False)
+
+
+def test_gradients_through_a_trailing_dimension_reduction():
+    means = _MEANS.clone().requires_grad_()
+
+    def dist(score, b, h, q_idx, kv_idx):  # (+ 1: sqrt has no derivative at a zero distance)
+        return score - ((means[q_idx] - means[kv_idx]).pow(2).sum(-1) + 1.0).sqrt()
+
+    attn = attnc.jit(dist)
+    q, k, v = make_qkv(1, 2, 1, 20, 24, seed=6)
+    x32 = [t.clone().requires_grad_() for t in (q, k, v)] + [means]
+    x64 = [t.double().requires_grad_() for t in (q, k, v, _MEANS)]
+    grads = torch.autograd.grad(attn(*x32[:3]).pow(2).sum(), x32)
+    dense = _dense_flex(*x64[:3], None, lambda s, b, h, qi, ki: s - ((x64[3][qi] - x64[3][ki]).pow(2).sum(-1) + 1.0).sqrt())
+    want = torch.autograd.grad(dense.pow(2).sum(), x64)
+    for name, g, f in zip(("q", "k", "v", "means"), grads, want):
+        assert rel_err(g.double(), f) <= 1e-4, f"d{name} vs dense autograd rel err {rel_err(g.double(), f):.3g}"
+
+
 def test_a_partly_indexed_tensor_used_as_a_value_says_what_is_missing():
     def bad(score, b, h, q_idx, kv_idx):
         return score + _BIAS4[b, h]  # MARK
