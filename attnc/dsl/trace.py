@@ -83,9 +83,28 @@ def _def_span(fn) -> Span | None:
     return Span(src, line, 1, line, max(width + 1, 2))
 
 
+_DISPATCH = tuple(os.path.join(_TORCH, f) for f in ("overrides.py", "_tensor.py"))  # torch's plumbing, not a call
+
+
+def _torch_callee(user):
+    """The torch function the user's line called, when the failing operation ran inside it (torch's
+    own Python code between the user's frame and attnc's), e.g. ``F.dropout``; else None."""
+    frame, callee = inspect.currentframe(), None
+    while frame is not None and frame is not user:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if path.startswith(_TORCH + os.sep) and not path.startswith(_DISPATCH):
+            callee = frame
+        frame = frame.f_back
+    return callee
+
+
 def trace_error(message: str) -> SpecError:
     frame = _user_frame()
     where = f"in `{frame.f_code.co_name}`: " if frame is not None else ""
+    callee = _torch_callee(frame) if frame is not None else None
+    if callee is not None:
+        module = os.path.relpath(callee.f_code.co_filename, os.path.dirname(_TORCH))
+        where += f"inside torch's `{callee.f_code.co_name}` ({module}), called here: "
     return SpecError(where + message, _span_of_frame(frame))
 
 

@@ -589,6 +589,17 @@ def test_gradients_through_a_trailing_dimension_reduction():
         assert rel_err(g.double(), f) <= 1e-4, f"d{name} vs dense autograd rel err {rel_err(g.double(), f):.3g}"
 
 
+def test_an_error_inside_a_torch_function_names_it_at_the_users_line():
+    import torch.nn.functional as F
+
+    def dropped(score, b, h, q_idx, kv_idx):
+        return F.dropout(score, 0.1)  # MARK
+    with pytest.raises(attnc.SpecError, match=r"inside torch's `dropout` \(torch/nn/functional.py\), called here: "
+                                              r"`torch.dropout` has no spec meaning") as err:
+        trace(dropped)
+    assert_names_line(err.value, line_of(dropped, "MARK"))
+
+
 def test_a_partly_indexed_tensor_used_as_a_value_says_what_is_missing():
     def bad(score, b, h, q_idx, kv_idx):
         return score + _BIAS4[b, h]  # MARK
