@@ -14,12 +14,12 @@ _LAZY = {
     "compile": "runtime.compiler", "compile_count": "runtime.compiler", "load": "runtime.compiler",
     "SpecFile": "runtime.frontend", "library_cascade": "runtime.frontend", "library_spec": "runtime.frontend",
     "spec_from_file": "runtime.frontend", "spec_from_text": "runtime.frontend", "jit": "runtime.jit",
-    "reference": "runtime.reference",
+    "reference": "runtime.reference", "flex_attention": "runtime.flex",
 }
 
 __all__ = [
     "SpecError", "SpecFile", "parse", "spec_from_file", "spec_from_text", "library_spec", "library_cascade",
-    "plan_passes", "reference", "Attention", "compile", "load", "compile_count", "jit",
+    "plan_passes", "reference", "Attention", "compile", "load", "compile_count", "jit", "flex_attention",
 ]
 
 
