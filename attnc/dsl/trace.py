@@ -20,6 +20,7 @@ import inspect
 import linecache
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -83,7 +84,8 @@ def _def_span(fn) -> Span | None:
     return Span(src, line, 1, line, max(width + 1, 2))
 
 
-_DISPATCH = tuple(os.path.join(_TORCH, f) for f in ("overrides.py", "_tensor.py"))  # torch's plumbing, not a call
+# torch's plumbing, not a call the user made: dispatch, Tensor's operator wrappers, device modes
+_DISPATCH = tuple(os.path.join(_TORCH, f) for f in ("overrides.py", "_tensor.py", os.path.join("utils", "_device.py")))
 
 
 def _torch_callee(user):
@@ -92,7 +94,8 @@ def _torch_callee(user):
     frame, callee = inspect.currentframe(), None
     while frame is not None and frame is not user:
         path = os.path.abspath(frame.f_code.co_filename)
-        if path.startswith(_TORCH + os.sep) and not path.startswith(_DISPATCH):
+        if (path.startswith(_TORCH + os.sep) and not path.startswith(_DISPATCH)
+                and frame.f_code.co_name not in ("__torch_function__", "__torch_dispatch__")):
             callee = frame
         frame = frame.f_back
     return callee
@@ -166,6 +169,8 @@ class Sym:
             kind = "bool" if isinstance(x, bool) else "int" if isinstance(x, int) else "float"
             return Sym(_num(x), kind, self.tracer)
         if isinstance(x, torch.Tensor) and x.dim() == 0:
+            if x.dtype.is_floating_point and not bool(torch.isfinite(x)):  # -inf selects a mask, as the number does
+                return self._lift(float(x))
             return self.tracer.scalar(x)
         if isinstance(x, torch.Tensor):
             raise trace_error(
@@ -328,6 +333,8 @@ class Sym:
                 pin_memory=False: self._new(name, size, fill_value, dtype)
         if name in ("minimum", "maximum"):
             return lambda other: self.tracer.call("min" if name == "minimum" else "max", self, other)
+        if name in ("sum", "mean", "squeeze"):  # of one number: itself, as for a 0-d tensor
+            return lambda dim=None, keepdim=False, dtype=None: self
         if name == "where":  # x.where(cond, y) == torch.where(cond, x, y)
             return lambda cond, other: self.tracer.where(cond, self, other)
         raise trace_error(f"`.{name}` is not supported on a traced value")
@@ -394,6 +401,12 @@ class PartialIndex:
     def __bool__(self):
         self._incomplete()
 
+    def __len__(self):
+        return self.tensor.shape[len(self.indices)]
+
+    def __iter__(self):  # `x0, x1 = emb[q_idx]`, `sum(emb[q_idx])`
+        return iter([self[c] for c in range(len(self))])
+
     __hash__ = object.__hash__
 
     def __getattr__(self, name):
@@ -439,7 +452,16 @@ class Vec:
     def __truediv__(self, o): return self._zip(o, lambda a, b: a / b)
     def __rtruediv__(self, o): return self._zip(o, lambda a, b: b / a)
     def __pow__(self, o): return self._zip(o, lambda a, b: a ** b)
+    def __rpow__(self, o): return self._zip(o, lambda a, b: b ** a)
+    def __floordiv__(self, o): return self._zip(o, lambda a, b: a // b)
+    def __rfloordiv__(self, o): return self._zip(o, lambda a, b: b // a)
+    def __mod__(self, o): return self._zip(o, lambda a, b: a % b)
+    def __rmod__(self, o): return self._zip(o, lambda a, b: b % a)
+    def __matmul__(self, o): return self.dot(o)
+    def __rmatmul__(self, o): return self.dot(o)
     def __neg__(self): return Vec(tuple(-a for a in self.items))
+    def __len__(self): return len(self.items)
+    def __iter__(self): return iter(self.items)
     def __abs__(self): return Vec(tuple(abs(a) for a in self.items))
     def __bool__(self):
         raise trace_error("Python control flow on a traced vector; reduce it first (`.sum(-1)`)")
@@ -461,7 +483,10 @@ class Vec:
         if p != 2 or dim not in (None, -1, 0) or keepdim:
             raise trace_error("`.norm()` of a traced vector: the Euclidean norm over its one dimension only")
         total = (self * self).sum()
-        return total.tracer.call("sqrt", total)
+        # torch's norm has gradient 0 at the zero vector (sqrt's would be inf · 0); the floor keeps
+        # the value (≤ 1e-18 off) and gives that gradient, as max(·, c) passes none below c
+        tracer = total.tracer
+        return tracer.call("sqrt", tracer.call("max", total, 1e-36))
 
     def dot(self, other):
         return (self * other).sum()
@@ -481,10 +506,11 @@ class Vec:
 
 
 for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
-              "__pow__", "__neg__", "__abs__"):
+              "__pow__", "__rpow__", "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__matmul__",
+              "__rmatmul__", "__neg__", "__abs__"):
     setattr(PartialIndex, _name, _vec_op(_name))
-for _name in ("__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__", "__and__", "__or__", "__floordiv__",
-              "__mod__", "__float__", "__int__", "__index__"):
+for _name in ("__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__", "__and__", "__or__", "__float__",
+              "__int__", "__index__"):
     setattr(PartialIndex, _name, PartialIndex._incomplete)
 
 
@@ -502,6 +528,13 @@ def _vec_function(func, args, kwargs):
         return vs[0].norm(ord_, **kwargs)
     if name == "__getitem__":
         raise trace_error("a traced vector cannot be indexed; index the captured tensor in all its dimensions")
+    ops = {"add": "__add__", "sub": "__sub__", "mul": "__mul__", "div": "__truediv__", "true_divide": "__truediv__",
+           "pow": "__pow__", "matmul": "__matmul__"}
+    if name in ops and len(vs) == 2 and not kwargs:  # torch.mul(score, v): by the vector operand
+        a, b = vs
+        if isinstance(a, Vec):
+            return getattr(a, ops[name])(b)
+        return getattr(b, "__r" + ops[name][2:])(a) if name != "matmul" else b.dot(a)
     if name.startswith("__") and name.endswith("__") and len(vs) == 2:  # Tensor operators
         a, b = vs
         op = name.strip("_")
@@ -526,10 +559,14 @@ class Captured:
     elem: str
     scalar: bool = False  # a 0-d tensor: passed as a one-element view, read at [0]
 
-    @property
-    def argument(self) -> torch.Tensor:
-        """What each call passes (a fresh view of a 0-d tensor, so gradients reach it)."""
-        return self.tensor.reshape(1) if self.scalar else self.tensor
+    def argument(self, device=None) -> torch.Tensor:
+        """What each call passes: the tensor, or a fresh one-element view of a 0-d tensor (so
+        gradients reach it), moved to the call's ``device`` (a CPU scalar with CUDA inputs, as
+        FlexAttention takes it)."""
+        if not self.scalar:
+            return self.tensor
+        one = self.tensor.reshape(1)
+        return one if device is None or one.device == device else one.to(device)
 
     @property
     def dims(self) -> int:
@@ -643,9 +680,15 @@ class Tracer:
                 f"a captured tensor of shape {tuple(tensor.shape)} is indexed with {len(indices)} "
                 f"indexes; give exactly one per dimension, e.g. t[h, q_idx]")
         nodes = []
-        for i in indices:
+        for axis, i in enumerate(indices):
             if isinstance(i, torch.Tensor) and i.dim() == 0 and not i.dtype.is_floating_point:
                 i = self.scalar(i)
+            if isinstance(i, int) and not isinstance(i, bool):  # a constant: Python's meaning, checked now
+                size = tensor.shape[axis]
+                if not -size <= i < size:
+                    raise trace_error(f"index {i} is out of range for dimension {axis} of a captured tensor of "
+                                      f"shape {tuple(tensor.shape)}")
+                i %= size
             s = i if isinstance(i, Sym) else Sym(_num(i), "bool" if isinstance(i, bool) else "int", self) \
                 if isinstance(i, (bool, int)) else None
             if s is None or s.plain().kind != "int":
@@ -675,14 +718,20 @@ class Tracer:
             raise trace_error("complex tensors have no spec meaning")
         else:
             elem = "int"
-        name = self._name_for(tensor)
+        name, found = self._name_for(tensor)
+        if not found and tensor.requires_grad:
+            raise trace_error(f"a tensor of shape {tuple(tensor.shape)} computed inside the function from one that "
+                              f"requires grad (`log_t.exp()`) is evaluated once, when the function is traced: its "
+                              f"value and gradient path would be stale at later calls; use the captured tensor "
+                              f"itself in the traced expression, or compute the value outside the function")
         cap = Captured(name, tensor, elem, tensor.dim() == 0)
         self.captured.append(cap)
         self.taken.add(name)
         return cap
 
-    def _name_for(self, tensor: torch.Tensor) -> str:
-        """The Python name the user's functions know the tensor by, made unique and legal."""
+    def _name_for(self, tensor: torch.Tensor) -> tuple[str, bool]:
+        """The Python name the user's functions know the tensor by, made unique and legal, and
+        whether they hold it (False: the tensor was computed while tracing)."""
         found = None
         for fn in self.functions:
             code = getattr(fn, "__code__", None)
@@ -704,7 +753,7 @@ class Tracer:
         while name in self.taken:
             k += 1
             name = f"{base}{k}"
-        return name
+        return name, found is not None
 
     # -- torch functions on symbolic values
     def torch_function(self, func, args, kwargs):
@@ -824,10 +873,13 @@ def role_of(fn) -> str:
     except (TypeError, ValueError):
         raise SpecError(f"{fn_name(fn)!r} has no inspectable signature") from None
     count = _standard_count(fn)
-    # `b`/`batch` first is a mask_mod whose extra parameter lacks its annotation (extra_params says so)
-    if len(params) >= 5 and params[0] == "score" or count == 5 and params[0] not in ("b", "batch"):
+    first = next(iter(inspect.signature(fn).parameters.values()), None)
+    # `b`/`batch` first is a mask_mod whose extra parameter lacks its annotation (extra_params says so);
+    # a float-annotated first parameter is a score (a mask_mod's first is the batch index)
+    if len(params) >= 5 and (params[0] == "score" or first.annotation in (float, "float")) \
+            or count == 5 and params[0] not in ("b", "batch"):
         return "score"
-    if count == 4 or count >= 4 and params[0] in ("b", "batch"):
+    if len(params) >= 4:  # four or more: a mask_mod (its standard arguments may be annotated int)
         return "mask"
     name = fn_name(fn)
     raise SpecError(
@@ -904,22 +956,33 @@ def _no_custom_backward():
     """While tracing, a ``torch.autograd.Function`` applied to a traced value is refused at the
     user's line: attnc derives the gradient from what the function computes, so a hand-written
     backward (a straight-through estimator, a clipped gradient) would be silently replaced."""
-    base = torch.autograd.Function
-    original = base.__dict__["apply"]
-
-    def apply(cls, *args, **kwargs):
-        if any(isinstance(a, Sym) for a in _flatten((args, kwargs))):
-            raise trace_error(f"`{cls.__name__}.apply(...)`: a torch.autograd.Function's own backward cannot be "
-                              f"used in attnc, which derives the gradient from the traced arithmetic; write the "
-                              f"function's forward computation in the score_mod itself (its exact gradient is then "
-                              f"derived)")
-        return original.__func__(cls, *args, **kwargs)
-
-    base.apply = classmethod(apply)
+    with _patch_lock:  # installed by the first trace in, restored by the last out (threads overlap)
+        global _patch_depth, _original_apply
+        if _patch_depth == 0:
+            _original_apply = torch.autograd.Function.__dict__["apply"]
+            torch.autograd.Function.apply = classmethod(_refusing_apply)
+        _patch_depth += 1
     try:
         yield
     finally:
-        base.apply = original
+        with _patch_lock:
+            _patch_depth -= 1
+            if _patch_depth == 0:
+                torch.autograd.Function.apply = _original_apply
+
+
+_patch_lock = threading.Lock()
+_patch_depth = 0
+_original_apply = None
+
+
+def _refusing_apply(cls, *args, **kwargs):
+    if any(isinstance(a, (Sym, Vec, PartialIndex)) for a in _flatten((args, kwargs))):
+        raise trace_error(f"`{cls.__name__}.apply(...)`: a torch.autograd.Function's own backward cannot be "
+                          f"used in attnc, which derives the gradient from the traced arithmetic; write the "
+                          f"function's forward computation in the score_mod itself (its exact gradient is then "
+                          f"derived)")
+    return _original_apply.__func__(cls, *args, **kwargs)
 
 
 def as_expr(result, role: str, fn, tracer: Tracer) -> tuple[ast.Expr, ast.Expr | None]:

@@ -703,7 +703,9 @@ class Attention:
         exacts = (False, True) if kernel.source.exact else (False,)
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()  # masked-off lanes
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
-            config = configs and _fitting_config(kernel.chosen, key, configs,
+            # keyed by every constexpr of the build (SAVE_STATS, VARLEN, EVEN_D change what fits)
+            fit_key = (*key, save_stats, packed is not None, *sorted(flags.items()))
+            config = configs and _fitting_config(kernel.chosen, fit_key, configs,
                                                  lambda c: [run(c, e, warmup=True) for e in exacts], q.device,
                                                  f"the forward kernel of `{self.cascade.name}`")
             for exact in exacts:
@@ -809,7 +811,8 @@ class Attention:
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
             # both kernels must fit before either runs: the rows kernel adds into gradients (and,
             # with partial sums, into dK/dV), so a second try after a refused dK/dV launch would not
-            config = _fitting_config(kernels.chosen, (capability, block_d, block_dv, flags["ALIGNED"]), configs,
+            # keyed by every constexpr of the build (GRAD_u_*, VARLEN, EVEN_D change what fits)
+            config = _fitting_config(kernels.chosen, (capability, block_d, block_dv, *sorted(flags.items())), configs,
                                      lambda c: [run(c, k, e, warmup=True) for k in kernel_names for e in modes],
                                      q.device, f"the backward kernels of `{self.cascade.name}`")
             for exact in modes:

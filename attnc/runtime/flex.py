@@ -5,7 +5,9 @@
 
 The functions are traced once (``runtime/jit.py``) and the attention is kept, per (score_mod,
 mask_mod) pair, in a small least-recently-used table, so calling again with the same functions
-reuses the traced attention and its compiled kernels. A ``BlockMask`` is read for its
+reuses the traced attention and its compiled kernels — as long as the globals and closure values
+they read are the same objects (a rebound global traces again; a tensor updated in place is read
+at every call anyway). A tensor computed inside a function is fixed when it is traced. A ``BlockMask`` is read for its
 ``mask_mod`` only: attnc derives the block sparsity from the mask itself, never from the block
 mask's O(N²/block²) tensors. ``kernel_options`` is accepted and ignored (attnc picks its own
 tiles).
@@ -13,6 +15,7 @@ tiles).
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 
@@ -62,18 +65,58 @@ def _mask_of(block_mask, Nq: int, Nkv: int):
     return mask_mod
 
 
+def _environment(fn, seen=None) -> tuple:
+    """What a function reads besides its arguments, as objects: its closure cells, the globals its
+    code names, a partial's bound arguments — and theirs, for the functions among them (and_masks
+    holds the mask_mods it combines). Equal by identity to a later call's: the trace still holds."""
+    seen = set() if seen is None else seen
+    if id(fn) in seen:
+        return ()
+    seen.add(id(fn))
+    out: list = []
+    while isinstance(fn, functools.partial):
+        out += [*fn.args, *fn.keywords.values()]
+        fn = fn.func
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        out += [c.cell_contents for c in (fn.__closure__ or ()) if _filled(c)]
+        names = set(code.co_names) | {n for const in code.co_consts if hasattr(const, "co_names") for n in const.co_names}
+        out += [fn.__globals__[n] for n in sorted(names) if n in fn.__globals__]
+    elif callable(fn) and hasattr(fn, "__dict__"):
+        out += list(vars(fn).values())
+    nested = [x for x in out if callable(x) and not isinstance(x, type) and not isinstance(x, torch.Tensor)
+              and getattr(x, "__module__", None) not in ("torch", "math", "builtins")]
+    return tuple(out) + tuple(y for x in nested for y in _environment(x, seen))
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _same(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
 def traced(score_mod, mask_mod) -> JitAttention:
-    """The attention for this (score_mod, mask_mod) pair: traced on first use, then kept."""
+    """The attention for this (score_mod, mask_mod) pair: traced on first use, then kept while what
+    the functions read (globals, closures; ``_environment``) is the same objects. A rebound global
+    (`SOFTCAP = 0.5`, `doc = new_tensor`) traces again; a tensor changed in place does not need to."""
     key = (score_mod, mask_mod)
+    env = _environment(score_mod) + _environment(mask_mod)
     with _cache_lock:
         hit = _cache.get(key)
-        if hit is not None:
+        if hit is not None and _same(hit[0], env):
             _cache.move_to_end(key)
-            return hit
+            return hit[1]
     attn = build(score_mod if score_mod is not None else (None if mask_mod is not None else _identity_score),
                  mask_mod, name="flex_attention")
     with _cache_lock:
-        _cache[key] = attn
+        _cache[key] = (env, attn)
+        _cache.move_to_end(key)
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     return attn

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import inspect
 
+import torch
+
 from ..dsl import ast
 from ..dsl.errors import SpecError
 from ..dsl.parser import parse
@@ -51,18 +53,19 @@ class JitAttention(Attention):
         self.spec_text = spec_text
         self.captured = tuple(captured)
 
-    def _with_captured(self, params: dict) -> dict:
+    def _with_captured(self, params: dict, q) -> dict:
         for cap in self.captured:
             if cap.name in params:
                 raise TypeError(f"parameter `{cap.name}` is the tensor captured by the traced function; "
                                 "update that tensor in place instead of passing it")
-        return {**{cap.name: cap.argument for cap in self.captured}, **params}
+        device = q.device if isinstance(q, torch.Tensor) else None
+        return {**{cap.name: cap.argument(device) for cap in self.captured}, **params}
 
     def __call__(self, q, k, v, /, *, scale=None, return_lse=False, **params):
-        return super().__call__(q, k, v, scale=scale, return_lse=return_lse, **self._with_captured(params))
+        return super().__call__(q, k, v, scale=scale, return_lse=return_lse, **self._with_captured(params, q))
 
     def reference(self, q, k, v, /, *, scale=None, return_lse=False, **params):
-        return super().reference(q, k, v, scale=scale, return_lse=return_lse, **self._with_captured(params))
+        return super().reference(q, k, v, scale=scale, return_lse=return_lse, **self._with_captured(params, q))
 
 
 def _norm_defs(norm) -> tuple[str, list[ast.Def], tuple[ast.Param, ...]]:

@@ -172,7 +172,7 @@ def keep_mask(attn: Attention, problem: Problem) -> torch.Tensor | None:
 
 def with_captured(attn: Attention, params: dict) -> dict:
     """``params`` and the tensors an @attnc.jit variant captured (its calls pass them itself)."""
-    return {**{c.name: c.argument for c in getattr(attn, "captured", ())}, **params}
+    return {**{c.name: c.argument() for c in getattr(attn, "captured", ())}, **params}
 
 
 def key_ranges(kept: torch.Tensor, limit: int = 6) -> str:

@@ -144,3 +144,31 @@ def test_what_is_refused_says_why():
     lists = BlockMask.from_kv_blocks(nb, idx, BLOCK_SIZE=8, seq_lengths=(16, 16))
     with pytest.raises(attnc.SpecError, match="has no mask_mod"):
         attnc.flex_attention(q, k, v, block_mask=lists, enable_gqa=True)
+
+
+SOFTCAP = 20.0
+DOC = torch.tensor([0] * 6 + [1] * 6)
+
+
+def _capped(score, b, h, q_idx, kv_idx):
+    return SOFTCAP * torch.tanh(score / SOFTCAP)
+
+
+def _same_doc(b, h, q_idx, kv_idx):
+    return DOC[q_idx] == DOC[kv_idx]
+
+
+def test_a_rebound_global_is_traced_again():
+    """A function reads its globals at each call under Flex; a new object behind a name (a float or
+    a tensor rebound, not changed in place) must not reuse the old trace."""
+    global SOFTCAP, DOC
+    q, k, v = _qkv(1, 2, 2, 12, 12, 8, 9)
+    saved = SOFTCAP, DOC
+    try:
+        for cap, doc in ((20.0, saved[1]), (0.5, saved[1]), (0.5, torch.tensor([0] * 3 + [1] * 9))):
+            SOFTCAP, DOC = cap, doc
+            bm = create_block_mask(_same_doc, 1, 2, 12, 12, device="cpu")
+            out = attnc.flex_attention(q, k, v, score_mod=_capped, block_mask=bm)
+            assert torch.allclose(out, flex_attention(q, k, v, score_mod=_capped, block_mask=bm), atol=2e-5)
+    finally:
+        SOFTCAP, DOC = saved

@@ -600,6 +600,87 @@ def test_an_error_inside_a_torch_function_names_it_at_the_users_line():
     assert_names_line(err.value, line_of(dropped, "MARK"))
 
 
+_EMB = torch.randn(24, 4, generator=torch.Generator().manual_seed(16))
+_NEG = torch.tensor(-float("inf"))
+
+FLEX_SEMANTICS = {  # forms whose meaning Flex gives per pair, each once wrong or refused in the tracer
+    "-inf in a 0-d tensor masks": (lambda score, b, h, q_idx, kv_idx: torch.where(q_idx >= kv_idx + 4, score, _NEG)),
+    "constant negative index": (lambda score, b, h, q_idx, kv_idx: score * _EMB[kv_idx][-1]),
+    "unpacked vector": (lambda score, b, h, q_idx, kv_idx: score + sum(_EMB[q_idx]) * 0.1),
+    "2 ** vector": (lambda score, b, h, q_idx, kv_idx: score + (2 ** _EMB[q_idx]).sum(-1) * 0.1),
+    "vector @ vector": (lambda score, b, h, q_idx, kv_idx: score + _EMB[q_idx] @ _EMB[kv_idx]),
+    "torch.mul(number, vector)": (lambda score, b, h, q_idx, kv_idx: torch.mul(score, _EMB[q_idx]).sum(-1)),
+    "sum of one number": (lambda score, b, h, q_idx, kv_idx: score + _EMB[q_idx, 0].sum()),
+}
+
+
+@pytest.mark.parametrize("form", list(FLEX_SEMANTICS))
+def test_flex_per_pair_semantics(form):
+    fn = FLEX_SEMANTICS[form]
+    q, k, v = make_qkv(1, 2, 1, 20, 24, seed=9)
+    out = attnc.jit(fn)(q, k, v)
+    want, lse = flex_attention(q, k, v, score_mod=fn, enable_gqa=True, return_aux=AuxRequest(lse=True))
+    assert rel_err(out, want) <= TOL32, f"{form}: rel err {rel_err(out, want):.3g}"
+
+
+def test_the_norm_of_a_zero_difference_has_torchs_gradient():
+    """torch's norm has gradient 0 at the zero vector (q_idx == kv_idx here); sqrt's would be NaN."""
+    pos = _EMB.clone().requires_grad_()
+
+    def dist(score, b, h, q_idx, kv_idx):
+        return score - (pos[q_idx] - pos[kv_idx]).norm(dim=-1)
+
+    q, k, v = make_qkv(1, 2, 1, 20, 24, seed=10)
+    (g,) = torch.autograd.grad(attnc.jit(dist)(q, k, v).sum(), pos)
+    p64 = _EMB.double().requires_grad_()
+    dense = _dense_flex(q.double(), k.double(), v.double(), None,
+                        lambda s, b, h, qi, ki: s - (p64[qi] - p64[ki]).norm(dim=-1))
+    (want,) = torch.autograd.grad(dense.sum(), p64)
+    assert torch.isfinite(g).all() and rel_err(g.double(), want) <= 1e-4
+
+
+def test_refused_or_checked_by_the_tracer():
+    def out_of_range(score, b, h, q_idx, kv_idx):
+        return score * _EMB[kv_idx][7]  # MARK
+    with pytest.raises(attnc.SpecError, match=r"index 7 is out of range for dimension 1") as err:
+        trace(out_of_range)
+    assert_names_line(err.value, line_of(out_of_range, "MARK"))
+
+    class Clip(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x
+
+        @staticmethod
+        def backward(ctx, g):
+            return g.clamp(-1, 1)
+
+    def on_a_vector(score, b, h, q_idx, kv_idx):
+        return score + Clip.apply(_EMB[q_idx]).sum(-1)
+    with pytest.raises(attnc.SpecError, match=r"`Clip.apply\(...\)`"):
+        trace(on_a_vector)
+
+    log_t = torch.tensor(0.3, requires_grad=True)
+
+    def computed(score, b, h, q_idx, kv_idx):
+        return score * log_t.exp()  # MARK
+    with pytest.raises(attnc.SpecError, match=r"computed inside the function from one that requires grad") as err:
+        trace(computed)
+    assert_names_line(err.value, line_of(computed, "MARK"))
+
+
+def test_annotated_standard_arguments_keep_their_role():
+    def m(b: int, h: int, q_idx: int, kv_idx: int) -> bool:
+        return q_idx >= kv_idx
+
+    def s(score: float, b: int, h: int, q_idx: int, kv_idx: int) -> float:
+        return score * 0.5
+
+    from attnc.dsl.trace import role_of
+    assert (role_of(m), role_of(s)) == ("mask", "score")
+    check_against_flex(attnc.jit(s, mask_mod=m), mask_mod=m, score_mod=s, shape=(1, 2, 2, 12, 12), reference=False)
+
+
 def test_a_partly_indexed_tensor_used_as_a_value_says_what_is_missing():
     def bad(score, b, h, q_idx, kv_idx):
         return score + _BIAS4[b, h]  # MARK
