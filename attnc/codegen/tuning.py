@@ -116,8 +116,8 @@ def bwd_gpu_configs(capability: int, dtype: str, block_d: int, block_dv: int, al
     if wide > 128:
         return [LaunchConfig(16, 16, 8, 1)]
     if dtype == "float32":
-        return ([LaunchConfig(16, 32, 8, 1) if wide <= 64 and not hopper else LaunchConfig(16, 16, 8, 1)]
-                + ([LaunchConfig(16, 16, 8, 1)] if wide <= 64 and not hopper else []))
+        small = LaunchConfig(16, 16, 8, 1)
+        return [LaunchConfig(16, 32, 8, 1), small] if wide <= 64 and not hopper else [small]
     if wide <= 64:
         return [LaunchConfig(64, 32, 8, 1), LaunchConfig(32, 32, 8, 1)] if hopper else [LaunchConfig(16, 32, 4, 1), LaunchConfig(16, 16, 4, 1)]
     return [LaunchConfig(32, 16, 8, 1), LaunchConfig(16, 16, 8, 1)] if hopper else [LaunchConfig(32, 32, 8, 1), LaunchConfig(16, 16, 8, 1)]

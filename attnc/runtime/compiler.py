@@ -254,8 +254,9 @@ def _fitting_config(chosen: dict, key: tuple, candidates: list[LaunchConfig], co
     config = first_fitting(candidates, fits)
     if config is None:
         tried = ", ".join(f"{c.block_m}x{c.block_n} ({needs[c]} bytes)" for c in candidates)
-        raise RuntimeError(f"{what}: no launch config fits this GPU's {limit} bytes of shared memory "
-                           f"(tried {tried}); a smaller head dim or fewer per-row statistics would need less")
+        # before any launch: nothing written. The head dim is the argument that sizes the tiles.
+        raise ValueError(f"{what}: no launch config fits this GPU's {limit} bytes of shared memory "
+                         f"(tried {tried}); a smaller head dim (q, k, v's last dimension) needs less")
     chosen[key] = config
     return config
 
@@ -810,8 +811,8 @@ class Attention:
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
             # both kernels must fit before either runs: the rows kernel adds into gradients (and,
-            # with partial sums, into dK/dV), so a second try after a refused dK/dV launch would not
-            # keyed by every constexpr of the build (GRAD_u_*, VARLEN, EVEN_D change what fits)
+            # with partial sums, into dK/dV), so a retry after a refused dK/dV launch would add twice.
+            # Keyed by every constexpr of the build (GRAD_u_*, VARLEN, EVEN_D change what fits).
             config = _fitting_config(kernels.chosen, (capability, block_d, block_dv, *sorted(flags.items())), configs,
                                      lambda c: [run(c, k, e, warmup=True) for k in kernel_names for e in modes],
                                      q.device, f"the backward kernels of `{self.cascade.name}`")

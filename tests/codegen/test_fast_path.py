@@ -253,7 +253,7 @@ def test_the_first_config_whose_kernels_fit_shared_memory_is_launched(monkeypatc
     assert compiled == [big, mid]  # remembered
     needs[mid] = (240000, 1)
     needs[small] = (240000, 1)
-    with pytest.raises(RuntimeError, match=r"the backward kernels of `v`: no launch config fits this GPU's 232448 "
+    with pytest.raises(ValueError, match=r"the backward kernels of `v`: no launch config fits this GPU's 232448 "
                                            r"bytes .*128x64 \(233472 bytes\), 64x64 \(240000 bytes\)"):
         compiler._fitting_config({}, "key", [big, mid, small], compile_, gpu, "the backward kernels of `v`")
     # the interpreter (or a single candidate) compiles nothing
