@@ -147,6 +147,8 @@ class ExprPrinter:
             return f"_fmod({a}, {b})"
         if op == "**":
             return f"_pow({a}, {b})"
+        if op in ("<<", ">>") and not isinstance(e.right, n.Const):  # lowering checked a constant count
+            b = f"tl.minimum(tl.maximum({b}, 0), {n.SHIFT_MAX})"
         if op == "/" and e.type == n.FLOAT:
             if isinstance(e.right, n.Const) and float(e.right.value) == 0.0:
                 # x / ±0 is x·(±inf) in IEEE (±inf, NaN at 0), not Python's ZeroDivisionError on

@@ -13,7 +13,7 @@ from ..ir.passes import plan_passes
 from .generate import CODEGEN_VERSION, Specialization, _env, generate, unspecialized
 from .tuning import INTERPRETER_CONFIG, gpu_configs
 
-_PY_OPS = {"+", "-", "*", "<", "<=", ">", ">=", "==", "!=", "and", "or"}
+_PY_OPS = {"+", "-", "*", "<", "<=", ">", ">=", "==", "!=", "and", "or", "&", "|", "^"}
 
 
 def py_expr(e: n.Expr) -> str:
@@ -37,6 +37,8 @@ def py_expr(e: n.Expr) -> str:
             return f"{special[e.op]}({a}, {b})"
         if e.op == "**":
             return f'_F["pow"]({a}, {b})'
+        if e.op in ("<<", ">>"):
+            return f"({a} {e.op} min(max({b}, 0), {n.SHIFT_MAX}))"
         if e.op in _PY_OPS:
             return f"({a} {e.op} {b})"
     if isinstance(e, n.Call):

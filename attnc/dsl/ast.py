@@ -35,14 +35,14 @@ class Bool:
 
 @dataclass(frozen=True)
 class Unary:
-    op: str  # "-" or "+"
+    op: str  # "-", "+" or "~"
     operand: "Expr"
     span: Span | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class BinOp:
-    op: str  # + - * / // % **
+    op: str  # + - * / // % ** & | ^ << >>
     left: "Expr"
     right: "Expr"
     span: Span | None = field(default=None, compare=False, repr=False)

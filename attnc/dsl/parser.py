@@ -262,10 +262,12 @@ class _ToAst(Transformer):
         return ast.Name(c[0].value, self.sp(meta))
 
     def int_lit(self, meta, c):
-        digits = c[0].value.lstrip("0") or "0"
-        if len(digits) > 10:  # also keeps Python's int() limit on huge literals out of reach
-            raise SpecError(f"the integer {digits[:12]}... does not fit in 32 bits (kernels index with int32)", self.sp(meta))
-        return ast.Num(int(digits), True, self.sp(meta))
+        text = c[0].value
+        base = {"x": 16, "b": 2}.get(text[1:2].lower(), 10)
+        digits = (text[2:] if base != 10 else text).lstrip("0") or "0"
+        if len(digits) > (10 if base == 10 else 8 if base == 16 else 32):  # keeps int()'s limit out of reach
+            raise SpecError(f"the integer {text[:12]}... does not fit in 32 bits (kernels index with int32)", self.sp(meta))
+        return ast.Num(int(digits, base), True, self.sp(meta))
 
     def float_lit(self, meta, c):
         value = float(c[0].value)
@@ -336,7 +338,8 @@ def _describe_token(tok: Token) -> str:
 # argument lists and literals around them are not counted, so `s + 1 + … + 1` with 120 `+` is
 # 120 levels, as docs/language.md says.
 _OPERATION_RULES = frozenset({"ifexp", "or_expr", "or_op", "and_expr", "and_op", "not_expr", "not_op", "comparison",
-                              "binop", "unary", "power", "postfix", "call", "reduction", "index"})
+                              "bit_or", "bit_xor", "bit_and", "shift", "binop", "unary", "power", "postfix", "call",
+                              "reduction", "index"})
 
 
 def _max_depth(tree: Tree) -> int:

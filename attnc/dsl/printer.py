@@ -9,8 +9,9 @@ from __future__ import annotations
 from . import ast
 
 # Binding strength, loosest first; mirrors the grammar in attn.lark.
-_IF, _OR, _AND, _NOT, _CMP, _ADD, _MUL, _UNARY, _POW, _ATOM = range(1, 11)
-_BINOP_PREC = {"+": _ADD, "-": _ADD, "*": _MUL, "/": _MUL, "//": _MUL, "%": _MUL, "**": _POW}
+_IF, _OR, _AND, _NOT, _CMP, _BOR, _BXOR, _BAND, _SHIFT, _ADD, _MUL, _UNARY, _POW, _ATOM = range(1, 15)
+_BINOP_PREC = {"|": _BOR, "^": _BXOR, "&": _BAND, "<<": _SHIFT, ">>": _SHIFT,
+               "+": _ADD, "-": _ADD, "*": _MUL, "/": _MUL, "//": _MUL, "%": _MUL, "**": _POW}
 
 
 def _prec(e: ast.Expr) -> int:
@@ -49,9 +50,9 @@ def _expr(e: ast.Expr) -> str:
             return f"{print_expr(e.left, _ATOM)} ** {print_expr(e.right, _UNARY)}"
         return f"{print_expr(e.left, p)} {e.op} {print_expr(e.right, p + 1)}"
     if isinstance(e, ast.Compare):
-        parts = [print_expr(e.operands[0], _ADD)]
+        parts = [print_expr(e.operands[0], _BOR)]
         for op, rhs in zip(e.ops, e.operands[1:]):
-            parts += [op, print_expr(rhs, _ADD)]
+            parts += [op, print_expr(rhs, _BOR)]
         return " ".join(parts)
     if isinstance(e, ast.BoolOp):
         p = _OR if e.op == "or" else _AND

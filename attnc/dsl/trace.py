@@ -233,29 +233,39 @@ class Sym:
     def __eq__(self, o): return self._compare("==", o)  # type: ignore[override]
     def __ne__(self, o): return self._compare("!=", o)  # type: ignore[override]
 
-    def _logic(self, op: str, other, reverse: bool = False) -> Sym:
+    def _bitwise(self, op: str, other, reverse: bool = False) -> Sym:
+        """``& | ^`` of two conditions (and, or, !=) or of two integers; ``<< >>`` of integers."""
+        if isinstance(other, (Vec, PartialIndex)):
+            return NotImplemented
         a, b = (self._lift(other), self) if reverse else (self, self._lift(other))
         a, b = a.plain(), b.plain()
-        if a.kind != "bool" or b.kind != "bool":
-            raise trace_error(f"`{'&' if op == 'and' else '|'}` on a {a.kind if a.kind != 'bool' else b.kind} value: "
-                              "bitwise operations on integers have no spec meaning; combine conditions only")
-        return Sym(ast.BoolOp(op, a.node, b.node), "bool", self.tracer)
+        if op in ("&", "|", "^") and a.kind == b.kind == "bool":
+            if op == "^":
+                return a._compare("!=", b)
+            return Sym(ast.BoolOp("and" if op == "&" else "or", a.node, b.node), "bool", self.tracer)
+        for x in (a, b):
+            if x.kind != "int":
+                both = " or on two conditions" if op in ("&", "|", "^") else ""
+                raise trace_error(f"`{op}` on a {x.kind} value: it works on two integers{both}")
+        return Sym(ast.BinOp(op, a.node, b.node), "int", self.tracer)
 
-    def __and__(self, o): return self._logic("and", o)
-    def __rand__(self, o): return self._logic("and", o, True)
-    def __or__(self, o): return self._logic("or", o)
-    def __ror__(self, o): return self._logic("or", o, True)
-
-    def __xor__(self, o):
-        b = self._lift(o)
-        if self.kind != "bool" or b.kind != "bool":
-            raise trace_error("`^` on integers has no spec meaning")
-        return self._compare("!=", b)
+    def __and__(self, o): return self._bitwise("&", o)
+    def __rand__(self, o): return self._bitwise("&", o, True)
+    def __or__(self, o): return self._bitwise("|", o)
+    def __ror__(self, o): return self._bitwise("|", o, True)
+    def __xor__(self, o): return self._bitwise("^", o)
+    def __rxor__(self, o): return self._bitwise("^", o, True)
+    def __lshift__(self, o): return self._bitwise("<<", o)
+    def __rlshift__(self, o): return self._bitwise("<<", o, True)
+    def __rshift__(self, o): return self._bitwise(">>", o)
+    def __rrshift__(self, o): return self._bitwise(">>", o, True)
 
     def __invert__(self):
         self.plain()
-        if self.kind != "bool":
-            raise trace_error("`~` on an integer has no spec meaning; `~` negates a condition")
+        if self.kind == "float":
+            raise trace_error("`~` of a float: `~` negates a condition or inverts an integer's bits")
+        if self.kind == "int":
+            return Sym(ast.Unary("~", self.node), "int", self.tracer)
         return Sym(ast.Not(self.node), "bool", self.tracer)
 
     def __bool__(self):
@@ -279,10 +289,10 @@ class Sym:
         raise trace_error("a traced value is a single number; it cannot be indexed")
 
     def _unsupported(self, *_):
-        raise trace_error("shifts (`<<`, `>>`), `@` and round() have no spec meaning on a traced value "
-                          "(a number per (q_idx, kv_idx)); write the arithmetic with + - * / // % **")
+        raise trace_error("`@` and round() have no spec meaning on a traced value (a number per "
+                          "(q_idx, kv_idx)); write the arithmetic with + - * / // % ** (and torch.round)")
 
-    __lshift__ = __rlshift__ = __rshift__ = __rrshift__ = __matmul__ = __rmatmul__ = __round__ = _unsupported
+    __matmul__ = __rmatmul__ = __round__ = _unsupported
 
     def __repr__(self) -> str:
         from .printer import print_expr
@@ -317,13 +327,11 @@ class Sym:
         if name in ("int", "long"):
             return lambda: self.tracer.to_int(self)
         if name == "to":
-            return lambda dtype, *a, **k: self.tracer.to_dtype(self, dtype)
+            return self._to
         if name == "clamp":
             return lambda min=None, max=None: self.tracer.clamp(self, min, max)
-        if name in ("logical_and", "logical_or"):
-            return lambda other: self._logic(name[8:], other)
-        if name == "logical_not":
-            return self.__invert__
+        if name.startswith(("logical_", "bitwise_")) and hasattr(torch, name):  # x.logical_and(y), ...
+            return lambda *args: self.tracer.torch_function(getattr(torch, name), (self, *args), {})
         if name in ("new_ones", "new_zeros"):  # torch's and_masks / or_masks / noop_mask start from one
             fill = int(name == "new_ones")
             return lambda size, *, dtype=None, device=None, requires_grad=False, layout=None, pin_memory=False: \
@@ -338,6 +346,15 @@ class Sym:
         if name == "where":  # x.where(cond, y) == torch.where(cond, x, y)
             return lambda cond, other: self.tracer.where(cond, self, other)
         raise trace_error(f"`.{name}` is not supported on a traced value")
+
+    def _to(self, *args, dtype=None, device=None, non_blocking=False, copy=False, memory_format=None) -> Sym:
+        """``x.to(dtype)``; a device (``.to(result.device)`` in transformers' and_masks) changes nothing."""
+        for a in args:
+            if isinstance(a, torch.dtype):
+                dtype = a
+            elif not (a is None or isinstance(a, (str, torch.device))):
+                raise trace_error(f"`.to({a!r})` of a traced value: pass a dtype or a device")
+        return self if dtype is None else self.tracer.to_dtype(self, dtype)
 
     def _new(self, name: str, size, fill, dtype) -> Sym:
         """``x.new_ones(())`` and friends: a constant, when the size is () (one number per pair)."""
@@ -775,11 +792,15 @@ class Tracer:
             lo = args[1] if len(args) > 1 else kwargs.get("min")
             hi = args[2] if len(args) > 2 else kwargs.get("max")
             return self.clamp(args[0], lo, hi)
-        if name in ("logical_and", "logical_or") and len(args) == 2:
-            a = args[0] if isinstance(args[0], Sym) else args[1]._lift(args[0])
-            return a._logic(name[8:], args[1])
-        if name == "logical_not" and len(args) == 1:
-            return args[0].__invert__()
+        if name in ("logical_and", "logical_or", "logical_xor") and len(args) == 2:
+            x, y = (a if isinstance(a, Sym) else _other_sym(args)._lift(a) for a in args)
+            if "bool" not in (x.kind, y.kind):  # logical_*: non-zero is true
+                x, y = x != 0, y != 0
+            return _binary((x, y), {"and": "&", "or": "|", "xor": "^"}[name[8:]])
+        if name in ("logical_not", "bitwise_not") and len(args) == 1:
+            return (args[0] == 0) if name == "logical_not" and args[0].kind != "bool" else args[0].__invert__()
+        if name in _BITWISE_FNS and len(args) == 2:
+            return _binary(args, _BITWISE_FNS[name])
         if name in ("remainder", "fmod") and len(args) == 2:
             return _binary(args, "%")
         if name == "floor_divide" and len(args) == 2:
@@ -802,13 +823,20 @@ class Tracer:
                 a, b = (args[1], args[0]) if reverse else (args[0], args[1])
                 return _binary((a, b), _OPS[op])
         raise trace_error(f"`torch.{name}` has no spec meaning in attnc (supported: arithmetic, comparisons, "
-                          "& | ~, torch.where, minimum, maximum, clamp, indexing captured tensors, and "
+                          "& | ^ ~ << >>, torch.where, minimum, maximum, clamp, indexing captured tensors, and "
                           f"the torch forms of {', '.join(sorted(f.name for f in FUNCTIONS.values() if f.traced))}; "
                           "see docs/language.md)")
 
 
 _OPS = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%", "pow": "**",
-        "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=", "and": "&", "or": "|"}
+        "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!=",
+        "and": "&", "or": "|", "xor": "^", "lshift": "<<", "rshift": ">>"}
+_BITWISE_FNS = {"bitwise_and": "&", "bitwise_or": "|", "bitwise_xor": "^", "bitwise_left_shift": "<<",
+                "bitwise_right_shift": ">>"}
+
+
+def _other_sym(args) -> Sym:
+    return next(a for a in args if isinstance(a, Sym))
 
 
 def _binary(args, op: str) -> Sym:
@@ -827,8 +855,8 @@ def _binary(args, op: str) -> Sym:
     rhs = b
     if op in ("<", "<=", ">", ">=", "==", "!="):
         return lhs._compare(op, rhs)
-    if op in ("&", "|"):
-        return lhs._logic("and" if op == "&" else "or", rhs)
+    if op in ("&", "|", "^", "<<", ">>"):
+        return lhs._bitwise(op, rhs)
     return lhs._arith(op, rhs)
 
 

@@ -1,6 +1,7 @@
 """Plain-Python evaluation of size expressions: parameter defaults, tensor dimensions and
 constant subexpressions. Same meaning as the reference interpreter (floor ``//`` and ``%``,
-total at zero); used by lowering (constant checks) and by the runtime (defaults, shapes).
+total at zero; shift counts clamped into 0..31); used by lowering (constant checks) and by the
+runtime (defaults, shapes).
 """
 
 from __future__ import annotations
@@ -41,9 +42,13 @@ def eval_size_expr(e: n.Expr, sizes: dict, params: dict):
             return a // b if e.op == "//" else a % b
         if e.op == "/":
             return a / b if b != 0 else math.copysign(math.inf, a) if a else math.nan
+        if e.op in ("<<", ">>"):
+            k = min(max(b, 0), n.SHIFT_MAX)
+            return a << k if e.op == "<<" else a >> k
         ops = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "**": lambda: _pow(a, b),
                "<": lambda: a < b, "<=": lambda: a <= b, ">": lambda: a > b, ">=": lambda: a >= b,
-               "==": lambda: a == b, "!=": lambda: a != b, "and": lambda: a and b, "or": lambda: a or b}
+               "==": lambda: a == b, "!=": lambda: a != b, "and": lambda: a and b, "or": lambda: a or b,
+               "&": lambda: a & b, "|": lambda: a | b, "^": lambda: a ^ b}
         return ops[e.op]()
     if isinstance(e, n.Call):
         args = [eval_size_expr(x, sizes, params) for x in e.args]

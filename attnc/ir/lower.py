@@ -238,19 +238,55 @@ def _lower_unary(e: ast.Unary, ctx: Ctx) -> n.Expr:
     if e.op == "-" and isinstance(e.operand, ast.Num) and e.operand.is_int and e.operand.value == INT32_MAX + 1:
         return n.Const(-(INT32_MAX + 1), n.INT)  # -2147483648: the literal alone would not fit
     x = lower_expr(e.operand, ctx)
+    if e.op == "~":
+        if x.type != n.INT:
+            fix = f"; to negate a condition write `not {_describe(e.operand)}`" if x.type == n.BOOL else ""
+            raise SpecError(f"`~` inverts the bits of an integer, but `{_describe(e.operand)}` is "
+                            f"{_words(x.type)}{fix}", e.span)
+        return n.Binary("^", x, n.Const(-1, n.INT), n.INT)  # ~x == x ^ -1 in two's complement
     _num_operand(x, e.operand, e.op, allow_vec=True)
     if e.op == "+":
         return x
     return n.Unary("-", x, x.type)
 
 
-_ARITH = ("+", "-", "*", "/", "//", "%", "**")
+def _lower_bitwise(e: ast.BinOp, a: n.Expr, b: n.Expr) -> n.Expr:
+    """``& | ^`` of two integers or of two bools (then Python's and torch's logical meaning), and
+    ``<< >>`` of integers. A shift count outside 0..31 is taken as 0 or 31 (docs/language.md)."""
+    op = e.op
+    if op in ("&", "|", "^") and a.type == b.type == n.BOOL:
+        return n.Binary({"&": "and", "|": "or", "^": "!="}[op], a, b, n.BOOL)
+    for x, node in ((a, e.left), (b, e.right)):
+        if x.type != n.INT:
+            fix = ""
+            if x.type == n.BOOL:
+                fix = " (of two bools, `&`, `|` and `^` are and, or and !=)" if op in "&|^" else ""
+            elif x.type == n.FLOAT:
+                fix = "; floor a float first: floor(x)"
+            raise SpecError(f"`{op}` works on integers, but `{_describe(node)}` is {_words(x.type)}{fix}", node.span)
+    from .evaluate import eval_size_expr
+
+    if op in ("<<", ">>") and _is_constant(b) and not 0 <= eval_size_expr(b, {}, {}) <= n.SHIFT_MAX:
+        raise SpecError(f"a shift count must be in 0..{n.SHIFT_MAX} (kernels compute with int32), not "
+                        f"{eval_size_expr(b, {}, {})}", e.right.span)
+    out = n.Binary(op, a, b, n.INT)
+    if _is_constant(out):
+        value = eval_size_expr(out, {}, {})
+        if not -(INT32_MAX + 1) <= value <= INT32_MAX:
+            raise SpecError(f"`{_describe(e)}` is {value}, which does not fit in 32 bits (kernels compute with int32)",
+                            e.span)
+    return out
 
 
 def _lower_binop(e: ast.BinOp, ctx: Ctx) -> n.Expr:
     a = lower_expr(e.left, ctx)
     b = lower_expr(e.right, ctx)
     op = e.op
+    if op in n.BITWISE:
+        for x, node in ((a, e.left), (b, e.right)):
+            if x.type == n.VEC:
+                _num_operand(x, node, op)
+        return _lower_bitwise(e, a, b)
     vec_ok = op in ("+", "-", "*", "/")
     _num_operand(a, e.left, op, allow_vec=vec_ok)
     _num_operand(b, e.right, op, allow_vec=vec_ok)
@@ -289,11 +325,15 @@ def _lower_binop(e: ast.BinOp, ctx: Ctx) -> n.Expr:
     return n.Binary(op, a, b, n.INT)
 
 
+def _is_constant(x: n.Expr) -> bool:
+    return not any(isinstance(k, (n.Var, n.Param, n.Load, n.Ref, n.ValueRow, n.Dot, n.Feature)) for k in n.walk(x))
+
+
 def _check_finite_constant(x: n.Expr, node: ast.Expr) -> None:
     """A float expression of constants only must evaluate to a finite number (no 1.0 / 0.0)
     within float32's range, which kernels compute in (the float64 reference would not overflow
     on `2.0 ** 1000`: the two would disagree), as float literals must."""
-    if any(isinstance(k, (n.Var, n.Param, n.Load, n.Ref, n.ValueRow, n.Dot, n.Feature)) for k in n.walk(x)):
+    if not _is_constant(x):
         return
     import math
 

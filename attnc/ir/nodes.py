@@ -38,6 +38,10 @@ SIZE_VARS = ("n_q", "n_kv", "head_dim", "n_heads", "n_kv_heads", "scale")
 DIM_VARS = ("B", "H", "H_KV", "N_Q", "N_KV", "D", "D_V")
 
 REDUCE_OPS = ("sum", "max", "min")
+# Integer bitwise operators (int32 two's complement, as in the kernels). A shift count outside
+# 0..SHIFT_MAX is taken as the nearest end of that range, in every backend.
+BITWISE = ("&", "|", "^", "<<", ">>")
+SHIFT_MAX = 31
 
 
 @dataclass(frozen=True)

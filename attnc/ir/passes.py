@@ -144,6 +144,8 @@ class _Symbolic:
                 return sp.floor(a / b)
             if op == "%":
                 return sp.Mod(a, b)
+            if op in n.BITWISE:  # uninterpreted: equal only for equal operands
+                return sp.Function(f"bitwise{n.BITWISE.index(op)}")(a, b)
             if op == "and":
                 return sp.And(a, b)
             if op == "or":

@@ -107,6 +107,8 @@ class _Ranges:
         if e.op == "%":  # floor modulo: in [0, b) for b > 0, in (b, 0] for b < 0; x % 0 = x
             lo, hi = min(b[0] + 1, 0.0), max(b[1] - 1, 0.0)
             return (min(a[0], lo), max(a[1], hi)) if b[0] <= 0 <= b[1] else (lo, hi)
+        if e.op in n.BITWISE:
+            return bitwise_interval(e.op, a, b)
         return ALL  # **
 
     def _call(self, e: n.Call) -> tuple[float, float]:
@@ -126,6 +128,23 @@ def call_interval(f, args: list[tuple[float, float]]) -> tuple[float, float]:
     else:  # the image of the whole line (NaN, as sin(inf), is no value an interval holds)
         return (lo_b, hi_b)
     return (lo_b if lo != lo else max(lo, lo_b), hi_b if hi != hi else min(hi, hi_b))  # NaN: the bound
+
+
+def bitwise_interval(op: str, a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    """An interval holding ``x op y`` (int32 two's complement, shift counts clamped into
+    0..SHIFT_MAX) for x in ``a``, y in ``b``."""
+    if op in ("<<", ">>"):  # x·2^k and floor(x / 2^k): monotone in x, and in k for x of one sign
+        ks = [2.0 ** min(max(k, 0), n.SHIFT_MAX) for k in b]
+        ends = [x * k if op == "<<" else math.floor(x / k) if math.isfinite(x) else x for x in a for k in ks]
+        return (min(ends), max(ends))
+    if op == "&" and any(r[0] >= 0 and math.isfinite(r[1]) for r in (a, b)):  # x & y in [0, y] for y >= 0
+        return (0.0, min(r[1] for r in (a, b) if r[0] >= 0))
+    if any(math.isinf(x) for x in a + b):
+        return ALL  # a tensor's values: unknown (never counted as an overflow)
+    top = 2.0 ** max(abs(int(x)).bit_length() for x in a + b)  # |x|, |y| < top: both lie in [-top, top)
+    if a[0] >= 0 and b[0] >= 0:  # x ^ y <= x | y <= x + y
+        return (max(a[0], b[0]) if op == "|" else 0.0, min(a[1] + b[1], top - 1))
+    return (-top, top - 1)
 
 
 def weight_range(c: n.Cascade, weight: n.Expr) -> tuple[float, float]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from . import nodes as n
 
-_ARITH = {"+", "-", "*", "/", "//", "%", "**"}
+_ARITH = {"+", "-", "*", "/", "//", "%", "**", *n.BITWISE}
 _CMP = {"<", "<=", ">", ">=", "==", "!="}
 
 
@@ -64,7 +64,7 @@ def _type_of(e: n.Expr, types: dict[str, str], params: dict[str, n.ParamSpec], w
         elif n.VEC in (a, b):
             ok = e.type == n.VEC and ((e.op in "+-" and a == b) or (e.op == "*" and {a, b} == {n.VEC, n.FLOAT})
                                       or (e.op == "/" and a == n.VEC and b == n.FLOAT))
-        elif e.op in ("//", "%"):
+        elif e.op in ("//", "%") or e.op in n.BITWISE:
             ok = a == b == e.type == n.INT
         else:
             ok = a == b == e.type and a in n.NUMERIC and (e.op not in ("/", "**") or a == n.FLOAT)

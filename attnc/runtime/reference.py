@@ -192,6 +192,11 @@ class _Eval:
             if op == "//":
                 return torch.where(zero, torch.zeros_like(a * b), torch.div(a, safe, rounding_mode="floor"))
             return torch.where(zero, a + 0 * b, torch.remainder(a, safe))
+        if op in ("&", "|", "^"):
+            return {"&": torch.bitwise_and, "|": torch.bitwise_or, "^": torch.bitwise_xor}[op](a, b)
+        if op in ("<<", ">>"):  # int64 here, int32 in kernels: equal while the value fits int32 (checked)
+            k = b.clamp(0, n.SHIFT_MAX)
+            return torch.bitwise_left_shift(a, k) if op == "<<" else torch.bitwise_right_shift(a, k)
         if op == "and":
             return torch.logical_and(a, b)
         if op == "or":

@@ -99,6 +99,11 @@ def _fdiv(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return torch.where(c == 0, torch.zeros_like(a), torch.div(a, safe, rounding_mode="floor"))
 
 
+def _bit_length(x: torch.Tensor) -> torch.Tensor:
+    """The bit length of non-negative int64 values below BIG."""
+    return torch.where(x > 0, torch.floor(torch.log2(x.clamp(min=1).to(_F64))).to(_I64) + 1, 0)
+
+
 def _fmod(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return a - _fdiv(a, c) * c
 
@@ -187,6 +192,8 @@ class _Evaluator:
             return self.floordiv(a, b)
         if op == "%" and e.type == n.INT:
             return self.mod(a, b)
+        if op in n.BITWISE:
+            return self.bitwise(op, a, b)
         if op == "/" and e.type == n.FLOAT:
             out = self._corners(a, b, torch.div)
             apart = (b.lo > 0) | (b.hi < 0)  # a divisor range holding 0: anything
@@ -210,6 +217,32 @@ class _Evaluator:
         lo = torch.where(signed, out.lo, torch.where(zero, 0, -BIG))
         hi = torch.where(signed, out.hi, torch.where(zero, 0, BIG))
         return _Int(lo, hi)
+
+    @staticmethod
+    def bitwise(op: str, a: _Int, b: _Int) -> _Int:
+        """Bounds of ``x op y`` per tile. Shifts: monotone in x, and in the (clamped) count for x of
+        one sign. ``& | ^``: the bits above the highest one that differs between an interval's
+        ends are the same for all its values (two's complement, ends of one sign); below it, any
+        bit may be set, except in a single value, whose own bits are known."""
+        if op in ("<<", ">>"):
+            k = _Int(b.lo.clamp(0, n.SHIFT_MAX), b.hi.clamp(0, n.SHIFT_MAX))
+            return _Evaluator._corners(a, k, lambda x, c: _mul(x, 2**c) if op == "<<" else _fdiv(x, 2**c))
+        a_lo, a_hi, b_lo, b_hi = torch.broadcast_tensors(a.lo, a.hi, b.lo, b.hi)
+        spread_a, spread_b = a_lo ^ a_hi, b_lo ^ b_hi  # negative: the ends differ in sign
+        low = 2 ** _bit_length(torch.maximum(spread_a, spread_b).clamp(min=0)) - 1  # the bits that may vary
+        fixed_a, fixed_b = a_lo & ~low, b_lo & ~low
+        known_a = torch.where(a_lo == a_hi, a_lo & low, 0)  # low bits set for sure
+        known_b = torch.where(b_lo == b_hi, b_lo & low, 0)
+        may_a = torch.where(a_lo == a_hi, known_a, low)  # low bits that may be set
+        may_b = torch.where(b_lo == b_hi, known_b, low)
+        if op == "&":
+            lo, hi = (fixed_a | known_a) & (fixed_b | known_b), (fixed_a & fixed_b) | (may_a & may_b)
+        elif op == "|":
+            lo, hi = fixed_a | fixed_b | known_a | known_b, fixed_a | fixed_b | may_a | may_b
+        else:
+            lo, hi = fixed_a ^ fixed_b, (fixed_a ^ fixed_b) | low
+        unknown = (spread_a < 0) | (spread_b < 0) | (torch.stack([a_lo, a_hi, b_lo, b_hi]).abs() >= BIG).any(0)
+        return _Int(torch.where(unknown, -BIG, lo), torch.where(unknown, BIG, hi))
 
     def mod(self, a: _Int, c: _Int) -> _Int:
         one = c.lo == c.hi

@@ -58,7 +58,7 @@ INDEX_VARS = ("q_idx", "kv_idx", "b", "h", "n_q", "n_kv")
 
 # ----------------------------------------------------------------------------- trees
 # Trees are tuples: (tag, *children). Int: ("var", name) ("int", v) ("param", name)
-# ("tget", tensor, idx...) (op, a, b) for + - * // % min max, ("abs"|"sign", a), ("neg", a),
+# ("tget", tensor, idx...) (op, a, b) for + - * // % min max & | ^ << >>, ("abs"|"sign", a), ("neg"|"inv", a),
 # ("clamp", a, lo, hi). Bool: ("cmp", op, a, b) ("chain", op1, a, op2, b, c) ("and"|"or", a, b)
 # ("not", a) ("bparam", name) ("bool", v) ("lib", name, *args) ("piece", name). Float: ("score",)
 # ("flt", v) ("fparam", name) ("tget", ...) ("i2f", c, int) ("fn", name, a) ("mulc", c, a)
@@ -88,14 +88,16 @@ def _int_trees(ctx, max_leaves=4, linear=False):
         leaves.append(st.sampled_from([("tget", "ids", ("var", "b"), ("var", "kv_idx")),
                                        ("tget", "ids", ("var", "b"), ("var", "q_idx"))]))
     base = st.one_of(*leaves)
-    ops = ["+", "-", "min", "max"] + ([] if linear else ["*", "//", "%"])
+    ops = ["+", "-", "min", "max"] + ([] if linear else ["*", "//", "%", "&", "|", "^", ">>"])
 
     def extend(kids):
         return st.one_of(
-            st.tuples(st.sampled_from(ops), kids, kids),
-            st.tuples(st.sampled_from(["abs", "neg"] + ([] if linear else ["sign"])), kids),
-            st.tuples(st.just("clamp"), kids, st.integers(-3, 3).map(lambda v: ("int", v)),
-                      st.integers(4, 30).map(lambda v: ("int", v))),
+            st.tuples(st.sampled_from(ops), kids, kids),  # `>>` by any count: it is clamped into 0..31
+            st.tuples(st.sampled_from(["abs", "neg"] + ([] if linear else ["sign", "inv"])), kids),
+            st.one_of(  # `<<` by a small constant count: a value that stays inside int32
+                st.tuples(st.just("clamp"), kids, st.integers(-3, 3).map(lambda v: ("int", v)),
+                          st.integers(4, 30).map(lambda v: ("int", v))),
+                *([] if linear else [st.tuples(st.just("<<"), kids, st.integers(0, 4).map(lambda v: ("int", v)))])),
         )
 
     return st.recursive(base, extend, max_leaves=max_leaves)
@@ -187,6 +189,8 @@ def _r_int(t):
         return f"{tag}({_r_int(t[1])})"
     if tag == "neg":
         return f"(-{_r_int(t[1])})"
+    if tag == "inv":
+        return f"(~{_r_int(t[1])})"
     if tag == "clamp":
         return f"clamp({_r_int(t[1])}, {_r_int(t[2])}, {_r_int(t[3])})"
     if tag in ("min", "max"):
@@ -334,6 +338,8 @@ def _e_int(t, env):
         return _e_int(t[1], env).sign()
     if tag == "neg":
         return -_e_int(t[1], env)
+    if tag == "inv":
+        return -_e_int(t[1], env) - 1  # two's complement: ~x == -x - 1
     if tag == "clamp":
         a, lo, hi = (_e_int(x, env) for x in t[1:])
         return torch.minimum(torch.maximum(a, lo), hi)
@@ -342,6 +348,11 @@ def _e_int(t, env):
         return _floordiv(a, b)
     if tag == "%":
         return torch.where(b == 0, a + 0 * b, a - _floordiv(a, b) * b)
+    if tag in ("<<", ">>"):  # a·2^k and floor(a / 2^k), the count clamped into 0..31
+        p = torch.pow(2, b.clamp(0, 31))
+        return a * p if tag == "<<" else _floordiv(a, p)
+    if tag in ("&", "|", "^"):
+        return {"&": torch.bitwise_and, "|": torch.bitwise_or, "^": torch.bitwise_xor}[tag](a, b)
     return {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "min": lambda: torch.minimum(a, b),
             "max": lambda: torch.maximum(a, b)}[tag]()
 

@@ -47,7 +47,8 @@ LEAVES = st.one_of(
 
 
 def _extend(children):
-    binop = st.builds(ast.BinOp, st.sampled_from(["+", "-", "*", "/", "//", "%", "**"]), children, children)
+    binop = st.builds(ast.BinOp, st.sampled_from(["+", "-", "*", "/", "//", "%", "**", "&", "|", "^", "<<", ">>"]),
+                          children, children)
     cmp = st.integers(1, 3).flatmap(
         lambda k: st.builds(
             ast.Compare,
@@ -58,7 +59,7 @@ def _extend(children):
     return st.one_of(
         binop,
         cmp,
-        st.builds(ast.Unary, st.sampled_from(["-", "+"]), children),
+        st.builds(ast.Unary, st.sampled_from(["-", "+", "~"]), children),
         st.builds(ast.BoolOp, st.sampled_from(["and", "or"]), children, children),
         st.builds(ast.Not, children),
         st.builds(ast.IfExp, children, children, children),

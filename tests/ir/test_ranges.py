@@ -132,3 +132,27 @@ def test_a_proven_index_is_in_range_on_every_pair(nq, nkv, aq, akv, a, b, c):
         for i in range(nq):
             for j in range(nkv):
                 assert 0 <= a * i + b * j + c + nq - 1 < size
+
+
+_INTERVALS = st.tuples(st.integers(-70, 70), st.integers(0, 40)).map(lambda t: (t[0], t[0] + t[1]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(op=st.sampled_from(n.BITWISE), a=_INTERVALS, b=_INTERVALS)
+def test_bitwise_intervals_hold_every_value(op, a, b):
+    """ir.ranges (overflow checks) and the runtime's tile classifier bound ``x op y`` for every x in
+    a, y in b, with the language's clamped shift count; the classifier is exact on single values."""
+    from attnc.ir.ranges import bitwise_interval
+    from attnc.runtime.sparsity import _Evaluator, _Int
+
+    def value(x, y):
+        k = min(max(y, 0), n.SHIFT_MAX)
+        return {"&": x & y, "|": x | y, "^": x ^ y, "<<": x << k, ">>": x >> k}[op]
+
+    values = [value(x, y) for x in range(a[0], a[1] + 1) for y in range(b[0], b[1] + 1)]
+    lo, hi = bitwise_interval(op, (float(a[0]), float(a[1])), (float(b[0]), float(b[1])))
+    assert lo <= min(values) and max(values) <= hi
+    t = _Evaluator.bitwise(op, *(_Int(torch.tensor(r[0]), torch.tensor(r[1])) for r in (a, b)))
+    assert int(t.lo) <= min(values) and max(values) <= int(t.hi)
+    if a[0] == a[1] and b[0] == b[1]:
+        assert int(t.lo) == int(t.hi) == values[0]

@@ -402,12 +402,16 @@ def test_jit_keyword_only_parameter_is_a_spec_error():
         attnc.jit(kwonly)(*_qkv())
 
 
-@pytest.mark.parametrize("fn", [lambda score, b, h, q_idx, kv_idx: score + (q_idx << 1),
-                                lambda score, b, h, q_idx, kv_idx: score + (q_idx >> 1),
-                                lambda score, b, h, q_idx, kv_idx: score @ score,
-                                lambda score, b, h, q_idx, kv_idx: round(score)])
-def test_jit_operators_without_spec_meaning_are_spec_errors(fn):
-    with pytest.raises(SpecError, match="no spec meaning on a traced value"):
+@pytest.mark.parametrize("fn, message", [
+    (lambda score, b, h, q_idx, kv_idx: score @ score, "no spec meaning on a traced value"),
+    (lambda score, b, h, q_idx, kv_idx: round(score), "no spec meaning on a traced value"),
+    (lambda score, b, h, q_idx, kv_idx: score + (score << 1), r"`<<` on a float value: it works on two integers"),
+    (lambda score, b, h, q_idx, kv_idx: score + (q_idx & (kv_idx > 2)), r"`&` on a bool value: it works on two "
+                                                                        r"integers or on two conditions"),
+    (lambda score, b, h, q_idx, kv_idx: score + ~score, r"`~` of a float"),
+])
+def test_jit_operators_without_spec_meaning_are_spec_errors(fn, message):
+    with pytest.raises(SpecError, match=message):
         attnc.jit(fn)(*_qkv())
 
 

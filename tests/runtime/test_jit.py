@@ -447,6 +447,21 @@ def _diag_blocks(b, h, q_idx, kv_idx):
     return q_idx // 8 == kv_idx // 8
 
 
+def _morton_xy(z):  # a Z-order index → its 2-D coordinates (3 bits each), as a Morton NATTEN writes it
+    return ((z & 1) | ((z >> 1) & 2) | ((z >> 2) & 4), ((z >> 1) & 1) | ((z >> 2) & 2) | ((z >> 3) & 4))
+
+
+def _natten_morton(b, h, q_idx, kv_idx):
+    (qx, qy), (kx, ky) = _morton_xy(q_idx), _morton_xy(kv_idx)
+    return ((qx - kx).abs() <= 1) & ((qy - ky).abs() <= 2) | (q_idx ^ kv_idx == 0)
+
+
+def _bitwise_score(score, b, h, q_idx, kv_idx):
+    bits = (q_idx ^ kv_idx) % 5 - (~kv_idx & 3) + torch.bitwise_left_shift(1, h) + (q_idx << 2) * kv_idx.bitwise_and(1)
+    return score + bits * 0.05 + torch.where(torch.logical_xor(q_idx > kv_idx, (q_idx | kv_idx) > 7), 0.2, 0.0) \
+        + (torch.bitwise_right_shift(q_idx, kv_idx % 7) & 1)
+
+
 FLEX_FORMS = {
     "score_mod with its own names": (None, _score_any_names),
     "lambda score_mod": (None, lambda s, b, h, q, k: s * 0.8 + torch.where(q > k, 0.1, 0.0)),
@@ -455,6 +470,8 @@ FLEX_FORMS = {
     "nested combinators": (and_masks(or_masks(_window3, _diag_blocks), causal), None),
     "noop_mask": (noop_mask, None),
     "partial mask_mod": (functools.partial(sliding, window=5), None),
+    "bitwise: Morton-order NATTEN": (_natten_morton, None),
+    "bitwise: integer score terms": (None, _bitwise_score),
 }
 
 

@@ -135,3 +135,35 @@ def test_classification_is_sound_with_nan_and_inf_in_a_float_mask_input(data, ti
     want = _truth(reference_keep(attn.cascade, q, q, q, w=w), *tiles)
     assert not ((got == EMPTY) & (want != EMPTY)).any()
     assert not ((got == FULL) & (want != FULL)).any()
+
+
+MORTON = """
+attention natten_morton(radius: int = 1):
+    # tokens in Z-order over a 2-D grid of 2^3 × 2^3 cells: x from the even bits, y from the odd ones
+    let qx = (q_idx & 1) | ((q_idx >> 1) & 2) | ((q_idx >> 2) & 4)
+    let qy = ((q_idx >> 1) & 1) | ((q_idx >> 2) & 2) | ((q_idx >> 3) & 4)
+    let kx = (kv_idx & 1) | ((kv_idx >> 1) & 2) | ((kv_idx >> 2) & 4)
+    let ky = ((kv_idx >> 1) & 1) | ((kv_idx >> 2) & 2) | ((kv_idx >> 3) & 4)
+    mask = abs(qx - kx) <= radius and abs(qy - ky) <= radius
+"""
+
+
+@SETTINGS
+@given(n=st.integers(1, 64), radius=st.integers(0, 3), tiles=st.sampled_from([(4, 4), (8, 16), (16, 8), (2, 32)]))
+def test_a_morton_order_mask_is_classified_exactly_on_aligned_tiles(n, radius, tiles):
+    """Bitwise masks get block sparsity: over a tile of 2^t aligned tokens, the high bits of the
+    index are fixed, and the classifier follows them through `&`, `|` and `>>` (a tile is empty
+    exactly when no pair in it is kept; none is called full that is not)."""
+    attn = attnc.compile(MORTON)
+    q = torch.zeros(1, 1, n, 4)
+    sizes = sizes_of(q, q, q, None)
+    got = classify(attn.cascade, bind_params(attn.cascade, {"radius": radius}, sizes), sizes, *tiles).classes
+    i = torch.arange(n)
+    x = (i & 1) | ((i >> 1) & 2) | ((i >> 2) & 4)
+    y = ((i >> 1) & 1) | ((i >> 2) & 2) | ((i >> 3) & 4)
+    keep = ((x[:, None] - x[None]).abs() <= radius) & ((y[:, None] - y[None]).abs() <= radius)
+    want = _truth(keep[None, None], *tiles)
+    assert torch.equal(reference_keep(attn.cascade, q, q, q, radius=radius)[0, 0], keep)
+    got = got.long().expand_as(want)
+    assert torch.equal(got == EMPTY, want == EMPTY)
+    assert not ((got == FULL) & (want != FULL)).any()
