@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 # where an optional extra's module may be imported at module level: the subpackage that needs it
-EXTRA_HOMES = {"test": ("attnc/testing/",)}
+EXTRA_HOMES = {"test": ("attnc/testing/",), "transformers": ("attnc/integrations/",)}
 
 
 def _dist(requirement: str) -> str:

@@ -1,0 +1,1 @@
+"""attnc inside other libraries: ``attnc.integrations.transformers`` (the `transformers` extra)."""
