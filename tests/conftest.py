@@ -23,3 +23,14 @@ def example_files():
 @pytest.fixture
 def root():
     return ROOT
+
+
+@pytest.fixture
+def poison(monkeypatch, tmp_path):
+    """Kernel outputs start as NaN (an element a kernel fails to write cannot pass for a correct
+    one) and kernels are built into a fresh cache. Modules use it with
+    ``pytestmark = pytest.mark.usefixtures("poison")``."""
+    import attnc
+
+    monkeypatch.setattr(attnc.Attention, "POISON", True)
+    monkeypatch.setenv("ATTNC_CACHE_DIR", str(tmp_path / "cache"))

@@ -235,9 +235,7 @@ class Sym:
 
     def _bitwise(self, op: str, other, reverse: bool = False) -> Sym:
         """``& | ^`` of two conditions (and, or, !=) or of two integers; ``<< >>`` of integers."""
-        if isinstance(other, (Vec, PartialIndex)):
-            return NotImplemented
-        a, b = (self._lift(other), self) if reverse else (self, self._lift(other))
+        a, b = (self._lift(other), self) if reverse else (self, self._lift(other))  # a vector: refused there
         a, b = a.plain(), b.plain()
         if op in ("&", "|", "^") and a.kind == b.kind == "bool":
             if op == "^":
@@ -331,7 +329,8 @@ class Sym:
         if name == "clamp":
             return lambda min=None, max=None: self.tracer.clamp(self, min, max)
         if name.startswith(("logical_", "bitwise_")) and hasattr(torch, name):  # x.logical_and(y), ...
-            return lambda *args: self.tracer.torch_function(getattr(torch, name), (self, *args), {})
+            return lambda *args, other=None: self.tracer.torch_function(
+                getattr(torch, name), (self, *args) + (() if other is None else (other,)), {})
         if name in ("new_ones", "new_zeros"):  # torch's and_masks / or_masks / noop_mask start from one
             fill = int(name == "new_ones")
             return lambda size, *, dtype=None, device=None, requires_grad=False, layout=None, pin_memory=False: \
@@ -484,6 +483,10 @@ class Vec:
         raise trace_error("Python control flow on a traced vector; reduce it first (`.sum(-1)`)")
     __hash__ = object.__hash__
 
+    def _no_bitwise(self, *_):
+        raise trace_error("bitwise operators on a traced vector (a captured tensor indexed in all but its last "
+                          "dimension): index it in every dimension first")
+
     def pow(self, o): return self ** o
     def abs(self): return abs(self)
     def square(self): return self * self
@@ -526,9 +529,13 @@ for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__
               "__pow__", "__rpow__", "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__", "__matmul__",
               "__rmatmul__", "__neg__", "__abs__"):
     setattr(PartialIndex, _name, _vec_op(_name))
-for _name in ("__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__", "__and__", "__or__", "__float__",
-              "__int__", "__index__"):
+_BITWISE_DUNDERS = ("__and__", "__rand__", "__or__", "__ror__", "__xor__", "__rxor__", "__lshift__", "__rlshift__",
+                    "__rshift__", "__rrshift__", "__invert__")
+for _name in ("__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__", "__float__", "__int__", "__index__",
+              *_BITWISE_DUNDERS):
     setattr(PartialIndex, _name, PartialIndex._incomplete)
+for _name in _BITWISE_DUNDERS:
+    setattr(Vec, _name, Vec._no_bitwise)
 
 
 def _vec_function(func, args, kwargs):
@@ -794,8 +801,7 @@ class Tracer:
             return self.clamp(args[0], lo, hi)
         if name in ("logical_and", "logical_or", "logical_xor") and len(args) == 2:
             x, y = (a if isinstance(a, Sym) else _other_sym(args)._lift(a) for a in args)
-            if "bool" not in (x.kind, y.kind):  # logical_*: non-zero is true
-                x, y = x != 0, y != 0
+            x, y = (s if s.kind == "bool" else s != 0 for s in (x, y))  # logical_*: non-zero is true
             return _binary((x, y), {"and": "&", "or": "|", "xor": "^"}[name[8:]])
         if name in ("logical_not", "bitwise_not") and len(args) == 1:
             return (args[0] == 0) if name == "logical_not" and args[0].kind != "bool" else args[0].__invert__()

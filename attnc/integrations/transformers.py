@@ -38,6 +38,8 @@ class AttncMask:
     """What attnc's mask interface hands the attention function: the mask function of one mask
     (one per forward and layer type), and the attentions traced from it per soft-cap and norm."""
 
+    ndim = 4  # transformers passes a prepared 4-D mask through (generate() with a static cache makes it ahead)
+
     def __init__(self, mask_function):
         self.mask_function = mask_function
         self._built: OrderedDict = OrderedDict()
@@ -79,18 +81,27 @@ def attnc_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_of
     as ``flex_attention_mask`` composes them, kept as a function."""
     from transformers import masking_utils as mu
 
+    if isinstance(attention_mask, AttncMask):  # made ahead of time (generate with a static cache)
+        return attention_mask
     if mask_function is None:
         mask_function = mu.causal_mask_function
     if attention_mask is not None and not bool(attention_mask.all()):
         padding = mu.prepare_padding_mask(attention_mask.to(torch.bool), kv_length, kv_offset)
         mask_function = mu.and_masks(mask_function, mu.padding_mask_function(padding))
     if not (isinstance(q_offset, int) and isinstance(kv_offset, int) and q_offset == kv_offset == 0):
+        # a static cache's offset is its live position counter, advanced in place by the cache
+        # update before the layer attends: the mask keeps the value it had when it was made
+        q_offset, kv_offset = (x.clone() if isinstance(x, torch.Tensor) else x for x in (q_offset, kv_offset))
         mask_function = mu.add_offsets_to_mask_function(mask_function, q_offset, kv_offset)
     return AttncMask(mask_function)
 
 
 def _causal(b, h, q_idx, kv_idx):
     return kv_idx <= q_idx
+
+
+# arguments some models pass that change the attention itself: refused, never ignored
+_REFUSED = ("position_bias", "s_aux", "sinks", "block_indices", "indices", "head_mask")
 
 
 def attention_function(norm=DEFAULT_NORM):
@@ -105,13 +116,13 @@ def attention_function(norm=DEFAULT_NORM):
         if kwargs.get("output_attentions"):
             raise ValueError("attn_implementation='attnc' does not return attention weights (output_attentions=True); "
                              "use attn_implementation='eager' for them")
-        for name in ("position_bias", "s_aux"):
+        for name in _REFUSED:
             if kwargs.get(name) is not None:
                 raise ValueError(f"attn_implementation='attnc' does not take `{name}` (this model's attention adds "
                                  f"it); write the mechanism as an attnc spec instead")
         if isinstance(attention_mask, AttncMask):
             mask = attention_mask
-        elif attention_mask is None:  # no mask made: causal (bottom-right aligned, as for a query at the end) or none
+        elif attention_mask is None:  # no mask made: causal with q_idx, kv_idx from 0 (sdpa's is_causal) or none
             causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
             mask = _SHARED[bool(causal and query.shape[2] > 1)]
         else:

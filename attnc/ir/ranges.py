@@ -141,7 +141,8 @@ def bitwise_interval(op: str, a: tuple[float, float], b: tuple[float, float]) ->
         return (0.0, min(r[1] for r in (a, b) if r[0] >= 0))
     if any(math.isinf(x) for x in a + b):
         return ALL  # a tensor's values: unknown (never counted as an overflow)
-    top = 2.0 ** max(abs(int(x)).bit_length() for x in a + b)  # |x|, |y| < top: both lie in [-top, top)
+    # x in [-2^k, 2^k) exactly when k >= the bit length of x (of ~x = -x - 1 for negative x)
+    top = 2.0 ** max((int(x) if x >= 0 else ~int(x)).bit_length() for x in a + b)  # x, y, the result in [-top, top)
     if a[0] >= 0 and b[0] >= 0:  # x ^ y <= x | y <= x + y
         return (max(a[0], b[0]) if op == "|" else 0.0, min(a[1] + b[1], top - 1))
     return (-top, top - 1)

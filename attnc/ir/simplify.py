@@ -18,6 +18,8 @@ from . import nodes as n
 _FOLD = {
     "+": operator.add, "-": operator.sub, "*": operator.mul,
     "<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
+    "&": operator.and_, "|": operator.or_, "^": operator.xor,
+    "<<": lambda a, k: a << min(max(k, 0), n.SHIFT_MAX), ">>": lambda a, k: a >> min(max(k, 0), n.SHIFT_MAX),
 }
 _MAX_FOLDED_INT = 2**31 - 1
 

@@ -24,10 +24,7 @@ VARIANTS = ("causal", "sliding_window", "document", "softcap", "alibi", "relu", 
 PARAMS = {"sliding_window": {"window": 7}, "dilated_window": {"window": 3, "dilation": 3}, "prefix_lm": {"prefix": 5}}
 
 
-@pytest.fixture(autouse=True)
-def poison(monkeypatch, tmp_path):
-    monkeypatch.setattr(attnc.Attention, "POISON", True)
-    monkeypatch.setenv("ATTNC_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("poison")
 
 
 def _problem(attn, dtype, D, Nq, Nkv, layout, seed, heads=(2, 1), scalars=None):

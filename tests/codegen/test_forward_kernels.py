@@ -20,10 +20,7 @@ PARAMS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def poison(monkeypatch, tmp_path):
-    monkeypatch.setattr(attnc.Attention, "POISON", True)
-    monkeypatch.setenv("ATTNC_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("poison")
 
 
 def _params(name, B, Hq, Nq, Nkv, g):
@@ -80,6 +77,22 @@ def test_natten2d_kernel():
     got = attn(q, k, v, **params)
     ref = attnc.reference(attn.cascade, q, k, v, **params)
     assert (got.double() - ref).norm() / ref.norm() < 1e-5
+
+
+def test_bitwise_operators_with_constants_and_runtime_values():
+    """Constant bitwise sub-expressions fold (a kernel cannot call `.to` on a Python int), shift
+    counts from runtime values are clamped into 0..31, and the kernel agrees with the reference."""
+    attn = attnc.compile(
+        "attention a(n: int = 3, c: int = 40):\n"
+        "    score = score + float(5 & 3) * 0.1 - float(~3) * 0.01 + float(1 << 2) * 0.001 + float(0x0F ^ 0b101)\n"
+        "    score = score + float((q_idx >> n) & 3) * 0.2 - float(kv_idx << (n - c) | q_idx) * 0.001\n"
+        "    mask = (q_idx ^ kv_idx) & 0b11 != 3 or kv_idx >> 2 == q_idx >> 2\n")
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 30, 16, generator=g) for _ in range(3))
+    for shift in (3, -2, 40):  # a count below 0 or above 31 is taken as 0 or 31
+        got = attn(q, k, v, n=shift)
+        ref = attnc.reference(attn.cascade, q, k, v, n=shift)
+        assert (got.double() - ref).norm() / ref.norm() < 1e-5, shift
 
 
 def test_fully_masked_rows_are_zero_with_minus_inf_lse():

@@ -42,10 +42,7 @@ DTYPES = list(TOL)
 VARIANTS = attnc.library.names()
 
 
-@pytest.fixture(autouse=True)
-def poison(monkeypatch, tmp_path):
-    monkeypatch.setattr(attnc.Attention, "POISON", True)
-    monkeypatch.setenv("ATTNC_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("poison")
 
 
 @pytest.fixture

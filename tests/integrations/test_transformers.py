@@ -89,11 +89,17 @@ def test_the_masks_matter_here():
     assert (a[kept] - c[kept]).abs().max() > 1e-2  # the window changes the logits
 
 
-def test_generation_with_a_kv_cache_matches_eager():
-    ref, mine = _pair(_configs()["gemma2 (soft-capping, alternating windows)"])
+@pytest.mark.parametrize("name, cache", [("gemma2 (soft-capping, alternating windows)", "dynamic"),
+                                         ("gemma2 (soft-capping, alternating windows)", "static"),
+                                         ("llama (GQA)", "static")])
+def test_generation_with_a_kv_cache_matches_eager(name, cache):
+    """A static cache's position counter is a tensor the cache advances in place before the layer
+    attends; generate() then also makes the masks ahead and passes them back to the model."""
+    ref, mine = _pair(_configs()[name])
     ids, padding = _inputs()
     runs = [model.generate(input_ids=ids, attention_mask=padding, max_new_tokens=4, do_sample=False,
-                           output_logits=True, return_dict_in_generate=True, pad_token_id=0) for model in (ref, mine)]
+                           output_logits=True, return_dict_in_generate=True, pad_token_id=0,
+                           cache_implementation=cache) for model in (ref, mine)]
     assert torch.equal(runs[0].sequences, runs[1].sequences)
     for step_ref, step_mine in zip(runs[0].logits, runs[1].logits, strict=True):
         assert (step_ref - step_mine).abs().max() <= 2e-5 * step_ref.abs().max()
@@ -148,3 +154,9 @@ def test_what_attnc_does_not_offer_is_refused():
     dense = torch.ones(2, 1, N, N, dtype=torch.bool).tril()
     with pytest.raises(ValueError, match="never reads an N×N mask"):
         mine(input_ids=ids, attention_mask=dense)
+    # arguments that change the attention (MiniMax's selected blocks, T5's bias, sinks) are never ignored
+    forward = hf.attention_function()
+    q = torch.randn(1, 2, 4, 8)
+    for name in hf._REFUSED:
+        with pytest.raises(ValueError, match=f"does not take `{name}`"):
+            forward(torch.nn.Module(), q, q, q, None, **{name: torch.zeros(1)})

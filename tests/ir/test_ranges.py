@@ -156,3 +156,15 @@ def test_bitwise_intervals_hold_every_value(op, a, b):
     assert int(t.lo) <= min(values) and max(values) <= int(t.hi)
     if a[0] == a[1] and b[0] == b[1]:
         assert int(t.lo) == int(t.hi) == values[0]
+
+
+def test_bitwise_of_int32_values_stays_in_int32():
+    """`x | -2**31` and `x ^ -2**31` always fit int32: the overflow check must not refuse them."""
+    from attnc.ir.ranges import INT32, bitwise_interval
+
+    for op in ("&", "|", "^"):
+        lo, hi = bitwise_interval(op, (0.0, 40.0), (-(2.0**31), -(2.0**31)))
+        assert INT32[0] <= lo and hi <= INT32[1], op
+    attn = attnc.compile("mask a = (q_idx | -2147483648) < 0 and (kv_idx ^ -2147483648) < 0\n")
+    q = torch.randn(1, 1, 37, 16)
+    assert torch.isfinite(attn(q, q, q)).all()

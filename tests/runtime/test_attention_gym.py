@@ -19,10 +19,7 @@ from tests.runtime.test_jit import _dense_flex, make_qkv, rel_err
 TOL32 = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def poison(monkeypatch, tmp_path):
-    monkeypatch.setattr(attnc.Attention, "POISON", True)
-    monkeypatch.setenv("ATTNC_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("poison")
 
 
 def causal(b, h, q_idx, kv_idx):

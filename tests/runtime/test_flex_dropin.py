@@ -17,13 +17,7 @@ import attnc
 from attnc.runtime import flex
 
 pytestmark = [pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
-              pytest.mark.filterwarnings("ignore:return_lse is deprecated")]
-
-
-@pytest.fixture(autouse=True)
-def poison(monkeypatch, tmp_path):
-    monkeypatch.setattr(attnc.Attention, "POISON", True)
-    monkeypatch.setenv("ATTNC_CACHE_DIR", str(tmp_path / "cache"))
+              pytest.mark.filterwarnings("ignore:return_lse is deprecated"), pytest.mark.usefixtures("poison")]
 
 
 def causal(b, h, q_idx, kv_idx):

@@ -402,6 +402,9 @@ def test_jit_keyword_only_parameter_is_a_spec_error():
         attnc.jit(kwonly)(*_qkv())
 
 
+_TABLE = torch.arange(8).view(2, 4)
+
+
 @pytest.mark.parametrize("fn, message", [
     (lambda score, b, h, q_idx, kv_idx: score @ score, "no spec meaning on a traced value"),
     (lambda score, b, h, q_idx, kv_idx: round(score), "no spec meaning on a traced value"),
@@ -409,6 +412,11 @@ def test_jit_keyword_only_parameter_is_a_spec_error():
     (lambda score, b, h, q_idx, kv_idx: score + (q_idx & (kv_idx > 2)), r"`&` on a bool value: it works on two "
                                                                         r"integers or on two conditions"),
     (lambda score, b, h, q_idx, kv_idx: score + ~score, r"`~` of a float"),
+    (lambda score, b, h, q_idx, kv_idx: score + (q_idx ^ _TABLE[b]), r"indexed in 1 of its 2 dimensions"),
+    (lambda score, b, h, q_idx, kv_idx: score + (~_TABLE[b]), r"indexed in 1 of its 2 dimensions"),
+    (lambda score, b, h, q_idx, kv_idx: score + ((_TABLE[b] * 2) & q_idx).sum(), r"bitwise operators on a traced "
+                                                                                   r"vector"),
+    (lambda score, b, h, q_idx, kv_idx: score + (q_idx << (_TABLE[b] * 2)).sum(), r"a traced vector .* is combined"),
 ])
 def test_jit_operators_without_spec_meaning_are_spec_errors(fn, message):
     with pytest.raises(SpecError, match=message):

@@ -34,7 +34,8 @@ from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, fle
 
 import attnc
 
-pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+pytestmark = [pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile"),
+              pytest.mark.usefixtures("poison")]
 
 TOL32 = 1e-5
 TOL16 = 2e-3
@@ -43,12 +44,6 @@ THIS_FILE = os.path.basename(__file__)  # test_jit.py
 
 # The library's sigmoid norm (attnc/library/sigmoid.attn): out_i = Σ_j σ(s_ij + bias) v_j, bias = 0.0.
 SIGMOID_DEFAULT_BIAS = 0.0
-
-
-@pytest.fixture(autouse=True)
-def poison(monkeypatch, tmp_path):
-    monkeypatch.setattr(attnc.Attention, "POISON", True)
-    monkeypatch.setenv("ATTNC_CACHE_DIR", str(tmp_path / "cache"))
 
 
 # ============================================================================ the user's functions
@@ -628,6 +623,9 @@ FLEX_SEMANTICS = {  # forms whose meaning Flex gives per pair, each once wrong o
     "vector @ vector": (lambda score, b, h, q_idx, kv_idx: score + _EMB[q_idx] @ _EMB[kv_idx]),
     "torch.mul(number, vector)": (lambda score, b, h, q_idx, kv_idx: torch.mul(score, _EMB[q_idx]).sum(-1)),
     "sum of one number": (lambda score, b, h, q_idx, kv_idx: score + _EMB[q_idx, 0].sum()),
+    "logical_and of a condition and an int": (lambda score, b, h, q_idx, kv_idx: torch.where(
+        torch.logical_and(kv_idx <= q_idx, kv_idx % 3), score, score * 0.5)),
+    "bitwise method with other=": (lambda score, b, h, q_idx, kv_idx: score + q_idx.bitwise_and(other=kv_idx) * 0.1),
 }
 
 
