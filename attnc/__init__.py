@@ -14,12 +14,13 @@ _LAZY = {
     "compile": "runtime.compiler", "compile_count": "runtime.compiler", "load": "runtime.compiler",
     "SpecFile": "runtime.frontend", "library_cascade": "runtime.frontend", "library_spec": "runtime.frontend",
     "spec_from_file": "runtime.frontend", "spec_from_text": "runtime.frontend", "jit": "runtime.jit",
-    "reference": "runtime.reference", "flex_attention": "runtime.flex",
+    "reference": "runtime.reference", "flex_attention": "runtime.flex", "merge": "runtime.merge",
 }
 
 __all__ = [
     "SpecError", "SpecFile", "parse", "spec_from_file", "spec_from_text", "library_spec", "library_cascade",
     "plan_passes", "reference", "Attention", "compile", "load", "compile_count", "jit", "flex_attention",
+    "merge",
 ]
 
 
