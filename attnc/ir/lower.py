@@ -266,7 +266,9 @@ def _lower_bitwise(e: ast.BinOp, a: n.Expr, b: n.Expr) -> n.Expr:
             raise SpecError(f"`{op}` works on integers, but `{_describe(node)}` is {_words(x.type)}{fix}", node.span)
     from .evaluate import eval_size_expr
 
-    if op in ("<<", ">>") and _is_constant(b) and not 0 <= eval_size_expr(b, {}, {}) <= n.SHIFT_MAX:
+    literal = isinstance(e.right, ast.Num) or isinstance(e.right, ast.Unary) and isinstance(e.right.operand, ast.Num)
+    if op in ("<<", ">>") and literal and not 0 <= eval_size_expr(b, {}, {}) <= n.SHIFT_MAX:
+        # a computed count is clamped into 0..31; a literal one outside is a mistake
         raise SpecError(f"a shift count must be in 0..{n.SHIFT_MAX} (kernels compute with int32), not "
                         f"{eval_size_expr(b, {}, {})}", e.right.span)
     out = n.Binary(op, a, b, n.INT)

@@ -80,6 +80,11 @@ def _factor(lo, hi):
     return st.tuples(st.sampled_from([1, -1]), _lit(lo, hi)).map(lambda t: t[0] * t[1] + 0.0)
 
 
+def _literal(t) -> bool:
+    """An integer literal as rendered: `3` or `(-3)`."""
+    return t[0] == "int" or (t[0] == "neg" and t[1][0] == "int")
+
+
 def _int_trees(ctx, max_leaves=4, linear=False):
     leaves = [st.sampled_from(INDEX_VARS).map(lambda v: ("var", v)), st.integers(0, 9).map(lambda v: ("int", v))]
     if ctx.int_params:
@@ -88,16 +93,20 @@ def _int_trees(ctx, max_leaves=4, linear=False):
         leaves.append(st.sampled_from([("tget", "ids", ("var", "b"), ("var", "kv_idx")),
                                        ("tget", "ids", ("var", "b"), ("var", "q_idx"))]))
     base = st.one_of(*leaves)
-    ops = ["+", "-", "min", "max"] + ([] if linear else ["*", "//", "%", "&", "|", "^", ">>"])
+    ops = ["+", "-", "min", "max"] + ([] if linear else ["*", "//", "%", "&", "|", "^"])
 
     def extend(kids):
+        shifts = [] if linear else [
+            st.tuples(st.just("<<"), kids, st.integers(0, 4).map(lambda v: ("int", v))),  # stays inside int32
+            st.tuples(st.just(">>"), kids, st.integers(0, 8).map(lambda v: ("int", v))),
+            # a computed count is clamped into 0..31 (a literal outside that range is a SpecError)
+            st.tuples(st.just(">>"), kids, kids.filter(lambda t: not _literal(t))),
+        ]
         return st.one_of(
-            st.tuples(st.sampled_from(ops), kids, kids),  # `>>` by any count: it is clamped into 0..31
+            st.tuples(st.sampled_from(ops), kids, kids),
             st.tuples(st.sampled_from(["abs", "neg"] + ([] if linear else ["sign", "inv"])), kids),
-            st.one_of(  # `<<` by a small constant count: a value that stays inside int32
-                st.tuples(st.just("clamp"), kids, st.integers(-3, 3).map(lambda v: ("int", v)),
-                          st.integers(4, 30).map(lambda v: ("int", v))),
-                *([] if linear else [st.tuples(st.just("<<"), kids, st.integers(0, 4).map(lambda v: ("int", v)))])),
+            st.one_of(st.tuples(st.just("clamp"), kids, st.integers(-3, 3).map(lambda v: ("int", v)),
+                                st.integers(4, 30).map(lambda v: ("int", v))), *shifts),
         )
 
     return st.recursive(base, extend, max_leaves=max_leaves)
