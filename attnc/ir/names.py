@@ -19,10 +19,11 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _ROLE = re.compile(r"[a-z]{2,}[0-9]*\Z")
 
 # The keywords a compiled attention's calls take themselves (``attn(q, k, v, *, scale=None,
-# return_lse=False, **params)``, ``.reference``, ``.varlen``, ``.grid_plan``): a spec parameter of
+# return_lse=False, q_offset=None, kv_offset=None, seq_len=None, **params)``, ``.reference``,
+# ``.varlen``, ``.grid_plan``): a spec parameter of
 # one of these names could never be passed, so the language refuses it at its declaration.
 CALL_ARGUMENTS = frozenset({"q", "k", "v", "scale", "return_lse", "cu_seqlens_q", "cu_seqlens_k",
-                            "block_m", "block_n"})
+                            "block_m", "block_n", "q_offset", "kv_offset", "seq_len"})
 
 
 def kernel_ident(name: str, kind: str = "u") -> str:

@@ -34,8 +34,10 @@ from ..dsl.errors import SpecError
 from ..ir import nodes as n
 from ..ir.backward import BackwardError, derive_backward
 from ..ir.layout import permute
+from ..ir.evaluate import eval_size_expr
+from ..ir.offsets import KV_OFFSET, Q_OFFSET, SEQ_LEN, loose, sized_by_length, with_offsets
 from ..ir.passes import plan_passes
-from ..ir.printer import cascade_text
+from ..ir.printer import cascade_text, expr_text
 from .cache import cache_dir, load_module, store
 from .frontend import library_spec, spec_from_file, spec_from_text
 from .layout import GridPlan, gather, grid_dims, scatter
@@ -45,6 +47,25 @@ from .validate import (FLOAT32_MAX, SYMBOLIC, bind_params, check_float32, check_
 
 SPEC_OPENERS = ("attention", "mask", "score", "norm", "from", "#")  # how spec text (not a path) starts
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def _positions(what: str, value, batch: int, device) -> torch.Tensor:
+    """An offset or length argument (an int, or an int tensor [B] or []) as int32 [B] on ``device``."""
+    if value is None:
+        value = 0
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+            raise TypeError(f"`{what}` must be an int or an integer tensor, got a {value.dtype} tensor")
+        if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != batch):
+            raise ValueError(f"`{what}` must be an int or a tensor [B] = [{batch}], got shape {tuple(value.shape)}")
+        out = value.to(device=device, dtype=torch.int64).expand(batch)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        out = torch.full((batch,), value, dtype=torch.int64, device=device)
+    else:
+        raise TypeError(f"`{what}` must be an int or an integer tensor [B], got {type(value).__name__}")
+    if batch and (bool((out < 0).any()) or bool((out > 2**31 - 1).any())):
+        raise ValueError(f"`{what}` must be in 0..2**31 - 1, got {out.tolist()}")
+    return out.to(torch.int32).contiguous()
 _lock = threading.RLock()
 _memory: dict[str, object] = {}
 _builds = 0
@@ -382,6 +403,7 @@ class Attention:
         # a grid's tokens run permuted into grid tiles, through this cascade (ir/layout.py)
         self.permuted = Attention(permute(cascade), origin) if cascade.grid is not None else None
         self.grid_plans: OrderedDict = OrderedDict()  # GridPlan.for_call's choices for this variant
+        self._offsets: Attention | None = None  # this variant over absolute positions (ir/offsets.py)
 
     def __repr__(self) -> str:
         params = ", ".join(p.name for p in self.cascade.params)
@@ -391,11 +413,50 @@ class Attention:
     def name(self) -> str:
         return self.cascade.name
 
-    def reference(self, q, k, v, /, *, scale: float | None = None, return_lse: bool = False, **params):
+    def reference(self, q, k, v, /, *, scale: float | None = None, return_lse: bool = False, q_offset=None,
+                  kv_offset=None, seq_len=None, **params):
         """The float64 reference result for the same call (``runtime/reference.py``)."""
         from .reference import reference
 
+        if any(x is not None for x in (q_offset, kv_offset, seq_len)):
+            inner, params = self._at_offsets(q, k, v, scale, q_offset, kv_offset, seq_len, params)
+            return reference(inner.cascade, q, k, v, scale=scale, return_lse=return_lse, **params)
         return reference(self.cascade, q, k, v, scale=scale, return_lse=return_lse, **params)
+
+    def _at_offsets(self, q, k, v, scale, q_offset, kv_offset, seq_len, params: dict):
+        """The variant over absolute positions and its arguments for a call whose queries sit at
+        ``q_offset + i`` and keys at ``kv_offset + j`` of a self-attention over ``seq_len`` tokens
+        (each an int or an int tensor [B]; ``seq_len`` defaults to where the call's last query or
+        key sits, + 1; keys and queries at or past it are masked off: a padded cache). Parameters
+        are bound as for that full call: shapes and defaults see ``n_q = n_kv = seq_len``."""
+        if self._offsets is None:  # a grid variant is refused here, before its parameters are read
+            self._offsets = Attention(with_offsets(self.cascade), self.origin)
+        check_inputs(q, k, v)
+        B, Nq, Nkv = q.shape[0], q.shape[2], k.shape[2]
+        q_off = _positions("q_offset", q_offset, B, q.device)
+        kv_off = _positions("kv_offset", kv_offset, B, q.device)
+        ends = torch.maximum(q_off + Nq, kv_off + Nkv)
+        length = ends if seq_len is None else _positions("seq_len", seq_len, B, q.device)
+        longest = int(length.max()) if B else 0
+        if longest > 2**31 - 1:
+            raise ValueError(f"positions must fit int32: the sequence reaches {longest}")
+        sizes = {**sizes_of(q, k, v, scale), "n_q": longest, "n_kv": longest, "N_Q": longest, "N_KV": longest}
+        if B and bool((length != longest).any()):
+            per_row = [p.name for p in self.cascade.params if p.name not in params and p.default is not None and
+                       any(isinstance(x, n.Var) and x.name in ("n_q", "n_kv") for x in n.walk(p.default))]
+            if per_row:
+                raise ValueError(f"parameter `{per_row[0]}` defaults to an expression of n_q/n_kv, which differ per "
+                                 f"row here (seq_len {length.tolist()}); pass it")
+        bound = bind_params(loose(self.cascade), params, sizes, q.device)
+        for p in self.cascade.params:  # a buffer for the sequence (or a cache's capacity) at least seq_len long
+            for axis, dim in enumerate(p.dims if p.kind == "tensor" else ()):
+                want = eval_size_expr(dim, sizes, bound) if sized_by_length(dim) else 0
+                if bound[p.name].shape[axis] < want:
+                    raise ValueError(f"parameter `{p.name}` must cover the sequence: dimension {axis} "
+                                     f"({expr_text(dim)}) needs at least {want} for seq_len {longest}, got "
+                                     f"{bound[p.name].shape[axis]}")
+        check_int32(self.cascade, B, sizes, bound)  # positions < seq_len: the full call's expressions
+        return self._offsets, {**bound, Q_OFFSET: q_off, KV_OFFSET: kv_off, SEQ_LEN: length}
 
     def kernel_path(self, dtype: torch.dtype = torch.float16, device: str = "cpu") -> Path:
         """The cached ``.py`` file of the generated kernel for this dtype/device."""
@@ -452,7 +513,11 @@ class Attention:
                         f"parameters still get theirs)", self.cascade.stage("qk").span or self.cascade.span)
         return grad
 
-    def __call__(self, q, k, v, /, *, scale: float | None = None, return_lse: bool = False, **params):
+    def __call__(self, q, k, v, /, *, scale: float | None = None, return_lse: bool = False, q_offset=None,
+                 kv_offset=None, seq_len=None, **params):
+        if any(x is not None for x in (q_offset, kv_offset, seq_len)):  # rows of a longer sequence
+            inner, params = self._at_offsets(q, k, v, scale, q_offset, kv_offset, seq_len, params)
+            return inner(q, k, v, scale=scale, return_lse=return_lse, **params)
         sizes, tensors, scalars = self._prepare(q, k, v, scale, return_lse, params)
         if self.permuted is not None:
             if torch.compiler.is_compiling():  # the host-side grid planning as one opaque op
