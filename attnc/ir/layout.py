@@ -107,13 +107,25 @@ def permute(c: n.Cascade) -> n.Cascade:
 
     valid = _bin("and", _bin(">=", read("i", "token"), n.Const(0, n.INT), n.BOOL),
                  _bin(">=", read("j", "token"), n.Const(0, n.INT), n.BOOL), n.BOOL)
+    stages = ported_stages(c, port, valid)
+    # tensor shapes were checked against the caller's sizes before the permutation
+    params = [replace(p, default=None) for p in loose(c).params]
+    params += [n.ParamSpec(TOKENS, n.INT)]
+    params += [n.ParamSpec(t, "tensor", n.INT, (n.ANY_DIM, n.ANY_DIM)) for t in TABLES.values()]
+    return n.Cascade(c.name, tuple(params), stages, c.span, None)
+
+
+def ported_stages(c: n.Cascade, port, valid: n.Expr) -> tuple[n.Stage, ...]:
+    """``c``'s stages with every expression rewritten by ``port`` — feature maps and slice bounds
+    too, which read positions and sizes — and ``valid`` (which positions exist) conjoined to the
+    mask, or made the mask."""
     stages = []
     for st in c.stages:
         if st.name == "keep":
             st = replace(st, expr=simplify(_bin("and", valid, port(st.expr), n.BOOL)))
         elif not isinstance(st.expr, n.Dot):
             st = replace(st, expr=port(st.expr))
-        else:  # feature maps read positions too (q_idx, kv_idx, coordinates, n_q), slice bounds sizes
+        else:
             st = replace(st, expr=replace(st.expr, **{f"{side}_map": port(st.expr.map(side)) for side in "qk"
                                                        if st.expr.map(side) is not None},
                                           **{b: port(getattr(st.expr, b)) for b in ("lo", "hi")
@@ -121,13 +133,19 @@ def permute(c: n.Cascade) -> n.Cascade:
         stages.append(st)
         if st.name == "s" and not c.has_mask:
             stages.append(n.Stage("keep", n.PAIR, valid))
-    # tensor shapes were checked against the caller's sizes before the permutation
-    params = [replace(p, dims=tuple(n.ANY_DIM if any(isinstance(x, n.Var) and x.name in ("N_Q", "N_KV")
-                                                         for x in n.walk(d)) else d for d in p.dims), default=None)
-              for p in c.params]
-    params += [n.ParamSpec(TOKENS, n.INT)]
-    params += [n.ParamSpec(t, "tensor", n.INT, (n.ANY_DIM, n.ANY_DIM)) for t in TABLES.values()]
-    return n.Cascade(c.name, tuple(params), tuple(stages), c.span, None)
+    return tuple(stages)
+
+
+def sized_by_length(dim: n.Expr) -> bool:
+    """Whether a tensor dimension is written with ``N_Q``/``N_KV``: sized by the sequence."""
+    return any(isinstance(x, n.Var) and x.name in ("N_Q", "N_KV") for x in n.walk(dim))
+
+
+def loose(c: n.Cascade) -> n.Cascade:
+    """``c`` with its sequence-sized tensor dimensions of any size (a rewritten cascade's tensors
+    were checked against the caller's sizes before)."""
+    params = tuple(replace(p, dims=tuple(n.ANY_DIM if sized_by_length(d) else d for d in p.dims)) for p in c.params)
+    return replace(c, params=params)
 
 
 def kernel_cascade(c: n.Cascade) -> n.Cascade:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from . import nodes as n
+from .layout import loose, ported_stages
 from .simplify import simplify
 
 Q_OFFSET, KV_OFFSET, SEQ_LEN = "_q_offset", "_kv_offset", "_seq_len"
@@ -50,32 +51,7 @@ def with_offsets(c: n.Cascade) -> n.Cascade:
     # positions past the sequence's end (a cache padded beyond a row's length) do not exist
     inside = n.Binary("and", n.Binary("<", port(n.Var("j", n.INT)), read(SEQ_LEN), n.BOOL),
                       n.Binary("<", port(n.Var("i", n.INT)), read(SEQ_LEN), n.BOOL), n.BOOL)
-    stages = []
-    for st in c.stages:
-        if st.name == "keep":
-            st = replace(st, expr=simplify(n.Binary("and", inside, port(st.expr), n.BOOL)))
-        elif not isinstance(st.expr, n.Dot):
-            st = replace(st, expr=port(st.expr))
-        else:  # feature maps read positions too; slice bounds read sizes
-            st = replace(st, expr=replace(st.expr, **{f"{side}_map": port(st.expr.map(side)) for side in "qk"
-                                                       if st.expr.map(side) is not None},
-                                          **{x: port(getattr(st.expr, x)) for x in ("lo", "hi")
-                                             if getattr(st.expr, x) is not None}))
-        stages.append(st)
-        if st.name == "s" and not c.has_mask:
-            stages.append(n.Stage("keep", n.PAIR, inside))
+    stages = ported_stages(c, port, inside)
     params = [replace(p, default=None) for p in loose(c).params]
     params += [n.ParamSpec(name, "tensor", n.INT, (n.ANY_DIM,)) for name in HIDDEN]
-    return n.Cascade(c.name, tuple(params), tuple(stages), c.span, None)
-
-
-def sized_by_length(dim: n.Expr) -> bool:
-    """Whether a tensor dimension is written with ``N_Q``/``N_KV``: sized by the sequence."""
-    return any(isinstance(x, n.Var) and x.name in ("N_Q", "N_KV") for x in n.walk(dim))
-
-
-def loose(c: n.Cascade) -> n.Cascade:
-    """``c`` with its sequence-sized tensor dimensions of any size: a buffer for the whole sequence
-    (or more, a cache's capacity) serves every call at offsets; the runtime checks it is long enough."""
-    params = tuple(replace(p, dims=tuple(n.ANY_DIM if sized_by_length(d) else d for d in p.dims)) for p in c.params)
-    return replace(c, params=params)
+    return n.Cascade(c.name, tuple(params), stages, c.span, None)

@@ -33,9 +33,9 @@ from ..codegen.tuning import INTERPRETER_CONFIG, LaunchConfig, bwd_gpu_configs, 
 from ..dsl.errors import SpecError
 from ..ir import nodes as n
 from ..ir.backward import BackwardError, derive_backward
-from ..ir.layout import permute
 from ..ir.evaluate import eval_size_expr
-from ..ir.offsets import KV_OFFSET, Q_OFFSET, SEQ_LEN, loose, sized_by_length, with_offsets
+from ..ir.layout import loose, permute, sized_by_length
+from ..ir.offsets import KV_OFFSET, Q_OFFSET, SEQ_LEN, with_offsets
 from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text, expr_text
 from .cache import cache_dir, load_module, store
