@@ -38,6 +38,8 @@ _TORCH = os.path.dirname(os.path.abspath(torch.__file__))
 RESERVED = frozenset(KEYWORDS) | {
     "q_idx", "kv_idx", "b", "h", "n_q", "n_kv", "head_dim", "n_heads", "n_kv_heads", "scale",
     "B", "H", "H_KV", "N_Q", "N_KV", "D", "D_V", "sum", "i", "j", "s", "v", "out", "lse", "dot",
+    # the call's own keywords (ir/names.py CALL_ARGUMENTS): a captured `q_offset` becomes `q_offset_t`
+    "q", "k", "return_lse", "cu_seqlens_q", "cu_seqlens_k", "block_m", "block_n", "q_offset", "kv_offset", "seq_len",
 } | set(FUNCTIONS)
 
 

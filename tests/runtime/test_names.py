@@ -193,3 +193,10 @@ def test_standalone_file_with_the_launchers_own_names_as_parameters(tmp_path):
     want = attn.reference(q, k, v, **values)
     got = torch.load(tmp_path / "out.pt")
     assert (got.double() - want).abs().max() <= 1e-5, (got.double() - want).abs().max()
+
+
+def test_the_tracer_never_names_a_captured_tensor_after_a_call_keyword():
+    from attnc.dsl.trace import RESERVED
+    from attnc.ir.names import CALL_ARGUMENTS
+
+    assert CALL_ARGUMENTS <= RESERVED
