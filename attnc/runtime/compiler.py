@@ -435,8 +435,8 @@ class Attention:
         B, Nq, Nkv = q.shape[0], q.shape[2], k.shape[2]
         q_off = _positions("q_offset", q_offset, B, q.device)
         kv_off = _positions("kv_offset", kv_offset, B, q.device)
-        ends = torch.maximum(q_off + Nq, kv_off + Nkv)
-        length = ends if seq_len is None else _positions("seq_len", seq_len, B, q.device)
+        ends = torch.maximum(q_off.long() + Nq, kv_off.long() + Nkv)  # int64: past int32 is refused below
+        length = ends if seq_len is None else _positions("seq_len", seq_len, B, q.device).long()
         longest = int(length.max()) if B else 0
         if longest > 2**31 - 1:
             raise ValueError(f"positions must fit int32: the sequence reaches {longest}")
@@ -456,7 +456,7 @@ class Attention:
                                      f"({expr_text(dim)}) needs at least {want} for seq_len {longest}, got "
                                      f"{bound[p.name].shape[axis]}")
         check_int32(self.cascade, B, sizes, bound)  # positions < seq_len: the full call's expressions
-        return self._offsets, {**bound, Q_OFFSET: q_off, KV_OFFSET: kv_off, SEQ_LEN: length}
+        return self._offsets, {**bound, Q_OFFSET: q_off, KV_OFFSET: kv_off, SEQ_LEN: length.to(torch.int32)}
 
     def kernel_path(self, dtype: torch.dtype = torch.float16, device: str = "cpu") -> Path:
         """The cached ``.py`` file of the generated kernel for this dtype/device."""

@@ -37,7 +37,7 @@ def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: 
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # both empty: any finite shift
     wa, wb = torch.exp(la - top), torch.exp(lb - top)  # exactly 0 for an empty part
     total = wa + wb
-    some = total > 0
+    some = total != 0  # NaN (a NaN lse) is not "empty": it reaches out and lse
     lse = torch.where(some, top + torch.log(torch.where(some, total, torch.ones_like(total))),
                       torch.full_like(total, -float("inf")))
     wa, wb = (torch.where(some, w / torch.where(some, total, torch.ones_like(total)), torch.zeros_like(w)) for w in (wa, wb))
