@@ -146,7 +146,7 @@ def _gelu(x):
              "_gelu_tanh({x})", helper="""
 def _gelu_tanh(x):
     return 0.5 * x * (1.0 + _tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
-""", derivative=lambda x, f, op: _gelu_tanh_derivative(x), bounds=(-0.17, INF), traced=("gelu",),
+""", derivative=lambda x, f, op: _gelu_tanh_derivative(x), bounds=(-0.1701, INF), traced=("gelu",),
              traced_kwargs=(("approximate", "tanh"),)),
     Function("erf", (1, 1), "float", "2/√π·∫₀ˣ e^(−t²) dt", "lambda x: math.erf(x)", torch.erf, sp.erf, "tl.erf({x})",
              derivative=lambda x, f, op: 1.1283791670955126 * sp.exp(-x**2), shape="monotone", bounds=(-1.0, 1.0),

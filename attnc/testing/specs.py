@@ -81,8 +81,8 @@ def _factor(lo, hi):
 
 
 def _literal(t) -> bool:
-    """An integer literal as rendered: `3` or `(-3)`."""
-    return t[0] == "int" or (t[0] == "neg" and t[1][0] == "int")
+    """An integer literal as the language reads one: `3`, `(-3)` or `(~3)` (a sign on a number)."""
+    return t[0] == "int" or (t[0] in ("neg", "inv") and t[1][0] == "int")
 
 
 def _int_trees(ctx, max_leaves=4, linear=False):
