@@ -35,12 +35,12 @@ from ..ir.printer import cascade_text
 from ..ir.ranges import absorbs, index_in_range, weight_range
 from .exprs import LOG2E_TEXT, ExprPrinter, is_raw_score, qk_only_in_raw_score
 
-CODEGEN_VERSION = "16"
+CODEGEN_VERSION = "17"
 KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
 
-_RUNTIME_SIZES = ("n_q", "n_kv", "n_heads", "n_kv_heads", "head_dim", "head_dim_v")
+_RUNTIME_SIZES = ("n_q", "n_kv", "n_heads", "n_kv_heads", "head_dim", "head_dim_v", "num_pages")
 
 
 def unspecialized(argnames) -> list[str]:

@@ -39,6 +39,7 @@ from ..ir.offsets import KV_OFFSET, Q_OFFSET, SEQ_LEN, with_offsets
 from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text, expr_text
 from .cache import cache_dir, load_module, store
+from .decode import CacheView
 from .frontend import library_spec, spec_from_file, spec_from_text
 from .layout import GridPlan, gather, grid_dims, scatter
 from .sparsity import TileCache, classify
@@ -537,6 +538,49 @@ class Attention:
             out, lse, _ = self.launch_forward(q, k, v, tensors, scalars, float(scale), save_stats=False)
         return (out, lse) if return_lse else out
 
+    def decode(self, q, k_cache, v_cache, cache_seqlens, /, *, k=None, v=None, block_table=None,
+               kv_layout: str = "NHD", scale: float | None = None, return_lse: bool = False, **params):
+        """Attention of a few new query tokens per row to a KV cache (``runtime/decode.py``).
+
+        ``q`` [B, Hq, n_new, D]; the cache is contiguous, ``[B, Hkv, capacity, D]``, or paged:
+        ``block_table`` [B, max_pages] (int) lists each row's pages of ``k_cache``/``v_cache``,
+        laid out ``[num_pages, page_size, Hkv, D]`` (``kv_layout="NHD"``) or ``[num_pages, Hkv,
+        page_size, D]`` (``"HND"``). ``cache_seqlens`` (int or int tensor [B]) counts the keys in
+        the cache; ``k``/``v`` [B, Hkv, n_new, D], when given, are written there first (in place)
+        and attended too. The queries are the last ``n_new`` tokens of each row's sequence, so the
+        result equals those rows of the full call; parameters bind as for that call. Forward only:
+        for gradients call ``attn(q, k, v, q_offset=...)``."""
+        from .decode import CacheView, append, cache_views, lengths, shape_only
+
+        if not isinstance(q, torch.Tensor) or q.dim() != 4:
+            raise ValueError(f"`q` must be a tensor [B, Hq, n_new, D], got "
+                             f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
+        kk, vv, k_shape, v_shape, table, page_size = cache_views(q, k_cache, v_cache, block_table, kv_layout)
+        appending = k is not None or v is not None
+        if appending:
+            if k is None or v is None:
+                raise ValueError("pass both k= and v= (the new tokens' keys and values), or neither")
+            want_k, want_v = (q.shape[0], k_shape[1], q.shape[2], k_shape[3]), (q.shape[0], k_shape[1], q.shape[2], v_shape[3])
+            for name, t, want in (("k", k, want_k), ("v", v, want_v)):
+                if not isinstance(t, torch.Tensor) or tuple(t.shape) != want or t.dtype != q.dtype or t.device != q.device:
+                    got = f"{tuple(t.shape)} {t.dtype} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
+                    raise ValueError(f"`{name}` holds the new tokens' {'keys' if name == 'k' else 'values'}: a "
+                                     f"{q.dtype} tensor {list(want)} on {q.device}, got {got}")
+        total = lengths(q, cache_seqlens, q.shape[2], appending, k_shape[2], _positions)
+        logical_k, logical_v = shape_only(q, k_shape), shape_only(q, v_shape)
+        # every argument is checked before the cache is written: a refused call changes nothing
+        inner, bound = self._at_offsets(q, logical_k, logical_v, scale, total - q.shape[2], None, total, params)
+        sizes, tensors, scalars = inner._prepare(q, logical_k, logical_v, scale, return_lse, bound)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_cache, v_cache, *tensors)):
+            raise ValueError("attn.decode computes no gradients; for training call attn(q, k, v, q_offset=..., "
+                             "seq_len=...), which has a backward, or decode under torch.no_grad()")
+        if appending:
+            append(k_cache, v_cache, table, page_size, kv_layout, k, v, total - q.shape[2])
+        cache = CacheView(total.to(torch.int32).contiguous(), k_shape[2], table, page_size)
+        out, lse, _ = inner.launch_forward(q, kk, vv, tensors, scalars, float(sizes["scale"]), save_stats=False,
+                                           cache=cache)
+        return (out, lse) if return_lse else out
+
     def _grid_call(self, q, k, v, sizes: dict, return_lse: bool, params: dict):
         """A grid variant: scatter the tokens into grid tiles, run the permuted cascade with every
         parameter bound for the caller's sizes (defaults over n_kv must not see the padding),
@@ -608,12 +652,15 @@ class Attention:
         return (config.block_m, config.block_n) if config is not None else (64, 64)
 
     def _tile_classes(self, q, k, v, scale: float, tensors: list, scalars: list, block_m: int, block_n: int,
-                      packed: Packed | None = None):
-        """The runtime tile classification of this call's mask (cached while its inputs stay)."""
+                      packed: Packed | None = None, n_kv: int | None = None):
+        """The runtime tile classification of this call's mask (cached while its inputs stay);
+        ``n_kv`` overrides the keys' count (a paged cache's capacity)."""
         specs = self.cascade.params
         values = dict(zip([p.name for p in specs if p.kind == "tensor"], tensors, strict=True))
         values.update(zip([p.name for p in specs if p.kind != "tensor"], scalars, strict=True))
         sizes = packed.sizes(sizes_of(q, k, v, scale)) if packed else sizes_of(q, k, v, scale)
+        if n_kv is not None and not packed:
+            sizes = {**sizes, "n_kv": n_kv, "N_KV": n_kv}
         return self.tile_cache.get(self.cascade, values, sizes, block_m, block_n, q.device)
 
     def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, /, *, scale: float | None = None,
@@ -705,16 +752,19 @@ class Attention:
         return torch.empty(shape, dtype=dtype, device=device)
 
     def launch_forward(self, q, k, v, tensors: list, scalars: list, scale: float, save_stats: bool,
-                       packed: Packed | None = None):
+                       packed: Packed | None = None, cache: CacheView | None = None):
         """Run the forward kernel: ``out``, ``lse`` and, with ``save_stats``, the per-row
         statistics the backward reads (``[B, Hq, Nq, reductions + 1]`` fp32), else None.
-        With ``packed``, q/k/v are ``Packed.view``s of token-major tensors and so are the outputs."""
+        With ``packed``, q/k/v are ``Packed.view``s of token-major tensors and so are the outputs.
+        With ``cache`` (``attn.decode``), row b reads ``cache.lens[b]`` keys, from pages when paged."""
         B, Hq, Nq, D = q.shape
         Hkv, Nkv, Dv = k.shape[1], k.shape[2], v.shape[-1]
+        if cache is not None:
+            Nkv = cache.capacity
         rows = packed.rows if packed else lambda shape, dtype: self._alloc(shape, dtype, q.device)
         # Checks that need concrete values run here, where torch.compile does not trace.
         values = dict(zip([p.name for p in self.cascade.params if p.kind != "tensor"], scalars, strict=True))
-        check_int32(self.cascade, B, sizes_of(q, k, v, scale), values)
+        check_int32(self.cascade, B, {**sizes_of(q, k, v, scale), "n_kv": Nkv, "N_KV": Nkv}, values)
         for p in self.cascade.params:  # traced calls skipped these in validation: numbers now
             if p.kind == n.FLOAT:
                 check_float32(f"parameter `{p.name}`", values[p.name])
@@ -743,7 +793,10 @@ class Attention:
         targs = [x for t in tensors for x in (t, *t.shape, *t.stride())]
         st = stats if save_stats else lse
         st_strides = stats.stride() if save_stats else (0, 0, 0, 0)
-        cu = packed.pointers if packed else (lse, lse)  # never read unless VARLEN
+        cu = packed.pointers if packed else (lse, cache.lens if cache is not None else lse)  # read under VARLEN/KV_LENS
+        paged = cache is not None and cache.pages is not None
+        pages = (cache.pages, cache.pages.stride(0), k.shape[0]) if paged else (cu[1], 0, 1)  # read under PAGE_SIZE > 0
+        paging = dict(KV_LENS=cache is not None, PAGE_SIZE=cache.page_size if paged else 0)
         tile_args = {}
 
         def run(config, exact, warmup=False):
@@ -756,21 +809,22 @@ class Attention:
             if config not in tile_args:
                 tile_args[config] = ()
                 if kernel.source.runtime_tiles:
-                    tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n, packed)
+                    tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n, packed,
+                                               n_kv=Nkv)
                     tile_args[config] = _tile_args(tiles.lists, B, Hq)
             args = (q, k, v, out, lse, *targs, *_launch_scalars(scalars, interpret),
-                    *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *cu,
+                    *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *cu, *pages,
                     Nq, Nkv, Hq, Hkv, D, Dv, *_launch_scalars([float(scale)], interpret), st, *st_strides, redo,
                     *tile_args[config])
             kw = dict(BLOCK_D=block_d, BLOCK_DV=block_dv, SAVE_STATS=save_stats, VARLEN=packed is not None, **flags,
-                      **meta, EXACT=exact)
+                      **meta, EXACT=exact, **paging)
             return fn.warmup(*args, grid=grid, **kw) if warmup else fn[grid](*args, **kw)
 
         exacts = (False, True) if kernel.source.exact else (False,)
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()  # masked-off lanes
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
             # keyed by every constexpr of the build (SAVE_STATS, VARLEN, EVEN_D change what fits)
-            fit_key = (*key, save_stats, packed is not None, *sorted(flags.items()))
+            fit_key = (*key, save_stats, packed is not None, *sorted(flags.items()), *sorted(paging.items()))
             config = configs and _fitting_config(kernel.chosen, fit_key, configs,
                                                  lambda c: [run(c, e, warmup=True) for e in exacts], q.device,
                                                  f"the forward kernel of `{self.cascade.name}`")
@@ -851,7 +905,8 @@ class Attention:
                                      device=q.device)
                 tile_args = ((), ())
                 if src.runtime_tiles:
-                    tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n, packed)
+                    tiles = self._tile_classes(q, k, v, scale, tensors, scalars, config.block_m, config.block_n, packed,
+                                               n_kv=Nkv)
                     tile_args = (_tile_args(tiles.lists, B, Hq), _tile_args(tiles.classes, B, Hq))
                 per_config[config] = qtiles, tile_args
             qtiles, (rows_tiles, kv_tiles) = per_config[config]

@@ -1,0 +1,130 @@
+"""Decoding over a KV cache: ``attn.decode(q, k_cache, v_cache, cache_seqlens, ...)``.
+
+A few new query tokens per sequence attend to a cache of earlier keys and values, contiguous
+or paged. The call is the variant over absolute positions (``ir/offsets.py``): the new queries
+are the last tokens of each row's sequence, so masks, scores and norms see exactly what one
+full call over the whole sequence would, for every variant and every norm (multi-pass ones
+included: the kernel makes every pass over the row's keys). The kernel reads each row's length
+from ``cache_seqlens`` — no tile, page or slot past it is touched — and, for a paged cache, the
+page of each key from the block table (``codegen/forward.py.jinja``, ``KV_LENS``/``PAGE_SIZE``).
+
+Semantics follow FlashAttention's ``flash_attn_with_kvcache``: ``cache_seqlens[b]`` keys are in
+the cache; with ``k``/``v`` given, the new tokens' keys and values are first written at positions
+``cache_seqlens[b] ..`` (in place) and attended too. The queries sit at the last positions:
+``q_offset = length - n_new``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+LAYOUTS = ("NHD", "HND")  # a page is [page_size, Hkv, D] (vLLM, FlashInfer's default) or [Hkv, page_size, D]
+
+
+@dataclass(frozen=True)
+class CacheView:
+    """A KV cache as the forward kernel reads it: row b's ``lens[b]`` keys, from page
+    ``pages[b, n // page_size]`` slot ``n % page_size`` when paged."""
+
+    lens: torch.Tensor  # int32 [B]
+    capacity: int  # keys a row can hold: the cache's length, or max_pages * page_size
+    pages: torch.Tensor | None = None  # int32 [B, max_pages]
+    page_size: int = 0
+
+
+def _int_tensor(what: str, t, shape_words: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"`{what}` must be an integer tensor {shape_words}, got {type(t).__name__}")
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"`{what}` must be an integer tensor {shape_words}, got a {t.dtype} tensor")
+    return t
+
+
+def cache_views(q, k_cache, v_cache, block_table, kv_layout: str):
+    """(k, v as the kernel reads them, their logical shape [B, Hkv, capacity, D(v)], the block
+    table as int32 or None, the page size or 0), after checking the cache's shapes."""
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            want = ("[num_pages, page_size, Hkv, D]" if kv_layout == "NHD" else "[num_pages, Hkv, page_size, D]") \
+                if block_table is not None else "[B, Hkv, capacity, D]"
+            raise ValueError(f"`{name}` must have 4 dimensions {want}, got shape {tuple(t.shape)}")
+        if t.dtype != q.dtype or t.device != q.device:
+            raise TypeError(f"`{name}` must match q's dtype and device ({q.dtype}, {q.device}), got {t.dtype}, "
+                            f"{t.device}")
+    B = q.shape[0]
+    if block_table is None:
+        if k_cache.shape[0] != B or v_cache.shape[0] != B:
+            raise ValueError(f"a contiguous cache is [B, Hkv, capacity, D] with B = {B} (q's batch), got k_cache "
+                             f"{tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}; a paged cache needs block_table=")
+        if v_cache.shape[1:3] != k_cache.shape[1:3]:
+            raise ValueError(f"`v_cache` must be [B, Hkv, capacity, Dv] like k_cache {tuple(k_cache.shape)}, got "
+                             f"{tuple(v_cache.shape)}")
+        return k_cache, v_cache, tuple(k_cache.shape), tuple(v_cache.shape), None, 0
+    if kv_layout not in LAYOUTS:
+        raise ValueError(f"`kv_layout` must be 'NHD' (pages [num_pages, page_size, Hkv, D]) or 'HND' "
+                         f"([num_pages, Hkv, page_size, D]), got {kv_layout!r}")
+    table = _int_tensor("block_table", block_table, f"[B, max_pages] = [{B}, max_pages]")
+    if table.dim() != 2 or table.shape[0] != B:
+        raise ValueError(f"`block_table` must be [B, max_pages] = [{B}, max_pages], got shape {tuple(table.shape)}")
+    if table.device != q.device:
+        raise ValueError(f"`block_table` must be on q's device {q.device}, got {table.device}")
+    # the kernel's view of a page: [pages, Hkv, page_size, D]
+    k, v = (t.permute(0, 2, 1, 3) if kv_layout == "NHD" else t for t in (k_cache, v_cache))
+    if v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"`v_cache` must hold the pages of k_cache {tuple(k_cache.shape)} (any head dim), got "
+                         f"{tuple(v_cache.shape)}")
+    pages, Hkv, page_size = k.shape[:3]
+    if pages == 0 or page_size == 0:
+        raise ValueError(f"the paged cache holds no page or empty pages: k_cache {tuple(k_cache.shape)}")
+    if table.numel() and (int(table.min()) < 0 or int(table.max()) >= pages):
+        raise ValueError(f"`block_table` entries must be page numbers 0..{pages - 1}, got values from "
+                         f"{int(table.min())} to {int(table.max())}")
+    capacity = table.shape[1] * page_size
+    return (k, v, (B, Hkv, capacity, k.shape[3]), (B, Hkv, capacity, v.shape[3]),
+            table.to(torch.int32).contiguous(), page_size)
+
+
+def append(k_cache, v_cache, table, page_size: int, kv_layout: str, k_new, v_new, start: torch.Tensor) -> None:
+    """Write the new tokens' keys and values ([B, Hkv, n_new, D]) at positions ``start[b] + t`` of
+    each row, in place, into a contiguous cache or into the pages of a paged one."""
+    B, _, n_new, _ = k_new.shape
+    pos = start.long()[:, None] + torch.arange(n_new, device=start.device)  # [B, n_new]
+    rows = torch.arange(B, device=start.device)[:, None].expand(B, n_new)
+    with torch.no_grad():
+        for cache, new in ((k_cache, k_new), (v_cache, v_new)):
+            tokens = new.permute(0, 2, 1, 3)  # [B, n_new, Hkv, D]
+            if table is None:  # [B, Hkv, capacity, D]
+                cache.permute(0, 2, 1, 3)[rows, pos] = tokens
+                continue
+            page, slot = table.long()[rows, pos // page_size], pos % page_size
+            if kv_layout == "NHD":
+                cache[page, slot] = tokens
+            else:
+                cache.permute(0, 2, 1, 3)[page, slot] = tokens
+
+
+def shape_only(like: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """A tensor of ``shape`` that holds nothing (one element, broadcast): what the parameter
+    binding and checks read of a cache is its logical shape, dtype and device."""
+    return like.new_zeros(()).expand(shape)
+
+
+def lengths(q, cache_seqlens, n_new: int, appending: bool, capacity: int, positions) -> torch.Tensor:
+    """Each row's length after the call (int64 [B]), checked against the cache's capacity and the
+    number of new queries."""
+    B = q.shape[0]
+    start = positions("cache_seqlens", cache_seqlens, B, q.device).long()
+    total = start + n_new if appending else start
+    if B and int(total.max()) > capacity:
+        b = int(total.argmax())
+        raise ValueError(f"row {b} needs {int(total[b])} cache slots{' after appending' if appending else ''}, but the "
+                         f"cache holds {capacity} per row; grow the cache (or its block table)")
+    if B and not appending and int(total.min()) < n_new:
+        b = int(total.argmin())
+        raise ValueError(f"cache_seqlens[{b}] = {int(total[b])} is fewer keys than the {n_new} new queries, which sit "
+                         f"at the last positions of the cache; pass the new tokens' k= and v= to append them")
+    return total
