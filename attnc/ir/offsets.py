@@ -55,3 +55,38 @@ def with_offsets(c: n.Cascade) -> n.Cascade:
     params = [replace(p, default=None) for p in loose(c).params]
     params += [n.ParamSpec(name, "tensor", n.INT, (n.ANY_DIM,)) for name in HIDDEN]
     return n.Cascade(c.name, tuple(params), stages, c.span, None)
+
+
+GROUP, N_NEW = "_group", "_n_new"  # hidden int scalars of ``packed_heads``
+
+
+def packed_heads(c: n.Cascade) -> n.Cascade:
+    """``c`` (an offsets cascade) with the query heads of each GQA group packed into the query
+    rows, so one program reads a key/value head's tiles once for all the heads that share them
+    (decoding: a few queries per head would fill a tile's rows poorly, and every query head would
+    read the same keys again). The kernel runs with ``n_heads = n_kv_heads`` and ``n_q = group ·
+    n_new`` rows; row ``i`` of kv head ``h`` is query ``i % n_new`` of query head ``h · group + i
+    // n_new`` — what the cascade sees, so masks, scores and per-head parameters are unchanged.
+    Tensor dimensions over ``H`` take any size here (the runtime bound them for the real heads)."""
+    group, n_new = n.Param(GROUP, n.INT), n.Param(N_NEW, n.INT)
+    i = n.Var("i", n.INT)
+
+    def rewrite(e: n.Expr) -> n.Expr:
+        if isinstance(e, n.Var):
+            if e.name == "i":
+                return n.Binary("%", i, n_new, n.INT)
+            if e.name == "h":
+                return n.Binary("+", n.Binary("*", e, group, n.INT), n.Binary("//", i, n_new, n.INT), n.INT)
+            if e.name == "n_heads":
+                return n.Binary("*", e, group, n.INT)
+        return e
+
+    def port(e: n.Expr) -> n.Expr:
+        return simplify(n.transform(e, rewrite, {}))
+
+    stages = ported_stages(c, port, n.Const(True, n.BOOL))  # an offsets cascade has its mask
+    params = [replace(p, default=None, dims=tuple(n.ANY_DIM if any(isinstance(x, n.Var) and x.name == "H"
+                                                                   for x in n.walk(d)) else d for d in p.dims))
+              for p in c.params]
+    params += [n.ParamSpec(GROUP, n.INT), n.ParamSpec(N_NEW, n.INT)]
+    return n.Cascade(c.name, tuple(params), stages, c.span, None)

@@ -35,7 +35,7 @@ from ..ir import nodes as n
 from ..ir.backward import BackwardError, derive_backward
 from ..ir.evaluate import eval_size_expr
 from ..ir.layout import loose, permute, sized_by_length
-from ..ir.offsets import KV_OFFSET, Q_OFFSET, SEQ_LEN, with_offsets
+from ..ir.offsets import GROUP, KV_OFFSET, N_NEW, Q_OFFSET, SEQ_LEN, packed_heads, with_offsets
 from ..ir.passes import plan_passes
 from ..ir.printer import cascade_text, expr_text
 from .cache import cache_dir, load_module, store
@@ -405,6 +405,7 @@ class Attention:
         self.permuted = Attention(permute(cascade), origin) if cascade.grid is not None else None
         self.grid_plans: OrderedDict = OrderedDict()  # GridPlan.for_call's choices for this variant
         self._offsets: Attention | None = None  # this variant over absolute positions (ir/offsets.py)
+        self._packed: Attention | None = None  # an offsets variant with GQA groups packed into rows (decode)
 
     def __repr__(self) -> str:
         params = ", ".join(p.name for p in self.cascade.params)
@@ -577,8 +578,22 @@ class Attention:
         if appending:
             append(k_cache, v_cache, table, page_size, kv_layout, k, v, total - q.shape[2])
         cache = CacheView(total.to(torch.int32).contiguous(), k_shape[2], table, page_size)
-        out, lse, _ = inner.launch_forward(q, kk, vv, tensors, scalars, float(sizes["scale"]), save_stats=False,
-                                           cache=cache)
+        B, Hq, n_new, D = q.shape
+        group = Hq // k_shape[1]
+        if group > 1:  # GQA: a group's heads are one tile's rows, reading their keys once (ir/offsets.py)
+            if inner._packed is None:
+                inner._packed = Attention(packed_heads(inner.cascade), self.origin)
+            packed = inner._packed
+            rows = q.reshape(B, k_shape[1], group * n_new, D)
+            bound = {**bound, GROUP: group, N_NEW: max(n_new, 1)}
+            _, tensors, scalars = packed._prepare(rows, shape_only(q, k_shape), shape_only(q, v_shape), scale,
+                                                  return_lse, bound)
+            out, lse, _ = packed.launch_forward(rows, kk, vv, tensors, scalars, float(sizes["scale"]),
+                                                save_stats=False, cache=cache)
+            out, lse = out.reshape(B, Hq, n_new, -1), lse.reshape(B, Hq, n_new)
+        else:
+            out, lse, _ = inner.launch_forward(q, kk, vv, tensors, scalars, float(sizes["scale"]), save_stats=False,
+                                               cache=cache)
         return (out, lse) if return_lse else out
 
     def _grid_call(self, q, k, v, sizes: dict, return_lse: bool, params: dict):

@@ -120,9 +120,10 @@ def count_tiles(attn: Attention, n_q: int, n_kv: int, /, block_m: int = 64, bloc
     return TileCount(block_m, block_n, plan_passes(attn.cascade).num_passes, visits, needed)
 
 
-def count_pages(attn: Attention, cache_len: int, page_size: int, /, n_new: int = 1, seed: int = 0,
+def count_pages(attn: Attention, cache_len: int, page_size: int, /, n_new: int = 1, seed: int = 0, group: int = 1,
                 **params) -> TileCount:
-    """Run ``attn.decode`` (fp32, interpreter, batch 1, one head) for ``n_new`` queries over a
+    """Run ``attn.decode`` (fp32, interpreter, batch 1, one key/value head and ``group`` query
+    heads, packed into one program's rows) for ``n_new`` queries over a
     paged cache of ``cache_len`` keys in pages of ``page_size``, the pages shuffled, with key
     tiles of one page, and count the pages the kernel reads (each tile's keys are tagged with their
     logical positions, so a page is named by its data) against the pages holding a key the
@@ -132,7 +133,7 @@ def count_pages(attn: Attention, cache_len: int, page_size: int, /, n_new: int =
     g = torch.Generator().manual_seed(seed)
     k = torch.randn(1, 1, cache_len, HEAD_DIM, generator=g)
     v = torch.randn(1, 1, cache_len, HEAD_DIM_V, generator=g)
-    q = torch.randn(1, 1, cache_len, HEAD_DIM, generator=g)
+    q = torch.randn(1, group, cache_len, HEAD_DIM, generator=g)
     q[..., 0] = 0.0
     k[..., 0] = torch.arange(1, cache_len + 1, dtype=torch.float32)
     n_pages = -(-cache_len // page_size)
@@ -148,8 +149,8 @@ def count_pages(attn: Attention, cache_len: int, page_size: int, /, n_new: int =
     visits = np.zeros((1, n_pages), dtype=np.int64)
     with _lock, torch.no_grad(), interpreter_tiles(block_m, page_size), _recording(block_m, page_size, visits):
         attn.decode(q[:, :, cache_len - n_new:], kp, vp, cache_len, block_table=table, **params)
-    keep = reference_keep(attn.cascade, q, k, v, **with_captured(attn, params))[0, 0, cache_len - n_new:]
-    padded = torch.zeros(n_new, n_pages * page_size, dtype=torch.bool)
-    padded[:, :cache_len] = keep
-    needed = padded.view(1, n_new, n_pages, page_size).any(3).any(1).numpy()
+    keep = reference_keep(attn.cascade, q, k, v, **with_captured(attn, params))[0, :, cache_len - n_new:]
+    padded = torch.zeros(group * n_new, n_pages * page_size, dtype=torch.bool)
+    padded[:, :cache_len] = keep.reshape(group * n_new, cache_len)
+    needed = padded.view(1, group * n_new, n_pages, page_size).any(3).any(1).numpy()
     return TileCount(block_m, page_size, plan_passes(attn.cascade).num_passes, visits, needed)

@@ -165,8 +165,8 @@ def test_sliding_window_decode_reads_only_the_pages_it_needs():
     """Counted on a kernel run (``attnc.testing.tiles.count_pages``): a window of 100 over a
     1000-token cache in pages of 16 reads 7 pages, every one of them needed."""
     attn = attnc.load("sliding_window")
-    for n_new, window in ((1, 100), (4, 100), (1, 16)):
-        c = count_pages(attn, 1000, 16, n_new=n_new, window=window)
+    for n_new, window, group in ((1, 100, 1), (4, 100, 1), (1, 16, 1), (2, 100, 8)):
+        c = count_pages(attn, 1000, 16, n_new=n_new, window=window, group=group)
         assert c.missed == 0
         assert c.visited == c.needed_count, (n_new, window, c.visits)
     assert count_pages(attn, 1000, 16, window=100).needed_count == 7
