@@ -40,7 +40,7 @@ KERNEL_NAME = "attnc_fwd"
 _TEMPLATE_DIR = Path(__file__).parent
 
 
-_RUNTIME_SIZES = ("n_q", "n_kv", "n_heads", "n_kv_heads", "head_dim", "head_dim_v", "num_pages")
+_RUNTIME_SIZES = ("n_q", "n_kv", "n_heads", "n_kv_heads", "head_dim", "head_dim_v", "num_pages", "n_splits", "split_len")
 
 
 def unspecialized(argnames) -> list[str]:
@@ -80,6 +80,8 @@ class KernelSource:
     has_lse: bool
     runtime_tiles: bool = False  # takes the runtime tile classification (``runtime/sparsity.py``)
     exact: bool = False  # has an EXACT build, launched after the plain one for rows it marks (huge logits)
+    split: tuple[int, int] | None = None  # split-KV builds (SPLIT, MERGE): (Part's row width, vector sums)
+    split_problem: str | None = None  # why there are none
 
 
 def _exact_loops(text: str) -> str:
@@ -695,6 +697,112 @@ class _Builder:
         return lines
 
 
+def split_problem(c: n.Cascade, plan: PassPlan, bounds) -> str | None:
+    """Why the keys of a row cannot be split over programs whose partial states merge exactly
+    (split-KV decoding), or None when they can: one pass, no partial sums (they need the keys in
+    order), tiles from the bounds (not a runtime tile list), and every rescale factor read over
+    running maxima or minima, which merge by their own operation first — so a split's state is
+    rescaled to the merged values by the factor the pass analysis proved, as a tile's is."""
+    if plan.num_passes != 1:
+        return (f"its norm makes {plan.num_passes} passes over the keys, and a split's later pass would need the "
+                f"statistics of every split's earlier one")
+    if any(st.is_scan for st in c.stages):
+        return "it sums along the row in key order (a partial sum over k < j or k > j)"
+    if bounds.runtime:
+        return "its mask's tiles are classified at run time, into lists that are not split"
+    ops = {r.stage: r.op for r in plan.reductions}
+    for r in plan.reductions:
+        if r.rescale is None:
+            continue
+        over = {x.stage for x in n.walk(r.rescale) if isinstance(x, n.Running)}
+        if r.op not in ("sum", "contract") or any(ops.get(x) not in ("max", "min") for x in over):
+            return f"`{r.stage}` is rescaled by a factor that is not over running maxima or minima"
+    return None
+
+
+def split_lines(b: _Builder, plan: PassPlan) -> dict:
+    """The split-KV pieces of a splittable kernel (``forward.py.jinja``: SPLIT, MERGE).
+
+    SPLIT: a program visits only the key tiles of its split, ``[s·split_len, (s+1)·split_len)``
+    (``clamp``), then stores its rows' partial state — every reduction's value and whether the
+    row kept a key — in ``Part`` (fp32 rows of ``width``) and ``PartAcc`` (the vector sums).
+    MERGE: a program merges the splits' states row by row (``merge``) — maxima and minima by
+    their operation, sums by the proven factor from each side's maxima to the merged ones — then
+    runs the epilogue and stores as the one-program kernel does."""
+    reds = [r for r in plan.reductions]
+    scalars = [r for r in reds if r.op != "contract"]
+    vectors = [r for r in reds if r.op == "contract"]
+    width = len(scalars) + 1
+    names = b.names
+    clause_vars = (["lo_t", "end", "mid_lo", "mid_hi"] if len(b.bounds.clauses) <= 1 or not b.bounds.bounded else
+                   [f"{v}_{k}" for k in range(1, len(b.bounds.clauses) + 1)
+                    for v in ("piece_lo", "piece_hi", "full_a", "full_b")])
+    clamp = ["split_len = tl.cdiv(split_len, BLOCK_N) * BLOCK_N  # whole tiles per split",
+             "split_lo = tl.program_id(2) * split_len", "split_hi = split_lo + split_len"]
+    clamp += [f"{v} = tl.minimum(tl.maximum({v}, split_lo), split_hi)" for v in clause_vars]
+    base = "(((off_b * n_heads + off_h).to(tl.int64) * n_splits + {s}) * n_q + offs_m)"
+    store = [f"part_row = Part + {base.format(s='tl.program_id(2)')} * {width}"]
+    store += [f"tl.store(part_row + {k}, {names[r.stage]}, mask=row_ok)" for k, r in enumerate(scalars)]
+    store.append(f"tl.store(part_row + {len(scalars)}, ({b.has_key()}).to(tl.float32), mask=row_ok)")
+    acc_row = "PartAcc + ({row} * {count} + {k}) * BLOCK_DV"
+    for k, r in enumerate(vectors):
+        ptrs = acc_row.format(row=base.format(s="tl.program_id(2)"), count=len(vectors), k=k)
+        store.append(f"tl.store(({ptrs})[:, None] + offs_dv[None, :], {names[r.stage]}, mask=row_ok[:, None])")
+    merge = []
+    for r in reds:
+        var = names[r.stage]
+        if r.op == "contract":
+            merge.append(f"{var} = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)")
+        else:
+            merge.append(f"{var} = tl.full([BLOCK_M], {_IDENTITY[r.op]}, dtype=tl.float32)")
+    merge.append("merged_key = tl.zeros([BLOCK_M], dtype=tl.int32)")
+    merge.append("for sp in range(0, n_splits):  # the splits' partial states, merged in order")
+    body = [f"part_row = Part + {base.format(s='sp')} * {width}"]
+    for k, r in enumerate(scalars):
+        body.append(f"{derived_ident(names[r.stage], 'split')} = tl.load(part_row + {k}, mask=row_ok, other={_IDENTITY[r.op]})")
+    body.append(f"merged_key = tl.maximum(merged_key, tl.load(part_row + {len(scalars)}, mask=row_ok, other=0.0)"
+                f".to(tl.int32))")
+    for k, r in enumerate(vectors):
+        ptrs = acc_row.format(row=base.format(s="sp"), count=len(vectors), k=k)
+        body.append(f"{derived_ident(names[r.stage], 'split')} = tl.load(({ptrs})[:, None] + offs_dv[None, :], mask=row_ok[:, None], "
+                    f"other=0.0)")
+    deps = sorted({x.stage for r in reds if r.rescale is not None for x in n.walk(r.rescale)
+                   if isinstance(x, n.Running)})
+    body += [f"{derived_ident(names[d], 'old')} = {names[d]}" for d in deps]
+    for r in reds:  # maxima and minima first: the factors read their merged values
+        if r.op in ("max", "min"):
+            var = names[r.stage]
+            body.append(f"{var} = tl.{'maximum' if r.op == 'max' else 'minimum'}({var}, {derived_ident(var, 'split')})")
+    factors: dict[str, tuple[str, str]] = {}
+    for r in reds:
+        if r.rescale is not None:
+            text = b.expr(r.rescale, "row")
+            if text not in factors:
+                factors[text] = (f"fac{len(factors) + 1}", f"fac{len(factors) + 1}_part")
+    for text, (mine, _) in factors.items():  # the merged state so far: old → merged
+        body += [f"{mine} = {text}", f"{mine} = tl.where({mine} == {mine}, {mine}, 0.0)"]
+    body += [f"{derived_ident(names[d], 'old')} = {derived_ident(names[d], 'split')}" for d in deps]
+    for text, (_, theirs) in factors.items():  # this split's state: its own maxima → merged
+        body += [f"{theirs} = {text}", f"{theirs} = tl.where({theirs} == {theirs}, {theirs}, 0.0)"]
+    for r in reds:
+        var = names[r.stage]
+        if r.op in ("max", "min"):
+            continue
+        if r.rescale is None:
+            body.append(f"{var} = {var} + {derived_ident(var, 'split')}")
+            continue
+        mine, theirs = factors[b.expr(r.rescale, "row")]
+        if r.op == "contract":
+            body.append(f"{var} = {var} * {mine}[:, None] + {derived_ident(var, 'split')} * {theirs}[:, None]")
+        else:
+            body.append(f"{var} = {var} * {mine} + {derived_ident(var, 'split')} * {theirs}")
+    merge += ["    " + line for line in body]
+    return {"clamp": clamp, "store": store, "merge": merge, "width": width, "vectors": len(vectors)}
+
+
+_IDENTITY = {"sum": "0.0", "contract": "0.0", "max": 'float("-inf")', "min": 'float("inf")'}
+
+
 def shifted_exp(c: n.Cascade) -> list[str]:
     """The per-row values (a row max, an lse) an ``exp`` of ``c`` reads: shifts whose folded FMA
     exponent rounds by up to 2^-22 of |shift·log2 e|, past exp2's range at huge logits
@@ -776,9 +884,12 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
                             f"(tl.abs({b.names[name]}) < float(\"inf\"))" for name in shifts],
                  "overflow": [f"{b.names[name]} == float(\"inf\")" for name in shifts]}
         b.printer.exact_exp = False
+    problem = split_problem(c, plan, b.bounds)
+    split = split_lines(b, plan) if problem is None else None
     tensors = [p for p in c.params if p.kind == "tensor"]
     scalars = [p for p in c.params if p.kind != "tensor"]
     text = _env().get_template("forward.py.jinja").render(
+        split=split,
         version=CODEGEN_VERSION,
         cascade_name=c.name,
         plan_summary=f"{plan.num_passes} pass{'es' if plan.num_passes != 1 else ''} over the keys",
@@ -808,4 +919,4 @@ def generate(c: n.Cascade, spec: Specialization, plan: PassPlan | None = None) -
     )
     text = prune_helpers(text)
     return KernelSource(text, KERNEL_NAME, tuple(tensors), tuple(scalars), c.has_lse, b.bounds.runtime,
-                        rerun is not None)
+                        rerun is not None, split and (split["width"], split["vectors"]), problem)

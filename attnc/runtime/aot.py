@@ -290,7 +290,7 @@ def signature_for(fn, cascade: n.Cascade, dtype: str, extra_types: dict[str, str
     known: dict[str, str] = {"Q": f"*{elem}", "K": f"*{elem}", "V": f"*{elem}", "Out": f"*{elem}",
                              "Lse": "*fp32", "Stats": "*fp32", "DL": "*fp32", "Coef": "*fp32", "scale": "fp32",
                              "TileList": "*i32", "TileCls": "*i8", "QTiles": "*i32", "ExactKV": "*i32", "Redo": "*i8", "VNorm": "*fp32",
-                             "CuQ": "*i32", "CuK": "*i32", "Pages": "*i32", "DK32": "*fp32", "DV32": "*fp32"}
+                             "CuQ": "*i32", "CuK": "*i32", "Pages": "*i32", "Part": "*fp32", "PartAcc": "*fp32", "DK32": "*fp32", "DV32": "*fp32"}
     for p in cascade.params:
         ident = kernel_ident(p.name)
         if p.kind == "tensor":

@@ -540,7 +540,8 @@ class Attention:
         return (out, lse) if return_lse else out
 
     def decode(self, q, k_cache, v_cache, cache_seqlens, /, *, k=None, v=None, block_table=None,
-               kv_layout: str = "NHD", scale: float | None = None, return_lse: bool = False, **params):
+               kv_layout: str = "NHD", num_splits: int | None = None, scale: float | None = None,
+               return_lse: bool = False, **params):
         """Attention of a few new query tokens per row to a KV cache (``runtime/decode.py``).
 
         ``q`` [B, Hq, n_new, D]; the cache is contiguous, ``[B, Hkv, capacity, D]``, or paged:
@@ -550,8 +551,12 @@ class Attention:
         the cache; ``k``/``v`` [B, Hkv, n_new, D], when given, are written there first (in place)
         and attended too. The queries are the last ``n_new`` tokens of each row's sequence, so the
         result equals those rows of the full call; parameters bind as for that call. Forward only:
-        for gradients call ``attn(q, k, v, q_offset=...)``."""
-        from .decode import CacheView, append, cache_views, lengths, shape_only
+        for gradients call ``attn(q, k, v, q_offset=...)``.
+
+        ``num_splits`` splits each row's keys over that many programs, whose partial states merge
+        by the variant's proven rescale factors (split-KV; one-pass variants); None chooses from the
+        batch, the heads and the lengths (on a GPU; 1 on the CPU)."""
+        from .decode import CacheView, append, cache_views, choose_splits, lengths, shape_only
 
         if not isinstance(q, torch.Tensor) or q.dim() != 4:
             raise ValueError(f"`q` must be a tensor [B, Hq, n_new, D], got "
@@ -575,25 +580,23 @@ class Attention:
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_cache, v_cache, *tensors)):
             raise ValueError("attn.decode computes no gradients; for training call attn(q, k, v, q_offset=..., "
                              "seq_len=...), which has a backward, or decode under torch.no_grad()")
-        if appending:
-            append(k_cache, v_cache, table, page_size, kv_layout, k, v, total - q.shape[2])
-        cache = CacheView(total.to(torch.int32).contiguous(), k_shape[2], table, page_size)
         B, Hq, n_new, D = q.shape
         group = Hq // k_shape[1]
+        runner = inner
         if group > 1:  # GQA: a group's heads are one tile's rows, reading their keys once (ir/offsets.py)
             if inner._packed is None:
                 inner._packed = Attention(packed_heads(inner.cascade), self.origin)
-            packed = inner._packed
-            rows = q.reshape(B, k_shape[1], group * n_new, D)
+            runner, q = inner._packed, q.reshape(B, k_shape[1], group * n_new, D)
             bound = {**bound, GROUP: group, N_NEW: max(n_new, 1)}
-            _, tensors, scalars = packed._prepare(rows, shape_only(q, k_shape), shape_only(q, v_shape), scale,
+            _, tensors, scalars = runner._prepare(q, shape_only(q, k_shape), shape_only(q, v_shape), scale,
                                                   return_lse, bound)
-            out, lse, _ = packed.launch_forward(rows, kk, vv, tensors, scalars, float(sizes["scale"]),
-                                                save_stats=False, cache=cache)
-            out, lse = out.reshape(B, Hq, n_new, -1), lse.reshape(B, Hq, n_new)
-        else:
-            out, lse, _ = inner.launch_forward(q, kk, vv, tensors, scalars, float(sizes["scale"]), save_stats=False,
-                                               cache=cache)
+        splits = choose_splits(runner, q, B * k_shape[1], total, num_splits)
+        if appending:
+            append(k_cache, v_cache, table, page_size, kv_layout, k, v, total - n_new)
+        cache = CacheView(total.to(torch.int32).contiguous(), k_shape[2], table, page_size, splits)
+        out, lse, _ = runner.launch_forward(q, kk, vv, tensors, scalars, float(sizes["scale"]), save_stats=False,
+                                            cache=cache)
+        out, lse = out.reshape(B, Hq, n_new, v_shape[3]), lse.reshape(B, Hq, n_new)
         return (out, lse) if return_lse else out
 
     def _grid_call(self, q, k, v, sizes: dict, return_lse: bool, params: dict):
@@ -812,13 +815,23 @@ class Attention:
         paged = cache is not None and cache.pages is not None
         pages = (cache.pages, cache.pages.stride(0), k.shape[0]) if paged else (cu[1], 0, 1)  # read under PAGE_SIZE > 0
         paging = dict(KV_LENS=cache is not None, PAGE_SIZE=cache.page_size if paged else 0)
+        splits = cache.splits if cache is not None and kernel.source.split else 1
+        if splits > 1:  # split-KV: each split's partial state per row, merged by the MERGE launch
+            width, vectors = kernel.source.split
+            part = torch.empty(B * Hq * splits * Nq * width, dtype=torch.float32, device=q.device)
+            part_acc = torch.empty(max(B * Hq * splits * Nq * vectors * block_dv, 1), dtype=torch.float32,
+                                   device=q.device)
+            parts = (part, part_acc, splits, -(-Nkv // splits))
+        else:
+            parts = (lse, lse, 1, 0)  # read under SPLIT/MERGE only
         tile_args = {}
 
-        def run(config, exact, warmup=False):
+        def run(config, exact, warmup=False, mode=None):
+            ways = (splits,) if mode == "split" else ()  # split-KV: the splits are the grid's third axis
             if config is None:  # autotuned: the tuner picks the tile sizes
-                grid, meta = (lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * Hq)), {}
+                grid, meta = (lambda m: (triton.cdiv(Nq, m["BLOCK_M"]), B * Hq, *ways)), {}
             else:
-                grid = (triton.cdiv(Nq, config.block_m), B * Hq)
+                grid = (triton.cdiv(Nq, config.block_m), B * Hq, *ways)
                 meta = {**config.kwargs(), **({} if interpret else
                                               {"num_warps": config.num_warps, "num_stages": config.num_stages})}
             if config not in tile_args:
@@ -828,23 +841,28 @@ class Attention:
                                                n_kv=Nkv)
                     tile_args[config] = _tile_args(tiles.lists, B, Hq)
             args = (q, k, v, out, lse, *targs, *_launch_scalars(scalars, interpret),
-                    *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *cu, *pages,
+                    *q.stride(), *k.stride(), *v.stride(), *out.stride(), *lse.stride(), *cu, *pages, *parts,
                     Nq, Nkv, Hq, Hkv, D, Dv, *_launch_scalars([float(scale)], interpret), st, *st_strides, redo,
                     *tile_args[config])
             kw = dict(BLOCK_D=block_d, BLOCK_DV=block_dv, SAVE_STATS=save_stats, VARLEN=packed is not None, **flags,
-                      **meta, EXACT=exact, **paging)
+                      **meta, EXACT=exact, **paging, **({"SPLIT": mode == "split", "MERGE": mode == "merge"}
+                                                        if kernel.source.split else {}))
             return fn.warmup(*args, grid=grid, **kw) if warmup else fn[grid](*args, **kw)
 
-        exacts = (False, True) if kernel.source.exact else (False,)
+        # the plain launch (split-KV: its splits, then their merge), then the exact one for the rows
+        # the plain one marked
+        launches = [(False, "split"), (False, "merge")] if splits > 1 else [(False, None)]
+        launches += [(True, None)] if kernel.source.exact else []
         quiet = np.errstate(all="ignore") if interpret else contextlib.nullcontext()  # masked-off lanes
         with _lock, quiet, (_interpreted_stdlib() if interpret else contextlib.nullcontext()):
             # keyed by every constexpr of the build (SAVE_STATS, VARLEN, EVEN_D change what fits)
-            fit_key = (*key, save_stats, packed is not None, *sorted(flags.items()), *sorted(paging.items()))
+            fit_key = (*key, save_stats, packed is not None, *sorted(flags.items()), *sorted(paging.items()),
+                       splits > 1)
             config = configs and _fitting_config(kernel.chosen, fit_key, configs,
-                                                 lambda c: [run(c, e, warmup=True) for e in exacts], q.device,
+                                                 lambda c: [run(c, e, True, mode) for e, mode in launches], q.device,
                                                  f"the forward kernel of `{self.cascade.name}`")
-            for exact in exacts:
-                run(config, exact)
+            for exact, mode in launches:
+                run(config, exact, mode=mode)
         return out, lse, stats
 
     def launch_backward(self, dout, dlse, q, k, v, out, stats, tensors: list, scalars: list, scale: float,

@@ -32,6 +32,7 @@ class CacheView:
     capacity: int  # keys a row can hold: the cache's length, or max_pages * page_size
     pages: torch.Tensor | None = None  # int32 [B, max_pages]
     page_size: int = 0
+    splits: int = 1  # split-KV: the keys of a row over this many programs (one-pass variants)
 
 
 def _int_tensor(what: str, t, shape_words: str) -> torch.Tensor:
@@ -128,3 +129,30 @@ def lengths(q, cache_seqlens, n_new: int, appending: bool, capacity: int, positi
         raise ValueError(f"cache_seqlens[{b}] = {int(total[b])} is fewer keys than the {n_new} new queries, which sit "
                          f"at the last positions of the cache; pass the new tokens' k= and v= to append them")
     return total
+
+
+MAX_SPLITS = 64
+MIN_SPLIT_KEYS = 256  # a split shorter than a few key tiles costs more in its merge than it saves
+
+
+def choose_splits(attn, rows: torch.Tensor, heads: int, total: torch.Tensor, num_splits) -> int:
+    """The number of splits for a decode call (``num_splits`` checked, or chosen): on a GPU,
+    enough programs to fill the device twice over — the query tiles of every (row, kv head)
+    times the splits — without splits shorter than ``MIN_SPLIT_KEYS``; 1 on the CPU and for a
+    variant whose keys cannot be split (``codegen/generate.py: split_problem``)."""
+    from .compiler import _DTYPES, Specialization, kernel_for
+
+    source = kernel_for(attn.cascade, Specialization(_DTYPES[rows.dtype], rows.device.type == "cpu")).source
+    if num_splits is not None:
+        if isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
+            raise ValueError(f"`num_splits` must be an int in 1..{MAX_SPLITS} (or None to choose), got {num_splits!r}")
+        if num_splits > 1 and source.split is None:
+            raise ValueError(f"{attn.name} cannot split a row's keys over programs: {source.split_problem}; "
+                             f"decode it with num_splits=1 (or None)")
+        return num_splits
+    longest = int(total.max()) if total.numel() else 0
+    if source.split is None or rows.device.type != "cuda" or longest < 2 * MIN_SPLIT_KEYS:
+        return 1
+    programs = max(1, heads * -(-rows.shape[2] // 64))
+    sms = torch.cuda.get_device_properties(rows.device).multi_processor_count
+    return max(1, min(MAX_SPLITS, -(-2 * sms // programs), longest // MIN_SPLIT_KEYS))

@@ -16,6 +16,8 @@ from tests.codegen.test_forward_kernels import _params
 pytestmark = pytest.mark.usefixtures("poison")
 
 GRIDS = ("natten1d", "natten2d", "natten3d")
+UNSPLIT = {"clipped_softmax": "2 passes", "document": "classified at run time", "stick_breaking": "in key order",
+           "stick_breaking_bias": "in key order"}  # why their keys are not split over programs
 VARIANTS = sorted(name for name in attnc.library.names() if name not in GRIDS)
 
 
@@ -83,6 +85,13 @@ def test_every_variant_decodes_contiguous_and_paged_caches(name):
     _close(attn.decode(q, k, v, lengths, **params), want, 1e-5)
     kp, vp, table = _paged(k, v, page_size=8, seed=len(name))
     _close(attn.decode(q, kp, vp, lengths, block_table=table, **params), want, 1e-5)
+    # split-KV: a row's keys over 3 programs (tiles of 16 keys: splits of 16, the last empty for
+    # every row) merged by the variant's own factors — or a refusal that says why
+    if name in UNSPLIT:
+        with pytest.raises(ValueError, match=UNSPLIT[name]):
+            attn.decode(q, kp, vp, lengths, block_table=table, num_splits=3, **params)
+    else:
+        _close(attn.decode(q, kp, vp, lengths, block_table=table, num_splits=3, **params), want, 1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -200,3 +209,32 @@ def test_refused_calls_say_why_and_leave_the_cache_untouched():
         attn.decode(q.requires_grad_(), k, v, 3)
     with pytest.raises(ValueError, match="grid variant"):
         attnc.load("natten1d").decode(q.detach(), k, v, 3, kernel_size=3)
+
+
+def test_split_kv_merges_every_split_shape():
+    """Splits of one tile, of several, more splits than tiles, rows whose window lies in one
+    split; lse merged too; huge logits (the exact rerun after the merge) included."""
+    attn = attnc.load("sink_window")
+    q, k, v = _cache(3, 8, 2, 96, 2, seed=11)
+    lengths = torch.tensor([96, 40, 3])
+    for scale, split_counts in ((None, (2, 5, 9)), (2e6, (3,))):
+        want = torch.cat([attn.reference(q[b:b + 1], k[b:b + 1, :, :L], v[b:b + 1, :, :L], q_offset=L - 2, seq_len=L,
+                                         sinks=3, window=20, scale=scale, return_lse=True)[1]
+                          for b, L in enumerate(lengths.tolist())])
+        for splits in split_counts:
+            out, lse = attn.decode(q, k, v, lengths, sinks=3, window=20, num_splits=splits, scale=scale,
+                                   return_lse=True)
+            assert torch.isfinite(out).all()
+            _close(lse, want, 1e-5)
+            _close(out, attn.decode(q, k, v, lengths, sinks=3, window=20, scale=scale), 1e-5)
+
+
+def test_splits_are_chosen_and_checked():
+    from attnc.runtime.decode import choose_splits
+
+    attn = attnc.load("causal")
+    q, k, v = _cache(1, 2, 1, 16, 1, seed=2)
+    assert choose_splits(attn, q, 1, torch.tensor([16]), None) == 1  # the CPU: one program per row
+    for bad in (0, 65, 2.0, True):
+        with pytest.raises(ValueError, match="num_splits"):
+            attn.decode(q, k, v, 5, num_splits=bad)
