@@ -1,7 +1,7 @@
 #!/bin/sh
 # The first thing to run on a GPU: correctness of the compiled kernels, then timings against
 # FlexAttention and SDPA, written into docs/performance.md with the device's name. One command,
-# about 7 minutes on an H100/H200 (each phase stops starting new cases when its budget is spent
+# about 8 minutes on an H100/H200 (each phase stops starting new cases when its budget is spent
 # and lists what it skipped), the short tables last. Installs nothing from the network.
 #
 #   sh benchmarks/gpu.sh              # on a machine with CUDA, from the repository root
@@ -14,6 +14,8 @@
 #   2. benchmarks/bench_forward.py  attnc vs torch.compile(flex_attention) (and its FLASH backend
 #                                   where installed) and SDPA, forward (FWD_BUDGET, 110)
 #   3. benchmarks/bench_backward.py the same for forward + backward (BWD_BUDGET, 110)
+#   4. benchmarks/bench_decode.py   one decoding step over contiguous and paged caches, GB/s against
+#                                   the device's copy bandwidth, vs flex and flash_attn (DECODE_BUDGET, 60)
 # Variants timed: causal, full, sliding_window, document, alibi, softcap, and the attnc-only
 # sigmoid, natten2d, clipped_softmax; N 4k, 16k, 1k; D 128, 64; bf16 then fp16 (the order in
 # which a budget cuts).
@@ -57,6 +59,7 @@ if [ -n "$DRY" ]; then
         --dtypes float16 --no-latency --out "$scratch/performance.md" --budget 60
     "$PY" benchmarks/bench_backward.py --dry-run-cpu 64 --variants causal --seqlens 32 --dims 16 --dtypes float16 \
         --out "$scratch/performance.md" --budget 60 | tail -n 4
+    "$PY" benchmarks/bench_decode.py --dry-run-cpu --out "$scratch/performance.md" --budget 60 2>&1 | tail -n 2
     echo "gpu.sh --dry-run: all phases ran (scratch report: $scratch/performance.md)"
     exit 0
 fi
@@ -72,11 +75,15 @@ export ATTNC_AUTOTUNE="${ATTNC_AUTOTUNE:-1}"
 "$PY" benchmarks/bench_backward.py --variants "$VARIANTS" --seqlens 4096,16384,1024 --dims 128,64 \
     --dtypes bfloat16,float16 --budget "${BWD_BUDGET:-110}" --warmup 10 --rep 40 \
     > "$LOGDIR/bench_backward.md" 2>&1 || status=$?
+"$PY" benchmarks/bench_decode.py --budget "${DECODE_BUDGET:-60}" --warmup 10 --rep 40 \
+    > "$LOGDIR/bench_decode.log" 2>&1 || status=$?
 [ -n "${OUT:-}" ] && cp docs/performance.md "$OUT/performance.md"
 echo "== forward (docs/performance.md, section gpu)"
 sed -n '/<!-- bench:gpu:begin -->/,/<!-- bench:gpu:end -->/p' docs/performance.md | grep '^|' | head -n 40
 echo "== forward + backward (section train)"
 sed -n '/<!-- bench:train:begin -->/,/<!-- bench:train:end -->/p' docs/performance.md | grep '^|' | head -n 40
+echo "== decode (section decode)"
+sed -n '/<!-- bench:decode:begin -->/,/<!-- bench:decode:end -->/p' docs/performance.md | grep '^|' | head -n 40
 echo "== correctness (gpu_check.py; full log: $LOGDIR/gpu_check.md)"
 grep -E '^## |fail|error|skipped' "$LOGDIR/gpu_check.md" | head -n 30
 exit $status

@@ -146,11 +146,13 @@ def count_pages(attn: Attention, cache_len: int, page_size: int, /, n_new: int =
         kp[table[0, logical], :width, 0] = k[0, 0, part]
         vp[table[0, logical], :width, 0] = v[0, 0, part]
     block_m = 16
-    visits = np.zeros((1, n_pages), dtype=np.int64)
+    rows = group * n_new  # the packed rows of the one kv head
+    tiles_m = -(-rows // block_m)
+    visits = np.zeros((tiles_m, n_pages), dtype=np.int64)
     with _lock, torch.no_grad(), interpreter_tiles(block_m, page_size), _recording(block_m, page_size, visits):
         attn.decode(q[:, :, cache_len - n_new:], kp, vp, cache_len, block_table=table, **params)
     keep = reference_keep(attn.cascade, q, k, v, **with_captured(attn, params))[0, :, cache_len - n_new:]
-    padded = torch.zeros(group * n_new, n_pages * page_size, dtype=torch.bool)
-    padded[:, :cache_len] = keep.reshape(group * n_new, cache_len)
-    needed = padded.view(1, group * n_new, n_pages, page_size).any(3).any(1).numpy()
+    padded = torch.zeros(tiles_m * block_m, n_pages * page_size, dtype=torch.bool)
+    padded[:rows, :cache_len] = keep.reshape(rows, cache_len)
+    needed = padded.view(tiles_m, block_m, n_pages, page_size).any(3).any(1).numpy()
     return TileCount(block_m, page_size, plan_passes(attn.cascade).num_passes, visits, needed)
