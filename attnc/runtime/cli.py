@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="property-test on N drawn problems (attnc.testing) instead of one fixed shape")
     ch.add_argument("--property", action="append", metavar="NAME",  # checked in cmd_check: attnc.testing needs hypothesis
                     help="with --examples: a property to test (repeatable): reference (default), batch_split, "
-                         "head_permutation, masked_keys, empty_rows, gradients, or all (those that apply); see attnc.testing")
+                         "head_permutation, masked_keys, empty_rows, gradients, decode, or all (those that apply); see attnc.testing")
     ch.add_argument("--device", type=_device, default="cpu")
     ch.add_argument("--param", action="append", metavar="NAME=VALUE", help="a scalar parameter (repeatable)")
     sh = sub.add_parser("show", help="draw a mask, its tile classes and the kernel's tile visits as a PNG")

@@ -562,6 +562,8 @@ class Attention:
         batch, the heads and the lengths (on a GPU; 1 on the CPU)."""
         from .decode import CacheView, append, cache_views, choose_splits, lengths, shape_only
 
+        params = self._with_captured(params, q)
+
         if not isinstance(q, torch.Tensor) or q.dim() != 4:
             raise ValueError(f"`q` must be a tensor [B, Hq, n_new, D], got "
                              f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
@@ -602,6 +604,10 @@ class Attention:
                                             cache=cache)
         out, lse = out.reshape(B, Hq, n_new, v_shape[3]), lse.reshape(B, Hq, n_new)
         return (out, lse) if return_lse else out
+
+    def _with_captured(self, params: dict, q) -> dict:
+        """``params`` and what the variant binds itself (an @attnc.jit variant's captured tensors)."""
+        return params
 
     def _grid_call(self, q, k, v, sizes: dict, return_lse: bool, params: dict):
         """A grid variant: scatter the tokens into grid tiles, run the permuted cascade with every

@@ -135,6 +135,19 @@ MAX_SPLITS = 64
 MIN_SPLIT_KEYS = 256  # a split shorter than a few key tiles costs more in its merge than it saves
 
 
+def split_problem(attn, dtype: torch.dtype, device) -> str | None:
+    """Why ``attn``'s decode kernel cannot split a row's keys over programs, or None when it can
+    (``codegen/generate.py: split_problem``; GQA packing does not change it)."""
+    from ..ir.offsets import with_offsets
+    from .compiler import _DTYPES, Specialization, kernel_for
+
+    if attn.cascade.grid is not None:
+        return "it is a grid variant"
+    cascade = attn.cascade if any(p.name == "_seq_len" for p in attn.cascade.params) else with_offsets(attn.cascade)
+    source = kernel_for(cascade, Specialization(_DTYPES[dtype], torch.device(device).type == "cpu")).source
+    return source.split_problem
+
+
 def choose_splits(attn, rows: torch.Tensor, heads: int, total: torch.Tensor, num_splits) -> int:
     """The number of splits for a decode call (``num_splits`` checked, or chosen): on a GPU,
     enough programs to fill the device twice over — the query tiles of every (row, kv head)

@@ -43,6 +43,10 @@ Properties (``PROPERTIES``; ``check(attn, properties=(...))`` or one ``assert_*`
 * ``gradients`` (``assert_gradients``): dq, dk, dv and float tensor-parameter gradients of the
   backward kernels match torch.autograd through the float64 reference (1e-4 fp32, 5e-3 fp16,
   2e-2 bf16); applies when the compiler derives a backward.
+* ``decode`` (``assert_decode``): the last rows of a self-attention, computed by ``attn.decode``
+  from a paged cache of the keys (pages of 16 shuffled, NaN past the sequence, two splits where
+  the variant splits), equal those rows of the full call within the dtype's bound; every
+  definition but the grid variants.
 
 ``batch_split``, ``head_permutation`` and ``masked_keys`` compare two kernel runs and demand
 exactly equal values, NaN matching NaN (the kit runs kernels on CPU tensors, through Triton's
@@ -67,6 +71,7 @@ from .properties import (
     PROPERTIES,
     NotApplicable,
     assert_batch_split,
+    assert_decode,
     assert_empty_rows,
     assert_gradients,
     assert_head_permutation,
@@ -76,7 +81,7 @@ from .properties import (
 )
 
 __all__ = [
-    "LAYOUTS", "PROPERTIES", "NotApplicable", "Problem", "assert_batch_split", "assert_empty_rows", "assert_gradients",
+    "LAYOUTS", "PROPERTIES", "NotApplicable", "Problem", "assert_batch_split", "assert_decode", "assert_empty_rows", "assert_gradients",
     "assert_head_permutation",
     "assert_masked_keys", "assert_matches_reference", "check", "keep_mask", "problems", "why_not_applicable",
 ]

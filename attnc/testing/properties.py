@@ -24,14 +24,14 @@ from ..ir import nodes as n
 from ..ir.backward import BackwardError, derive_backward
 from ..ir.printer import expr_text, stage_lhs
 from ..runtime.compiler import Attention
-from .kit import REL_FLOOR, Problem, assert_matches_reference, keep_mask, key_ranges, problems, report, resized, run
+from .kit import REL_FLOOR, TOLERANCE, Problem, assert_matches_reference, keep_mask, key_ranges, problems, report, resized, run
 
 __all__ = [
-    "PROPERTIES", "NotApplicable", "assert_batch_split", "assert_empty_rows", "assert_gradients",
+    "PROPERTIES", "NotApplicable", "assert_batch_split", "assert_decode", "assert_empty_rows", "assert_gradients",
     "assert_head_permutation", "assert_masked_keys", "check", "why_not_applicable",
 ]
 
-PROPERTIES = ("reference", "batch_split", "head_permutation", "masked_keys", "empty_rows", "gradients")
+PROPERTIES = ("reference", "batch_split", "head_permutation", "masked_keys", "empty_rows", "gradients", "decode")
 
 # Bounds on the relative error of each gradient (issue 5's), per input dtype.
 GRAD_TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 2e-2}
@@ -112,12 +112,16 @@ def why_not_applicable(attn: Attention, prop: str) -> str | None:
     * ``masked_keys`` and ``empty_rows`` apply to definitions with a mask.
     * ``gradients`` applies when the compiler derives a backward (not when the result moves with
       a max/min over the keys, see ``docs/backward.md``).
+    * ``decode`` applies to every definition but the grid variants (whose tokens run permuted
+      into grid tiles, which decoding does not follow yet).
     """
     if prop not in PROPERTIES:
         raise ValueError(f"unknown property {prop!r}; the properties are {', '.join(PROPERTIES)}")
     c = attn.cascade
     if prop in ("masked_keys", "empty_rows"):
         return None if c.has_mask else "it has no mask, so every key is kept and no row is empty"
+    if prop == "decode":
+        return None if c.grid is None else "it is a grid variant, whose tokens run permuted into grid tiles"
     if prop == "gradients":
         try:
             derive_backward(c)
@@ -413,6 +417,57 @@ def assert_gradients(attn: Attention, problem: Problem) -> None:
                 f"reference {float(want_g.flatten()[flat]):.6g}")
 
 
+def assert_decode(attn: Attention, problem: Problem) -> None:
+    """Property ``decode``: the last rows of a self-attention (the problem with ``n_q = n_kv``),
+    computed by ``attn.decode`` from a paged cache of the keys — pages of 16 in shuffled order,
+    NaN in the slack past the sequence, the keys split over two programs where the variant
+    splits — equal those rows of the full call, to the dtype's bound (two kernels, two orders of
+    summation); lse too, and −inf on the same rows."""
+    from ..runtime.decode import append, split_problem
+
+    _require(attn, "decode")
+    p = resized(attn, problem, problem.Nkv, problem.Nkv)
+    if p.Nkv == 0:
+        return
+    q, k, v, params = p.inputs()
+    full, full_lse = run(attn, p, q, k, v, params)
+    n_new, page = 1 + p.seed % min(p.Nkv, 4), 16
+    per = -(-p.Nkv // page)
+    g = torch.Generator().manual_seed(p.seed)
+    table = torch.randperm(p.B * per, generator=g).view(p.B, per)
+    k_pages = torch.full((p.B * per, page, p.Hkv, p.D), float("nan"), dtype=p.dtype)
+    v_pages = torch.full((p.B * per, page, p.Hkv, p.Dv), float("nan"), dtype=p.dtype)
+    append(k_pages, v_pages, table, page, "NHD", k, v, torch.zeros(p.B, dtype=torch.int64))
+    splits = 1 if split_problem(attn, p.dtype, q.device) else 2
+    lse_wanted = attn.cascade.has_lse
+    with torch.no_grad():
+        got = attn.decode(q[:, :, -n_new:], k_pages, v_pages, p.Nkv, block_table=table, num_splits=splits,
+                          scale=p.scale, return_lse=lse_wanted, **params)
+    got, got_lse = got if lse_wanted else (got, None)
+    want, want_lse = full[:, :, -n_new:], None if full_lse is None else full_lse[:, :, -n_new:]
+    bound = TOLERANCE[p.dtype]
+    natural = float(v.double().pow(2).mean().sqrt()) * want.numel() ** 0.5 if v.numel() else 0.0
+    denom = max(float(want.double().norm()), REL_FLOOR * natural)
+    diff = float((got.double() - want.double()).norm())
+    rel = diff / denom if denom > 0 else diff
+    why = None
+    if torch.isnan(got).any() and not torch.isnan(want).any():
+        why = "NaN in decode's output"
+    elif not rel <= bound:
+        why = "decode's rows disagree with the full call's"
+    elif lse_wanted and not torch.equal(torch.isneginf(got_lse), torch.isneginf(want_lse)):
+        why = "decode's lse is -inf on different rows than the full call's"
+    if why is not None:
+        rows = torch.zeros(p.B, p.Hq, p.Nkv, dtype=torch.bool)
+        rows[:, :, -n_new:] = True
+        pad = lambda x: torch.cat([x.new_zeros((*x.shape[:2], p.Nkv - n_new, *x.shape[3:])), x], 2)  # noqa: E731
+        raise AssertionError(report(
+            attn, p, "decode", why, pad(got), full, labels=("decode", "full call"), compared=rows,
+            measure=f"relative error {rel:.3e}, bound {bound:.0e}",
+            notes=[f"the last {n_new} rows decoded from pages of {page} (block table {table.tolist()}), "
+                   f"{splits} split{'s' if splits > 1 else ''}"]))
+
+
 CHECKS = {
     "reference": assert_matches_reference,
     "batch_split": assert_batch_split,
@@ -420,6 +475,7 @@ CHECKS = {
     "masked_keys": assert_masked_keys,
     "empty_rows": assert_empty_rows,
     "gradients": assert_gradients,
+    "decode": assert_decode,
 }
 
 

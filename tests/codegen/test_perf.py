@@ -161,3 +161,28 @@ def test_a_wait_after_the_last_wgmma_is_not_carried_and_tf32_counts_double():
     assert loop.operands == "mixed" and loop.tf32_flop == 2 * 64 * 128 * 8 // 4
     # tf32 work at half rate: the same FLOP take twice the tensor cycles
     assert loop.cycles(90)["tensor"] == (loop.mma_flop - loop.tf32_flop) / 4096 + loop.tf32_flop / 2048
+
+
+DECODE_BUILDS = [("causal", 64, True), ("sliding_window", 16, True), ("alibi", 128, False)]
+
+
+@pytest.mark.parametrize("variant,page,split", DECODE_BUILDS, ids=[f"{v}-page{p}{'-split' if s else ''}"
+                                                                    for v, p, s in DECODE_BUILDS])
+def test_the_decode_loop_moves_keys_and_values_in_16_byte_vectors(variant, page, split):
+    """Issue 19: the decode kernel (offsets cascade, GQA heads packed, per-row lengths, paged, a
+    split of the keys) on sm_90 loads every K and V tile by 16-byte cp.async, plus one 4-byte load
+    of a page number, with no spill in the loop (docs/performance.md, "Decode: the static model")."""
+    problem = toolchain_problem(90)
+    if problem:
+        pytest.skip(f"ahead-of-time builds need Triton's NVIDIA backend: {problem}")
+    from attnc.codegen.tuning import LaunchConfig
+    from attnc.ir.offsets import packed_heads, with_offsets
+    from attnc.runtime.aot import aot_compile
+
+    cascade = packed_heads(with_offsets(attnc.load(variant).cascade))
+    result = aot_compile(cascade, "float16", 128, 128, 90, LaunchConfig(64, 64, 4, 3), perf=True,
+                         constexprs={"KV_LENS": True, "PAGE_SIZE": page, "SPLIT": split})
+    loop = result.perf.main
+    assert loop.mma_kind == "HGMMA" and loop.spills == 0, loop
+    assert set(loop.loads) == {"cp.async 16 B", "cp.async 4 B"} and loop.loads["cp.async 4 B"] == 1, loop.loads
+    assert loop.loads["cp.async 16 B"] == 16, loop.loads  # 64 keys × 128 dims × 2 bytes, K and V, over 128 threads

@@ -303,3 +303,20 @@ def test_gradients_property_refuses_a_definition_without_backward():
     assert at.why_not_applicable(minmax, "gradients").startswith("it has no backward: the result depends on `mn`")
     with pytest.raises(at.NotApplicable):
         at.check(minmax, examples=1, properties=["gradients"], **SMALL)
+
+
+def test_decode_catches_a_decode_that_loses_the_newest_key():
+    """Property ``decode``: a decode that reads one key fewer than the cache holds (an
+    off-by-one in the row lengths) shifts every query one position back: it fails, saying so."""
+
+    class ShortCache(attnc.Attention):
+        def decode(self, q, k_cache, v_cache, cache_seqlens, **kw):
+            return super().decode(q, k_cache, v_cache, cache_seqlens - 1, **kw)
+
+    base = attnc.load("causal")
+    buggy = ShortCache(base.cascade, base.origin)
+    p = problem(B=2, Hq=2, Hkv=1, Nq=9, Nkv=9)
+    at.assert_decode(base, p)
+    with pytest.raises(AssertionError, match="decode's rows disagree with the full call's"):
+        at.assert_decode(buggy, p)
+    assert "grid variant" in at.why_not_applicable(attnc.load("natten2d"), "decode")
