@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-_SUBPACKAGES = ("dsl", "ir", "codegen", "runtime", "library", "testing")
+_SUBPACKAGES = ("dsl", "ir", "codegen", "runtime", "library", "testing", "distributed")
 
 
 def __getattr__(name: str):

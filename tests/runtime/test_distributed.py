@@ -1,0 +1,208 @@
+"""Context parallelism (issue 20, ``attnc.distributed``): real multi-process runs on the CPU with
+the gloo backend (2 and 4 ranks, spawned, bounded in time). Every rank compares its rows and the
+gradients of its shards, and of the tensor parameters, with the single-process call on the whole
+sequence; zig-zag sharding gives a causal mask equal work per rank (tiles counted on kernel runs)."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import attnc
+from attnc.distributed import attention, pieces, shard
+
+HALF_MASKED = """
+attention half_masked:
+    mask = kv_idx < 3 and q_idx < 6
+"""
+
+CASES = {  # name → (spec or library name, params, Hq, Hkv)
+    "causal": ("causal", {}, 4, 2),
+    "sliding_window": ("sliding_window", {"window": 4}, 2, 2),
+    "document": ("document", {"doc": [[0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]] * 2}, 2, 1),
+    "alibi": ("alibi", {}, 4, 4),
+    "sigmoid": ("sigmoid", {}, 2, 1),
+    "softmax_sink": ("softmax_sink", {"sink": "randn(H)"}, 4, 2),
+    "clipped_softmax (two passes)": ("clipped_softmax", {}, 2, 2),
+    "fully masked ranks": (HALF_MASKED, {}, 2, 1),
+}
+
+
+def _worker(rank, world, init, out_dir, runs):
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    results = []
+    try:
+        N, B, D = 13, 2, 16  # 13 tokens: no layout divides them evenly
+        for layout, names in runs:
+            for name in names:
+                spec, params, Hq, Hkv = CASES[name]
+                attn = attnc.compile(spec) if "\n" in spec else attnc.load(spec)
+                g = torch.Generator().manual_seed(len(name))
+                q, k, v = (torch.randn(B, h, N, D, generator=g) for h in (Hq, Hkv, Hkv))
+                w = torch.randn(B, Hq, N, D, generator=g)
+                values = {p: (torch.randn(Hq, generator=g) if x == "randn(H)" else
+                              torch.tensor(x) if isinstance(x, list) else x) for p, x in params.items()}
+
+                def fresh():
+                    return {p: (x.clone().requires_grad_() if x.is_floating_point() else x)
+                            if isinstance(x, torch.Tensor) else x for p, x in values.items()}
+                alone, mine = fresh(), fresh()
+                qf, kf, vf = (t.clone().requires_grad_() for t in (q, k, v))
+                lse_too = attn.cascade.has_lse
+                full = attn(qf, kf, vf, return_lse=lse_too, **alone)
+                full, full_lse = full if lse_too else (full, None)
+                (full * w).sum().backward()
+                ql, kl, vl = (shard(t, rank, world, layout).clone().requires_grad_() for t in (q, k, v))
+                out = attention(attn, ql, kl, vl, layout=layout, return_lse=lse_too, **mine)
+                out, lse = out if lse_too else (out, None)
+                (out * shard(w, rank, world, layout)).sum().backward()
+                pairs = [("out", out, shard(full, rank, world, layout))]
+                pairs += [("lse", lse, shard(full_lse, rank, world, layout))] if lse_too else []
+                pairs += [(f"d{n}", a.grad, shard(b.grad, rank, world, layout))
+                          for n, a, b in (("q", ql, qf), ("k", kl, kf), ("v", vl, vf))]
+                pairs += [(f"d{p}", mine[p].grad, alone[p].grad) for p in mine
+                          if isinstance(mine[p], torch.Tensor) and mine[p].requires_grad]
+                for what, got, want in pairs:
+                    got, want = got.detach(), want.detach()
+                    finite = torch.isfinite(want)
+                    same_inf = bool(torch.equal(torch.isneginf(got), torch.isneginf(want)))
+                    err = float((got[finite] - want[finite]).abs().max()) if finite.any() else 0.0
+                    scale = float(want[finite].abs().max()) if finite.any() else 1.0
+                    results.append([layout, name, what, err / max(scale, 1.0), same_inf])
+    except Exception as exc:  # reported by the parent, with the rank
+        results.append(["error", repr(exc)])
+    finally:
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+        dist.destroy_process_group()
+
+
+def _spawn(world, runs, timeout=300):
+    """``runs``: [(layout, [case names])] on ``world`` spawned gloo ranks; their results."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = mp.start_processes(_worker, args=(world, f"{tmp}/init", tmp, runs), nprocs=world,
+                                 join=False, start_method="spawn")
+        deadline = time.monotonic() + timeout
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    p.kill()
+                pytest.fail(f"{world} ranks did not finish in {timeout} s")
+        return [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def _check(results):
+    """The (layout, case) pairs every rank checked, after asserting each comparison."""
+    seen = []
+    for rank, rows in enumerate(results):
+        mine = set()
+        for row in rows:
+            assert row[0] != "error", f"rank {rank}: {row[1]}"
+            layout, name, what, rel, same_inf = row
+            assert same_inf, f"rank {rank}, {layout}, {name}: {what} is -inf on other rows than the single call's"
+            assert rel <= 1e-5, f"rank {rank}, {layout}, {name}: {what} differs from one process by {rel:.2e}"
+            mine.add((layout, name, what))
+        seen.append(mine)
+    assert all(x == seen[0] for x in seen), "the ranks checked different things"
+    return {(layout, name) for layout, name, _ in seen[0]}, {what for _, _, what in seen[0]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _warm_cache():
+    """Build every kernel once here, so the ranks load them rather than all compiling at once."""
+    g = torch.Generator().manual_seed(0)
+    for spec, params, Hq, Hkv in CASES.values():
+        attn = attnc.compile(spec) if "\n" in spec else attnc.load(spec)
+        q, k, v = (torch.randn(2, h, 13, 16, generator=g).requires_grad_() for h in (Hq, Hkv, Hkv))
+        values = {p: (torch.randn(Hq, requires_grad=True) if x == "randn(H)" else
+                      torch.tensor(x) if isinstance(x, list) else x) for p, x in params.items()}
+        attn(q, k, v, **values).sum().backward()
+        attn(q[:, :, 3:7], k, v, q_offset=3, seq_len=13, **values).sum().backward()
+
+
+def test_two_ranks_give_one_process_results_for_every_case():
+    runs = [("contiguous", list(CASES)), ("zigzag", ["causal", "document", "clipped_softmax (two passes)"])]
+    cases, checks = _check(_spawn(2, runs))
+    assert cases == {(layout, name) for layout, names in runs for name in names}
+    assert checks == {"out", "lse", "dq", "dk", "dv", "dsink"}
+
+
+def test_four_ranks_with_a_rank_whose_rows_are_all_masked():
+    """13 tokens over 4 ranks (zig-zag chunks of 2 and 1 tokens; contiguous runs 4, 3, 3, 3, where
+    with `q_idx < 6` ranks 2 and 3 hold only rows that keep no key: out 0, lse −inf, zero grads)."""
+    runs = [("zigzag", ["causal"]), ("contiguous", ["fully masked ranks"])]
+    cases, checks = _check(_spawn(4, runs))
+    assert cases == {(layout, name) for layout, names in runs for name in names}
+    assert checks == {"out", "lse", "dq", "dk", "dv"}
+
+
+def _tiles_per_rank(world, layout, n_total=512, block=16):
+    """q·kᵀ tile products each rank's calls compute (``attnc.testing.tiles``' instrumented dot)."""
+    from attnc.runtime.compiler import interpreter_tiles
+    from attnc.testing.tiles import HEAD_DIM, _recording
+
+    attn = attnc.load("causal")
+    k = torch.randn(1, 1, n_total, HEAD_DIM)
+    k[..., 0] = torch.arange(1, n_total + 1, dtype=torch.float32)  # tags, as count_tiles does
+    v = torch.randn(1, 1, n_total, 32)
+    counts = []
+    for rank in range(world):
+        total = 0
+        for start, length in pieces(n_total, world, layout)[rank]:
+            q = torch.randn(1, 1, length, HEAD_DIM)
+            q[..., 0] = 0.0
+            visits = np.zeros((-(-length // block), -(-n_total // block)), dtype=np.int64)
+            with torch.no_grad(), interpreter_tiles(block, block), _recording(block, block, visits):
+                attn(q, k, v, q_offset=start, seq_len=n_total)
+            total += int(visits.sum())
+        counts.append(total)
+    return counts
+
+
+def test_zigzag_sharding_balances_causal_work():
+    """Causal over 512 tokens on 4 ranks: zig-zag gives each rank the same tile products (within
+    5 %); contiguous runs give the last rank seven times the first's."""
+    zigzag = _tiles_per_rank(4, "zigzag")
+    assert max(zigzag) <= 1.05 * min(zigzag), zigzag
+    contiguous = _tiles_per_rank(4, "contiguous")
+    assert max(contiguous) >= 5 * min(contiguous), contiguous
+
+
+def test_shard_pieces_cover_the_sequence_once():
+    for n_total in (0, 1, 7, 13, 64):
+        for world in (1, 2, 3, 4):
+            for layout in ("contiguous", "zigzag"):
+                x = torch.arange(n_total).view(1, 1, n_total)
+                got = torch.cat([shard(x, r, world, layout) for r in range(world)], 2).flatten()
+                assert sorted(got.tolist()) == list(range(n_total))
+    with pytest.raises(ValueError, match="layout"):
+        pieces(8, 2, "ring")
+
+
+def test_without_a_process_group_the_error_says_what_to_do():
+    q = torch.randn(1, 1, 4, 16)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        attention(attnc.load("causal"), q, q, q)
+
+
+def test_the_readme_example_runs_under_torchrun(tmp_path):
+    """``examples/context_parallel.py`` (the README's program) on 2 gloo ranks, as torchrun starts it."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(root / "examples" / "context_parallel.py")],
+                          capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(line.split(":")[0] for line in proc.stdout.splitlines() if "max error" in line) == ["rank 0/2", "rank 1/2"]
