@@ -563,6 +563,8 @@ class AotJob:
     function: str = KERNEL_NAME
     fast: bool = True  # the fast path (contiguous, aligned inputs) or the general one
     perf: bool = False  # also run the static performance model
+    decode_page: int = 0  # > 0: attn.decode's build (GQA-packed offsets cascade, per-row lengths) over pages of this size
+    split: bool = False  # with decode_page: the split-KV build
 
     @property
     def backward(self) -> bool:
@@ -573,6 +575,8 @@ class AotJob:
         c = self.config
         kind = f"-{self.function.removeprefix('attnc_')}" if self.backward else ""
         path = "" if self.fast else "-general"
+        if self.decode_page:
+            path += f"-decode-page{self.decode_page}" + ("-split" if self.split else "")
         return (f"{self.variant}{kind}-sm{self.capability}-{self.dtype}-D{self.head_dim}{path}-"
                 f"{c.block_m}x{c.block_n}w{c.num_warps}s{c.num_stages}")
 
@@ -618,6 +622,12 @@ def run_job(job: AotJob) -> AotResult | str:
 
     try:
         cascade = kernel_cascade(library_cascade(job.variant))
+        if job.decode_page:
+            from ..ir.offsets import packed_heads, with_offsets
+
+            return aot_compile(packed_heads(with_offsets(cascade)), job.dtype, job.head_dim, job.head_dim_v,
+                               job.capability, job.config, fast=job.fast, perf=job.perf,
+                               constexprs={"KV_LENS": True, "PAGE_SIZE": job.decode_page, "SPLIT": job.split})
         if job.backward:
             return aot_compile_backward(cascade, job.dtype, job.head_dim, job.head_dim_v, job.capability,
                                         job.config, kernels=(job.function,), fast=job.fast,

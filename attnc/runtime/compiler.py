@@ -560,13 +560,14 @@ class Attention:
         ``num_splits`` splits each row's keys over that many programs, whose partial states merge
         by the variant's proven rescale factors (split-KV; one-pass variants); None chooses from the
         batch, the heads and the lengths (on a GPU; 1 on the CPU)."""
-        from .decode import CacheView, append, cache_views, choose_splits, lengths, shape_only
+        from .decode import CacheView, append, cache_views, check_pages, choose_splits, lengths, shape_only
 
         params = self._with_captured(params, q)
 
-        if not isinstance(q, torch.Tensor) or q.dim() != 4:
-            raise ValueError(f"`q` must be a tensor [B, Hq, n_new, D], got "
-                             f"{tuple(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
+        if not isinstance(q, torch.Tensor):
+            raise TypeError(f"`q` must be a tensor [B, Hq, n_new, D], got {type(q).__name__}")
+        if q.dim() != 4:
+            raise ValueError(f"`q` must be a tensor [B, Hq, n_new, D], got shape {tuple(q.shape)}")
         kk, vv, k_shape, v_shape, table, page_size = cache_views(q, k_cache, v_cache, block_table, kv_layout)
         appending = k is not None or v is not None
         if appending:
@@ -574,16 +575,25 @@ class Attention:
                 raise ValueError("pass both k= and v= (the new tokens' keys and values), or neither")
             want_k, want_v = (q.shape[0], k_shape[1], q.shape[2], k_shape[3]), (q.shape[0], k_shape[1], q.shape[2], v_shape[3])
             for name, t, want in (("k", k, want_k), ("v", v, want_v)):
-                if not isinstance(t, torch.Tensor) or tuple(t.shape) != want or t.dtype != q.dtype or t.device != q.device:
-                    got = f"{tuple(t.shape)} {t.dtype} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
-                    raise ValueError(f"`{name}` holds the new tokens' {'keys' if name == 'k' else 'values'}: a "
-                                     f"{q.dtype} tensor {list(want)} on {q.device}, got {got}")
+                what = f"`{name}` holds the new tokens' {'keys' if name == 'k' else 'values'}: a {q.dtype} tensor " \
+                       f"{list(want)} on {q.device}, got"
+                if not isinstance(t, torch.Tensor) or t.dtype != q.dtype or t.device != q.device:
+                    raise TypeError(f"{what} {f'{t.dtype} on {t.device}' if isinstance(t, torch.Tensor) else type(t).__name__}")
+                if tuple(t.shape) != want:
+                    raise ValueError(f"{what} shape {tuple(t.shape)}")
+            for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+                if any(st == 0 and size > 1 for st, size in zip(t.stride(), t.shape)):
+                    raise ValueError(f"`{name}` is a broadcast view (a stride of 0): appending would write one slot "
+                                     f"for many; pass a cache buffer of its own")
         total = lengths(q, cache_seqlens, q.shape[2], appending, k_shape[2], _positions)
+        if table is not None:
+            check_pages(table, total, page_size, kk.shape[0])
         logical_k, logical_v = shape_only(q, k_shape), shape_only(q, v_shape)
         # every argument is checked before the cache is written: a refused call changes nothing
         inner, bound = self._at_offsets(q, logical_k, logical_v, scale, total - q.shape[2], None, total, params)
         sizes, tensors, scalars = inner._prepare(q, logical_k, logical_v, scale, return_lse, bound)
-        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_cache, v_cache, *tensors)):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_cache, v_cache, *tensors,
+                                                                     *((k, v) if appending else ()))):
             raise ValueError("attn.decode computes no gradients; for training call attn(q, k, v, q_offset=..., "
                              "seq_len=...), which has a backward, or decode under torch.no_grad()")
         B, Hq, n_new, D = q.shape
@@ -597,9 +607,11 @@ class Attention:
             _, tensors, scalars = runner._prepare(q, shape_only(q, k_shape), shape_only(q, v_shape), scale,
                                                   return_lse, bound)
         splits = choose_splits(runner, q, B * k_shape[1], total, num_splits)
-        if appending:
+        longest = int(total.max()) if B else 0
+        tensors, scalars = runner._launch_args(q, logical_k, logical_v, tensors, scalars, float(sizes["scale"]), longest)
+        if appending:  # the last write: nothing after it refuses the call
             append(k_cache, v_cache, table, page_size, kv_layout, k, v, total - n_new)
-        cache = CacheView(total.to(torch.int32).contiguous(), k_shape[2], table, page_size, splits)
+        cache = CacheView(total.to(torch.int32).contiguous(), k_shape[2], longest, table, page_size, splits)
         out, lse, _ = runner.launch_forward(q, kk, vv, tensors, scalars, float(sizes["scale"]), save_stats=False,
                                             cache=cache)
         out, lse = out.reshape(B, Hq, n_new, v_shape[3]), lse.reshape(B, Hq, n_new)
@@ -779,6 +791,16 @@ class Attention:
             return torch.full(shape, float("nan"), dtype=dtype, device=device)
         return torch.empty(shape, dtype=dtype, device=device)
 
+    def _launch_args(self, q, k, v, tensors: list, scalars: list, scale: float, n_kv: int) -> tuple[list, list]:
+        """The checks that need concrete values (they run at launch, where torch.compile does not
+        trace), then the kernel's tensor and scalar arguments; ``n_kv``: the keys a row reaches."""
+        values = dict(zip([p.name for p in self.cascade.params if p.kind != "tensor"], scalars, strict=True))
+        check_int32(self.cascade, q.shape[0], {**sizes_of(q, k, v, scale), "n_kv": n_kv, "N_KV": n_kv}, values)
+        for p in self.cascade.params:  # traced calls skipped these in validation: numbers now
+            if p.kind == n.FLOAT:
+                check_float32(f"parameter `{p.name}`", values[p.name])
+        return self._int32_tensors(tensors), self._kernel_scalars(scalars)
+
     def launch_forward(self, q, k, v, tensors: list, scalars: list, scale: float, save_stats: bool,
                        packed: Packed | None = None, cache: CacheView | None = None):
         """Run the forward kernel: ``out``, ``lse`` and, with ``save_stats``, the per-row
@@ -790,14 +812,9 @@ class Attention:
         if cache is not None:
             Nkv = cache.capacity
         rows = packed.rows if packed else lambda shape, dtype: self._alloc(shape, dtype, q.device)
-        # Checks that need concrete values run here, where torch.compile does not trace.
-        values = dict(zip([p.name for p in self.cascade.params if p.kind != "tensor"], scalars, strict=True))
-        check_int32(self.cascade, B, {**sizes_of(q, k, v, scale), "n_kv": Nkv, "N_KV": Nkv}, values)
-        for p in self.cascade.params:  # traced calls skipped these in validation: numbers now
-            if p.kind == n.FLOAT:
-                check_float32(f"parameter `{p.name}`", values[p.name])
-        tensors = self._int32_tensors(tensors)
-        scalars = self._kernel_scalars(scalars)
+        # a cache's rows reach their own lengths, not its capacity
+        tensors, scalars = self._launch_args(q, k, v, tensors, scalars, scale,
+                                             cache.longest if cache is not None else Nkv)
         interpret = q.device.type == "cpu"
         kernel = kernel_for(self.cascade, Specialization(_DTYPES[q.dtype], interpret))
         out = rows((B, Hq, Nq, Dv), q.dtype)

@@ -16,6 +16,7 @@ the cache; with ``k``/``v`` given, the new tokens' keys and values are first wri
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ class CacheView:
 
     lens: torch.Tensor  # int32 [B]
     capacity: int  # keys a row can hold: the cache's length, or max_pages * page_size
+    longest: int  # max(lens): the keys any row reaches
     pages: torch.Tensor | None = None  # int32 [B, max_pages]
     page_size: int = 0
     splits: int = 1  # split-KV: the keys of a row over this many programs (one-pass variants)
@@ -56,6 +58,9 @@ def cache_views(q, k_cache, v_cache, block_table, kv_layout: str):
         if t.dtype != q.dtype or t.device != q.device:
             raise TypeError(f"`{name}` must match q's dtype and device ({q.dtype}, {q.device}), got {t.dtype}, "
                             f"{t.device}")
+    if kv_layout not in LAYOUTS:
+        raise ValueError(f"`kv_layout` must be 'NHD' (pages [num_pages, page_size, Hkv, D]) or 'HND' "
+                         f"([num_pages, Hkv, page_size, D]), got {kv_layout!r}")
     B = q.shape[0]
     if block_table is None:
         if k_cache.shape[0] != B or v_cache.shape[0] != B:
@@ -65,9 +70,6 @@ def cache_views(q, k_cache, v_cache, block_table, kv_layout: str):
             raise ValueError(f"`v_cache` must be [B, Hkv, capacity, Dv] like k_cache {tuple(k_cache.shape)}, got "
                              f"{tuple(v_cache.shape)}")
         return k_cache, v_cache, tuple(k_cache.shape), tuple(v_cache.shape), None, 0
-    if kv_layout not in LAYOUTS:
-        raise ValueError(f"`kv_layout` must be 'NHD' (pages [num_pages, page_size, Hkv, D]) or 'HND' "
-                         f"([num_pages, Hkv, page_size, D]), got {kv_layout!r}")
     table = _int_tensor("block_table", block_table, f"[B, max_pages] = [{B}, max_pages]")
     if table.dim() != 2 or table.shape[0] != B:
         raise ValueError(f"`block_table` must be [B, max_pages] = [{B}, max_pages], got shape {tuple(table.shape)}")
@@ -81,12 +83,20 @@ def cache_views(q, k_cache, v_cache, block_table, kv_layout: str):
     pages, Hkv, page_size = k.shape[:3]
     if pages == 0 or page_size == 0:
         raise ValueError(f"the paged cache holds no page or empty pages: k_cache {tuple(k_cache.shape)}")
-    if table.numel() and (int(table.min()) < 0 or int(table.max()) >= pages):
-        raise ValueError(f"`block_table` entries must be page numbers 0..{pages - 1}, got values from "
-                         f"{int(table.min())} to {int(table.max())}")
     capacity = table.shape[1] * page_size
     return (k, v, (B, Hkv, capacity, k.shape[3]), (B, Hkv, capacity, v.shape[3]),
             table.to(torch.int32).contiguous(), page_size)
+
+
+def check_pages(table: torch.Tensor, total: torch.Tensor, page_size: int, pages: int) -> None:
+    """The block table's entries a row uses (its first ⌈length / page_size⌉) are page numbers;
+    the rest is never read (padding such as −1 is fine)."""
+    used = torch.arange(table.shape[1], device=table.device)[None, :] < (-(-total // page_size))[:, None]
+    bad = used & ((table < 0) | (table >= pages))
+    if bool(bad.any()):
+        b, i = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(f"`block_table[{b}, {i}]` = {int(table[b, i])} is not a page number 0..{pages - 1}, and row {b} "
+                         f"({int(total[b])} tokens) uses it")
 
 
 def append(k_cache, v_cache, table, page_size: int, kv_layout: str, k_new, v_new, start: torch.Tensor) -> None:
@@ -157,8 +167,10 @@ def choose_splits(attn, rows: torch.Tensor, heads: int, total: torch.Tensor, num
 
     source = kernel_for(attn.cascade, Specialization(_DTYPES[rows.dtype], rows.device.type == "cpu")).source
     if num_splits is not None:
-        if isinstance(num_splits, bool) or not isinstance(num_splits, int) or not 1 <= num_splits <= MAX_SPLITS:
+        if isinstance(num_splits, bool) or not hasattr(num_splits, "__index__") or \
+                not 1 <= operator.index(num_splits) <= MAX_SPLITS:
             raise ValueError(f"`num_splits` must be an int in 1..{MAX_SPLITS} (or None to choose), got {num_splits!r}")
+        num_splits = operator.index(num_splits)
         if num_splits > 1 and source.split is None:
             raise ValueError(f"{attn.name} cannot split a row's keys over programs: {source.split_problem}; "
                              f"decode it with num_splits=1 (or None)")

@@ -265,6 +265,13 @@ class _Evaluator:
         return _Int(lo, hi)
 
     def call(self, e: n.Call):
+        out = self._call(e)
+        if e.type == n.INT and isinstance(out, _Int) and out.lo.is_floating_point():  # sign(i): integer bounds
+            lo, hi = torch.floor(out.lo), torch.ceil(out.hi)
+            return _Int(lo.nan_to_num(-BIG).clamp(-BIG, BIG).to(_I64), hi.nan_to_num(BIG).clamp(-BIG, BIG).to(_I64))
+        return out
+
+    def _call(self, e: n.Call):
         args = [self(x) for x in e.args]
         fn = e.fn
         if any(isinstance(a, _Bool) for a in args):

@@ -27,7 +27,8 @@ import pytest
 
 import attnc
 from attnc.runtime import perf
-from attnc.runtime.aot import AotResult, library_backward_jobs, library_jobs, run_jobs, toolchain_problem
+from attnc.codegen.tuning import LaunchConfig
+from attnc.runtime.aot import AotJob, AotResult, library_backward_jobs, library_jobs, run_jobs, toolchain_problem
 
 VARIANTS = attnc.library.names()
 FULL = os.environ.get("ATTNC_PERF", "") == "full"
@@ -163,25 +164,26 @@ def test_a_wait_after_the_last_wgmma_is_not_carried_and_tf32_counts_double():
     assert loop.cycles(90)["tensor"] == (loop.mma_flop - loop.tf32_flop) / 4096 + loop.tf32_flop / 2048
 
 
-DECODE_BUILDS = [("causal", 64, True), ("sliding_window", 16, True), ("alibi", 128, False)]
+DECODE_JOBS = [AotJob(variant, 90, "float16", 128, 128, LaunchConfig(64, 64, 4, 3), perf=True, decode_page=page,
+                      split=split) for variant, page, split in
+               [("causal", 64, True), ("sliding_window", 16, True), ("alibi", 128, False)]]
 
 
-@pytest.mark.parametrize("variant,page,split", DECODE_BUILDS, ids=[f"{v}-page{p}{'-split' if s else ''}"
-                                                                    for v, p, s in DECODE_BUILDS])
-def test_the_decode_loop_moves_keys_and_values_in_16_byte_vectors(variant, page, split):
-    """Issue 19: the decode kernel (offsets cascade, GQA heads packed, per-row lengths, paged, a
-    split of the keys) on sm_90 loads every K and V tile by 16-byte cp.async, plus one 4-byte load
-    of a page number, with no spill in the loop (docs/performance.md, "Decode: the static model")."""
+@pytest.fixture(scope="module")
+def decode_built():
     problem = toolchain_problem(90)
     if problem:
         pytest.skip(f"ahead-of-time builds need Triton's NVIDIA backend: {problem}")
-    from attnc.codegen.tuning import LaunchConfig
-    from attnc.ir.offsets import packed_heads, with_offsets
-    from attnc.runtime.aot import aot_compile
+    return run_jobs(DECODE_JOBS)  # in fresh processes: the interpreter's patches of tl stay out
 
-    cascade = packed_heads(with_offsets(attnc.load(variant).cascade))
-    result = aot_compile(cascade, "float16", 128, 128, 90, LaunchConfig(64, 64, 4, 3), perf=True,
-                         constexprs={"KV_LENS": True, "PAGE_SIZE": page, "SPLIT": split})
+
+@pytest.mark.parametrize("decode_job", DECODE_JOBS, ids=[j.label for j in DECODE_JOBS])
+def test_the_decode_loop_moves_keys_and_values_in_16_byte_vectors(decode_built, decode_job):
+    """Issue 19: the decode kernel (offsets cascade, GQA heads packed, per-row lengths, paged, a
+    split of the keys) on sm_90 loads every K and V tile by 16-byte cp.async, plus one 4-byte load
+    of a page number, with no spill in the loop (docs/performance.md, "Decode: the static model")."""
+    result = decode_built[decode_job]
+    assert isinstance(result, AotResult), result
     loop = result.perf.main
     assert loop.mma_kind == "HGMMA" and loop.spills == 0, loop
     assert set(loop.loads) == {"cp.async 16 B", "cp.async 4 B"} and loop.loads["cp.async 4 B"] == 1, loop.loads

@@ -190,20 +190,30 @@ def test_refused_calls_say_why_and_leave_the_cache_untouched():
     cases = [
         (dict(cache_seqlens=16, k=new_k, v=new_v, block_table=table), ValueError, "needs 17 cache slots"),
         (dict(cache_seqlens=torch.tensor([0, 3]), block_table=table), ValueError, r"cache_seqlens\[0\] = 0 is fewer keys"),
-        (dict(cache_seqlens=3, block_table=table + 100), ValueError, "page numbers 0..10"),
+        (dict(cache_seqlens=3, block_table=table + 100), ValueError, r"block_table\[0, 0\]` = \d+ is not a page number 0..10"),
         (dict(cache_seqlens=3, block_table=table.float()), TypeError, "integer tensor"),
         (dict(cache_seqlens=3, block_table=table, kv_layout="NDH"), ValueError, "kv_layout"),
         (dict(cache_seqlens=3, k=new_k, block_table=table), ValueError, "both k= and v="),
         (dict(cache_seqlens=3, k=new_k[:, :, :, :8], v=new_v, block_table=table), ValueError, "new tokens' keys"),
+        (dict(cache_seqlens=3, k=new_k.double(), v=new_v, block_table=table), TypeError, "new tokens' keys"),
+        (dict(cache_seqlens=3, k=new_k.clone().requires_grad_(), v=new_v, block_table=table), ValueError,
+         "no gradients"),
+        (dict(cache_seqlens=3, kv_layout="NDH"), ValueError, "kv_layout"),
+        (dict(cache_seqlens=3, num_splits=2.0, block_table=table), ValueError, "num_splits"),
         (dict(cache_seqlens=-1, block_table=table), ValueError, "cache_seqlens"),
     ]
     for kw, error, match in cases:
         cache_seqlens = kw.pop("cache_seqlens")
         with pytest.raises(error, match=match):
             attn.decode(q, kp, vp, cache_seqlens, **kw)
-    # a refused parameter is found before the cache is written
+    # a refused parameter is found before the cache is written: a missing one, an id past int32
     with pytest.raises(TypeError, match="window"):
         attnc.load("sliding_window").decode(q, kp, vp, 3, k=new_k, v=new_v, block_table=table)
+    with pytest.raises(ValueError, match="beyond int32"):
+        attnc.load("document").decode(q, kp, vp, 3, k=new_k, v=new_v, block_table=table,
+                                      doc=torch.tensor([[2**40] * 16] * 2))
+    with pytest.raises(ValueError, match="broadcast view"):
+        attn.decode(q, kp[:1].expand_as(kp), vp, 3, k=new_k, v=new_v, block_table=table)
     assert torch.equal(kp.nan_to_num(), before.nan_to_num())
     with pytest.raises(ValueError, match="no gradients"):
         attn.decode(q.requires_grad_(), k, v, 3)
@@ -238,3 +248,21 @@ def test_splits_are_chosen_and_checked():
     for bad in (0, 65, 2.0, True):
         with pytest.raises(ValueError, match="num_splits"):
             attn.decode(q, k, v, 5, num_splits=bad)
+
+
+def test_padding_past_a_row_s_pages_and_positions_past_its_length_are_free():
+    """vLLM pads a block table with −1 past a row's pages: accepted, never read. The int32 check
+    bounds positions by the rows' lengths, not the cache's capacity (a full call over the same
+    sequence is accepted, so decoding it is)."""
+    attn = attnc.load("causal")
+    q, k, v = _cache(2, 2, 1, 16, 1, seed=6)
+    kp, vp, table = _paged(k, v, page_size=4)
+    lengths = torch.tensor([16, 5])
+    padded = table.clone()
+    padded[1, 2:] = -1  # row 1 uses pages 0 and 1 only
+    _close(attn.decode(q, kp, vp, lengths, block_table=padded), _want(attn, q, k, v, lengths), 1e-5)
+    strided = attnc.compile("attention strided(stride: int):\n"
+                            "    mask = kv_idx * stride <= (q_idx + (n_kv - n_q)) * stride\n")
+    big = torch.zeros(2, 1, 1024, 16)
+    big[:, :, :16] = k
+    _close(strided.decode(q, big, big, 4, stride=2**22), strided(q, k[:, :, :4], k[:, :, :4], stride=2**22), 1e-6)

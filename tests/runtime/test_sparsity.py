@@ -167,3 +167,15 @@ def test_a_morton_order_mask_is_classified_exactly_on_aligned_tiles(n, radius, t
     got = got.long().expand_as(want)
     assert torch.equal(got == EMPTY, want == EMPTY)
     assert not ((got == FULL) & (want != FULL)).any()
+
+
+def test_a_bitwise_operator_over_an_integer_function_is_classified_soundly():
+    """``q_idx & sign(q_idx)`` (found by the spec generator): a built-in function of an integer
+    has integer bounds, which the bitwise rule needs (it raised on float bounds before)."""
+    attn = attnc.compile("attention signed:\n    mask = (q_idx & sign(q_idx)) < (kv_idx << 1)\n")
+    q, k = torch.zeros(1, 1, 37, 4), torch.zeros(1, 1, 29, 4)
+    sizes = sizes_of(q, k, k, None)
+    got = classify(attn.cascade, bind_params(attn.cascade, {}, sizes), sizes, 8, 8).classes.long()
+    want = _truth(reference_keep(attn.cascade, q, k, k), 8, 8)
+    sound = (want == EMPTY) | (got != EMPTY)  # a tile with a kept pair is never skipped
+    assert bool(sound.all()) and bool(((got == FULL) <= (want == FULL)).all())

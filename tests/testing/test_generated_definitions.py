@@ -27,7 +27,7 @@ from attnc.testing import LAYOUTS, Problem, assert_decode, assert_matches_refere
 from attnc.ir import verify
 from attnc.testing.specs import definitions
 
-EXAMPLES = int(os.environ.get("ATTNC_SPECGEN_EXAMPLES", "400"))
+EXAMPLES = int(os.environ.get("ATTNC_SPECGEN_EXAMPLES", "340"))
 
 
 @pytest.fixture(autouse=True)
