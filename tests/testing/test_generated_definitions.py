@@ -7,7 +7,7 @@ generator's own float64 evaluation of the same trees (written from the language 
 attnc's lowering). Any exception is a bug: the generator only writes valid definitions, so there
 is no expected rejection.
 
-``ATTNC_SPECGEN_EXAMPLES`` sets the number of definitions (CI: 400; the nightly profile in
+``ATTNC_SPECGEN_EXAMPLES`` sets the number of definitions (CI: 340; the nightly profile in
 docs/testing.md runs 5000).
 """
 
