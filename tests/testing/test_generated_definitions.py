@@ -7,7 +7,7 @@ generator's own float64 evaluation of the same trees (written from the language 
 attnc's lowering). Any exception is a bug: the generator only writes valid definitions, so there
 is no expected rejection.
 
-``ATTNC_SPECGEN_EXAMPLES`` sets the number of definitions (CI: 340; the nightly profile in
+``ATTNC_SPECGEN_EXAMPLES`` sets the number of definitions (CI: 400; the nightly profile in
 docs/testing.md runs 5000).
 """
 
@@ -27,7 +27,7 @@ from attnc.testing import LAYOUTS, Problem, assert_decode, assert_matches_refere
 from attnc.ir import verify
 from attnc.testing.specs import definitions
 
-EXAMPLES = int(os.environ.get("ATTNC_SPECGEN_EXAMPLES", "340"))
+EXAMPLES = int(os.environ.get("ATTNC_SPECGEN_EXAMPLES", "400"))
 
 
 @pytest.fixture(autouse=True)
