@@ -50,6 +50,8 @@ def unspecialized(argnames) -> list[str]:
 
 
 FP16_MAX = 65504.0
+# a reduction's value over no key, as kernel text
+_IDENTITY = {"sum": "0.0", "contract": "0.0", "max": 'float("-inf")', "min": 'float("inf")'}
 
 
 @dataclass(frozen=True)
@@ -298,8 +300,7 @@ class _Builder:
             if r.op == "contract":
                 init.append(f"{var} = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)")
             else:
-                fill = {"sum": "0.0", "max": 'float("-inf")', "min": 'float("inf")'}[r.op]
-                init.append(f"{var} = tl.full([BLOCK_M], {fill}, dtype=tl.float32)")
+                init.append(f"{var} = tl.full([BLOCK_M], {_IDENTITY[r.op]}, dtype=tl.float32)")
         summary = ", ".join(
             f"{r.stage} ({r.op}{', rescaled' if r.rescale is not None else ''})" for r in reductions.values()
         )
@@ -729,7 +730,7 @@ def split_lines(b: _Builder, plan: PassPlan) -> dict:
     MERGE: a program merges the splits' states row by row (``merge``) — maxima and minima by
     their operation, sums by the proven factor from each side's maxima to the merged ones — then
     runs the epilogue and stores as the one-program kernel does."""
-    reds = [r for r in plan.reductions]
+    reds = list(plan.reductions)
     scalars = [r for r in reds if r.op != "contract"]
     vectors = [r for r in reds if r.op == "contract"]
     width = len(scalars) + 1
@@ -798,9 +799,6 @@ def split_lines(b: _Builder, plan: PassPlan) -> dict:
             body.append(f"{var} = {var} * {mine} + {derived_ident(var, 'split')} * {theirs}")
     merge += ["    " + line for line in body]
     return {"clamp": clamp, "store": store, "merge": merge, "width": width, "vectors": len(vectors)}
-
-
-_IDENTITY = {"sum": "0.0", "contract": "0.0", "max": 'float("-inf")', "min": 'float("inf")'}
 
 
 def shifted_exp(c: n.Cascade) -> list[str]:
