@@ -61,7 +61,7 @@ def _positions(what: str, value, batch: int, device) -> torch.Tensor:
         if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != batch):
             raise ValueError(f"`{what}` must be an int or a tensor [B] = [{batch}], got shape {tuple(value.shape)}")
         out = value.to(device=device, dtype=torch.int64).expand(batch)
-    elif hasattr(value, "__index__") and not isinstance(value, bool) and type(value).__name__ != "bool_":
+    elif hasattr(value, "__index__") and not isinstance(value, (bool, np.bool_)):
         value = operator.index(value)  # an int, or a numpy integer
         if not 0 <= value <= 2**31 - 1:
             raise ValueError(f"`{what}` must be in 0..2**31 - 1, got {value}")
