@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from ..ir import nodes as n
+
 
 def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor):
     """``(out, lse)`` over the union of the keys of two parts: outs ``[..., Dv]``, lses ``[...]``
@@ -47,3 +49,56 @@ def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: 
     part_a = wa.unsqueeze(-1) * torch.where((wa > 0).unsqueeze(-1), out_a.to(wide), zero)
     part_b = wb.unsqueeze(-1) * torch.where((wb > 0).unsqueeze(-1), out_b.to(wide), zero)
     return (part_a + part_b).to(out_a.dtype), lse
+
+
+
+def part_rule(cascade: n.Cascade) -> tuple[str | None, str | None]:
+    """How ``cascade``'s rows over disjoint key sets combine into the rows over their union:
+    ``("lse", None)`` by ``merge``, ``("sum", None)`` by adding the outputs, or ``(None, why
+    not)``. Decided from the output's structure, never from a variant's name:
+
+    * ``"lse"``: ``out = acc / z``, ``lse = m + log z``, ``z = Σ_j{keep} e``, ``acc = Σ_j{keep}
+      e·v``, ``e = exp(x − m)`` for any pair score ``x`` and any row value ``m``. Then ``out =
+      Σ e^x v / Σ e^x`` and ``lse = log Σ e^x`` whatever ``m`` is (it cancels): ``merge``'s form.
+    * ``"sum"``: ``out = Σ_j{keep} w·v``, or that times or divided by a value that reads no
+      reduction (a parameter, a size: the same for every part), and no lse: sums add."""
+    if cascade.grid is not None:
+        return None, "its tokens form a grid, whose calls are not split over key sets"
+    stages = {st.name: st for st in cascade.stages}
+
+    def ref(e, ranks=None):
+        ok = isinstance(e, n.Ref) and (ranks is None or stages[e.stage].ranks == ranks)
+        return e.stage if ok else None
+
+    def over_keys(e) -> bool:  # reads a sum/max over the keys or along the row, directly or through stages
+        return any(isinstance(x, (n.Reduce, n.Scan, n.Contract)) or (isinstance(x, n.Ref) and over_keys(stages[x.stage].expr))
+                   for x in n.walk(e))
+
+    out = cascade.stage("out").expr
+    if not cascade.has_lse:
+        acc = ref(out.left) if isinstance(out, n.Binary) and out.op in ("*", "/") else None
+        factor = out.right if acc else None
+        contract = out if isinstance(out, n.Contract) else stages[acc].expr if acc else None
+        if isinstance(contract, n.Contract) and not over_keys(contract.weight) and (factor is None or not over_keys(factor)):
+            return "sum", None
+        return None, ("it defines no lse[i], and its out[i] is not a sum over the keys of weights that read no "
+                      "other sum over them (times a constant), so parts of it do not combine")
+    lse = cascade.stage("lse").expr
+    if not (isinstance(out, n.Binary) and out.op == "/" and ref(out.left) and ref(out.right)):
+        return None, "its out[i] is not a contraction divided by a row sum (acc / z)"
+    acc, z = stages[out.left.stage].expr, stages[out.right.stage].expr
+    if not (isinstance(acc, n.Contract) and isinstance(z, n.Reduce) and z.op == "sum" and acc.weight == z.body):
+        return None, (f"its out[i] divides by {out.right.stage}[i], which is not the sum over the keys of the "
+                      f"weights it sums v with (a constant term there, such as a sink's, every part would add again)")
+    weight = stages[ref(z.body, n.PAIR)].expr if ref(z.body, n.PAIR) else z.body
+    if not (isinstance(weight, n.Call) and weight.fn == "exp" and isinstance(weight.args[0], n.Binary)
+            and weight.args[0].op == "-" and ref(weight.args[0].right, n.ROW)):
+        return None, "its weights are not exp(score − m[i]) for a row value m"
+    if over_keys(weight.args[0].left):
+        return None, "its scores read a sum or maximum over the keys, which a part would take over its keys only"
+    m = weight.args[0].right.stage
+    terms = (lse.left, lse.right) if isinstance(lse, n.Binary) and lse.op == "+" else ()
+    logs = [t for t in terms if isinstance(t, n.Call) and t.fn == "log" and ref(t.args[0]) == out.right.stage]
+    if not (logs and any(ref(t) == m for t in terms)):
+        return None, f"its lse[i] is not {m}[i] + log({out.right.stage}[i]), the log of the sum its output divides by"
+    return "lse", None

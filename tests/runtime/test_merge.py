@@ -82,3 +82,73 @@ def test_wrong_shapes_are_refused():
         attnc.merge(out, lse, out, torch.zeros(2, 4))
     with pytest.raises(ValueError, match="differ in shape"):
         attnc.merge(out, lse, torch.zeros(2, 3, 5), lse)
+
+
+# ---------------------------------------------------------------- part_rule: when parts combine
+
+RULES = {  # library variant → how its parts over disjoint key sets combine (None: they do not)
+    "causal": "lse", "alibi": "lse", "document": "lse", "softcap": "lse", "relative_bias": "lse",
+    "sink_window": "lse", "sigmoid": "sum", "relu": "sum", "none": "sum", "sigmoid_attention": "sum",
+    "softmax_sink": None, "softmax_off_by_one": None, "clipped_softmax": None, "stick_breaking": None,
+    "linear_attention": None, "differential": None, "natten2d": None,
+}
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_the_part_rule_of_library_variants(name):
+    from attnc.runtime.merge import part_rule
+
+    rule, why = part_rule(attnc.load(name).cascade)
+    assert rule == RULES[name], why
+    assert (why is None) == (rule is not None)
+
+
+def _combine(rule, parts):
+    out, lse = parts[0]
+    for o, l in parts[1:]:
+        out, lse = attnc.merge(out, lse, o, l) if rule == "lse" else (out + o, None)
+    return out, lse
+
+
+def test_parts_combine_by_the_rule_on_generated_definitions():
+    """Soundness of ``part_rule``'s structural proof on programs nobody wrote: whenever it names
+    a rule, the float64 reference over the keys cut in two (kv_offset, the ring's call) combines
+    by it into the call over every key; rows at global positions (q_offset) as the ring has them."""
+    from hypothesis import HealthCheck
+
+    from attnc.runtime.merge import part_rule
+    from attnc.testing import problems
+    from attnc.testing.specs import definitions
+
+    seen = {"lse": 0, "sum": 0, None: 0}
+
+    @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(d=definitions(), data=st.data())
+    def run(d, data):
+        attn = attnc.compile(d.text)
+        rule, _ = part_rule(attn.cascade)
+        seen[rule] += 1
+        if rule is None:
+            return
+        problem = data.draw(problems(attn, max_batch=1, heads=((2, 1),), max_len=12, head_dims=(4,),
+                                     dtypes=(torch.float64,), params=d.param_strategies, defaults=False), label="problem")
+        q, k, v, params = problem.inputs()
+        n = min(q.shape[2], k.shape[2])  # tensor parameters sized by N_Q or N_KV cover n tokens
+        cut = data.draw(st.integers(0, n), label="cut")
+        rows = data.draw(st.integers(0, n - 1), label="first row")
+        q, k, v = q[:, :, rows:n], k[:, :, :n], v[:, :, :n]
+        lse_too = rule == "lse"
+        call = dict(return_lse=lse_too, q_offset=rows, seq_len=n, **params)
+        whole = attn.reference(q, k, v, **call)
+        parts = [attn.reference(q, k[:, :, a:b], v[:, :, a:b], kv_offset=a, **call) for a, b in ((0, cut), (cut, n))]
+        parts = [p if lse_too else (p, None) for p in parts]
+        out, lse = _combine(rule, parts)
+        want, want_lse = whole if lse_too else (whole, None)
+        assert torch.allclose(out, want, rtol=1e-9, atol=1e-9, equal_nan=True), d.text
+        if lse_too:
+            assert torch.equal(torch.isneginf(lse), torch.isneginf(want_lse)), d.text
+            fin = torch.isfinite(want_lse)
+            assert torch.allclose(lse[fin], want_lse[fin], rtol=1e-9, atol=1e-9), d.text
+
+    run()
+    assert seen["lse"] >= 5 and seen["sum"] >= 10 and seen[None] >= 10, seen
