@@ -1,5 +1,5 @@
 """``attnc.distributed``: context parallelism over torch.distributed (``runtime/distributed.py``)."""
 
-from .runtime.distributed import LAYOUTS, attention, pieces, shard, unshard
+from .runtime.distributed import EXCHANGES, LAYOUTS, Schedule, attention, pieces, schedule, shard, stats, torch_cp_layout, unshard
 
-__all__ = ["LAYOUTS", "attention", "pieces", "shard", "unshard"]
+__all__ = ["EXCHANGES", "LAYOUTS", "Schedule", "attention", "pieces", "schedule", "shard", "stats", "torch_cp_layout", "unshard"]

@@ -397,6 +397,28 @@ def classify(cascade: n.Cascade, values: dict, sizes: dict, block_m: int, block_
     return TileClasses(block_m, block_n, classes, torch.cat([counts, idx], -1).contiguous())
 
 
+def rectangles_may_keep(cascade: n.Cascade, values: dict, sizes: dict, rows: list[tuple[int, int]],
+                        cols: list[tuple[int, int]]) -> torch.Tensor:
+    """bool [len(rows), len(cols)]: may the mask keep some pair of rows ``[lo, hi)`` × keys
+    ``[lo, hi)`` (any batch and head)? The tile classifier's interval arithmetic over arbitrary
+    rectangles (context parallelism's shards): sound — False only where no pair is kept."""
+    if not cascade.has_mask or not rows or not cols:
+        return torch.ones(len(rows), len(cols), dtype=torch.bool)
+    mask = cascade.stage("keep").expr
+    batch = sizes["B"] if _uses(mask, "b") else 1
+    heads = sizes["n_heads"] if _uses(mask, "h") else 1
+    cpu = {k: (v.detach().to("cpu") if isinstance(v, torch.Tensor) else v) for k, v in values.items()}
+    ev = _Evaluator(cpu, sizes, 1, 1, 1, 1, batch, heads)
+    r = torch.tensor(rows, dtype=_I64).view(1, 1, -1, 2)
+    c = torch.tensor(cols, dtype=_I64).t().reshape(1, 1, 2, -1)
+    ev.index["i"] = _Int(r[..., :1], r[..., 1:] - 1)
+    ev.index["j"] = _Int(c[:, :, :1], c[:, :, 1:] - 1)
+    with torch.no_grad():
+        may = torch.broadcast_to(ev(mask).may, (batch, heads, len(rows), len(cols)))
+    empty = (r[..., 1:] <= r[..., :1]) | (c[:, :, 1:] <= c[:, :, :1])
+    return (may & ~empty).flatten(0, 1).any(0)
+
+
 class TileCache:
     """Classifications of one variant, reused while their inputs are unchanged (LRU)."""
 
