@@ -16,6 +16,8 @@
 #   3. benchmarks/bench_backward.py the same for forward + backward (BWD_BUDGET, 110)
 #   4. benchmarks/bench_decode.py   one decoding step over contiguous and paged caches, GB/s against
 #                                   the device's copy bandwidth, vs flex and flash_attn (DECODE_BUDGET, 60)
+#   5. benchmarks/bench_context_parallel.py  on a machine with ≥ 2 GPUs only: context-parallel ring vs
+#                                   all-gather over NCCL, forward and backward, 32k–128k tokens (CP_BUDGET, 120)
 # Variants timed: causal, full, sliding_window, document, alibi, softcap, and the attnc-only
 # sigmoid, natten2d, clipped_softmax; N 4k, 16k, 1k; D 128, 64; bf16 then fp16 (the order in
 # which a budget cuts).
@@ -60,6 +62,8 @@ if [ -n "$DRY" ]; then
     "$PY" benchmarks/bench_backward.py --dry-run-cpu 64 --variants causal --seqlens 32 --dims 16 --dtypes float16 \
         --out "$scratch/performance.md" --budget 60 | tail -n 4
     "$PY" benchmarks/bench_decode.py --dry-run-cpu --out "$scratch/performance.md" --budget 60 2>&1 | tail -n 2
+    "$PY" benchmarks/bench_context_parallel.py --dry-run-cpu --budget 60 > "$LOGDIR/bench_context_parallel.md" 2>&1
+    tail -n 2 "$LOGDIR/bench_context_parallel.md"
     echo "gpu.sh --dry-run: all phases ran (scratch report: $scratch/performance.md)"
     exit 0
 fi
@@ -77,6 +81,13 @@ export ATTNC_AUTOTUNE="${ATTNC_AUTOTUNE:-1}"
     > "$LOGDIR/bench_backward.md" 2>&1 || status=$?
 "$PY" benchmarks/bench_decode.py --budget "${DECODE_BUDGET:-60}" --warmup 10 --rep 40 \
     > "$LOGDIR/bench_decode.log" 2>&1 || status=$?
+gpus=$("$PY" -c "import torch; print(torch.cuda.device_count())")
+if [ "$gpus" -ge 2 ]; then
+    "$PY" benchmarks/bench_context_parallel.py --budget "${CP_BUDGET:-120}" \
+        > "$LOGDIR/bench_context_parallel.log" 2>&1 || status=$?
+else
+    echo "== context parallelism: skipped (1 GPU; bench_context_parallel.py needs 2 or more)"
+fi
 [ -n "${OUT:-}" ] && cp docs/performance.md "$OUT/performance.md"
 echo "== forward (docs/performance.md, section gpu)"
 sed -n '/<!-- bench:gpu:begin -->/,/<!-- bench:gpu:end -->/p' docs/performance.md | grep '^|' | head -n 40
@@ -84,6 +95,8 @@ echo "== forward + backward (section train)"
 sed -n '/<!-- bench:train:begin -->/,/<!-- bench:train:end -->/p' docs/performance.md | grep '^|' | head -n 40
 echo "== decode (section decode)"
 sed -n '/<!-- bench:decode:begin -->/,/<!-- bench:decode:end -->/p' docs/performance.md | grep '^|' | head -n 40
+echo "== context parallelism (section cp)"
+sed -n '/<!-- bench:cp:begin -->/,/<!-- bench:cp:end -->/p' docs/performance.md | grep '^|' | head -n 20
 echo "== correctness (gpu_check.py; full log: $LOGDIR/gpu_check.md)"
 grep -E '^## |fail|error|skipped' "$LOGDIR/gpu_check.md" | head -n 30
 exit $status

@@ -21,4 +21,6 @@ def test_gpu_script_dry_run(tmp_path):
     assert "gpu.sh --dry-run: all phases ran" in proc.stdout
     report = (tmp_path / "gpu_check.md").read_text(encoding="utf-8")
     assert "## GPU correctness on CPU dry run" in report and " 0 fail, 0 error, 0 skipped" in report
+    # context parallelism: 2 gloo ranks sent the bytes the ring's plan says
+    assert "`stats()['sent_bytes']` equals the plan" in (tmp_path / "bench_context_parallel.md").read_text(encoding="utf-8")
     assert (ROOT / "docs" / "performance.md").read_text(encoding="utf-8") == before  # a dry run writes no docs
