@@ -20,6 +20,7 @@ SPEC is a path to a spec file or the name of a library variant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -41,8 +42,8 @@ LIST_WIDTH = 100
 
 
 def cmd_list(out) -> int:
-    """Each variant: its kind, name and parameters, then its line of math indented below, both
-    wrapped to ``LIST_WIDTH`` columns."""
+    """Each variant: its name first (so ``attnc list | cut -d' ' -f1`` gives the names), its kind
+    and parameters, then its line of math indented below, both wrapped to ``LIST_WIDTH`` columns."""
     import textwrap
 
     from ..dsl.printer import print_params
@@ -50,7 +51,7 @@ def cmd_list(out) -> int:
 
     for name in names():
         d = library_spec(name).definition(name)
-        head = f"{d.kind} {name}{print_params(d.params)}"
+        head = f"{name} — {d.kind}{print_params(d.params)}"
         print(textwrap.fill(head, LIST_WIDTH, subsequent_indent="        ", break_on_hyphens=False), file=out)
         math = formula_line(LIBRARY_DIR / f"{name}.attn")
         if math:
@@ -227,7 +228,7 @@ def cmd_check(args, out) -> int:
 
     sf = _open(args.spec)
     params = _parse_params(args.param)
-    shape = Shape(args.batch, args.heads, args.kv_heads or args.heads, args.nq, args.nkv or args.nq,
+    shape = Shape(args.batch, args.heads, args.kv_heads or args.heads, args.nq or 37, args.nkv or args.nq or 37,
                   args.head_dim, args.head_dim_v)
     dtypes = list(DTYPES.values()) if args.dtype == "all" else [DTYPES[args.dtype]]
     requested = list(dict.fromkeys(args.property or ["reference"]))
@@ -271,12 +272,39 @@ def cmd_check(args, out) -> int:
                 print(f"{target:24s} FAIL\n{err}", file=out)
                 failed += 1
             continue
+        fitted, chosen = shape, params
+        if attn.cascade.grid is not None and args.nkv in (None, args.nq):
+            fitted, chosen = _fit_grid(attn, shape, params, explicit=args.nq is not None, out=out)
         for dtype in dtypes:
-            result = check(attn, dtype, shape, args.seed, params, args.device)
+            result = check(attn, dtype, fitted, args.seed, chosen, args.device)
             print(result.line(), file=out)
             failed += not result.passed
     print("PASS" if not failed else f"FAIL ({failed} failed)", file=out)
     return 1 if failed else 0
+
+
+def _fit_grid(attn, shape, params: dict, *, explicit: bool, out):
+    """A grid variant's check shape: its tokens must form the whole grid (``runtime/layout.py``),
+    so the length (unless ``--nq`` was given: then only it) and the grid's int parameters without
+    a value are chosen to make it whole, nearest the default length first. Said in the output;
+    when nothing fits, the shape stays and the check reports the grid's own error."""
+    import dataclasses
+
+    from .layout import fit_grid, grid_params
+
+    c = attn.cascade
+    free = [p for p in grid_params(c) if p not in params and c.param(p).default is None]
+    lengths = [shape.n_q] if explicit else sorted(range(max(1, shape.n_q - 16), shape.n_q + 17),
+                                                  key=lambda x: (abs(x - shape.n_q), x))
+    options = fit_grid(c, lengths, params, free)
+    if not options:
+        return shape, params
+    count, values = options[0]
+    if count == shape.n_q and not values:
+        return shape, params
+    said = ", ".join([f"Nq = Nkv = {count}", *(f"{k} = {v}" for k, v in values.items())])
+    print(f"{c.name}: a grid variant, whose sizes must multiply to the token count: {said}", file=out)
+    return dataclasses.replace(shape, n_q=count, n_kv=count), {**params, **values}
 
 
 def cmd_show(args, out) -> int:
@@ -390,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     ch.add_argument("--batch", type=_positive, default=2)
     ch.add_argument("--heads", type=_positive, default=4)
     ch.add_argument("--kv-heads", type=_positive, default=2)
-    ch.add_argument("--nq", type=_positive, default=37)
+    ch.add_argument("--nq", type=_positive, default=None,
+                    help="default: 37 (for a grid variant, the nearest length its grid divides)")
     ch.add_argument("--nkv", type=_positive, default=None, help="default: --nq")
     ch.add_argument("--head-dim", type=_positive, default=32)
     ch.add_argument("--head-dim-v", type=_positive, default=None, help="default: --head-dim")
@@ -439,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `attnc list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except (ValueError, TypeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

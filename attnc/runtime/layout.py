@@ -136,6 +136,48 @@ def grid_dims(c: n.Cascade, sizes: dict, values: dict) -> tuple[tuple[int, ...],
     return dims, groups
 
 
+def grid_params(c: n.Cascade) -> tuple[str, ...]:
+    """The int scalar parameters the grid's sizes or ``dilated`` values read (directly or through
+    another parameter's default), in declaration order."""
+    if c.grid is None:
+        return ()
+    read = {x.name for e in (*c.grid.sizes, *c.grid.dilated) for x in n.walk(e) if isinstance(x, n.Param)}
+    for p in c.params:  # a default over a grid parameter: the parameter it reads sizes the grid too
+        if p.name in read and p.default is not None:
+            read |= {x.name for x in n.walk(p.default) if isinstance(x, n.Param)}
+    return tuple(p.name for p in c.params if p.name in read and p.kind == n.INT)
+
+
+def fit_grid(c: n.Cascade, lengths, fixed: dict, choose=()) -> list[tuple[int, dict]]:
+    """Token counts from ``lengths`` with values for the int parameters ``choose`` that make
+    ``c``'s grid whole (its sizes multiply to the count, every ``dilated`` ≥ 1): ``[(n, {name:
+    value})]``, best first — a count whose axes can all be at least 2 before one that cannot,
+    then the order of ``lengths``, then the most even axes. ``fixed`` holds the other scalar
+    parameters (defaults are evaluated per count). A chosen parameter that the sizes read ranges
+    over the divisors of the count (an axis, or a product of axes); one only ``dilated`` reads,
+    over 1 and 2."""
+    in_sizes = {x.name for e in c.grid.sizes for x in n.walk(e) if isinstance(x, n.Param)}
+    found = []
+    for rank, count in enumerate(lengths):
+        sizes = {"n_q": count, "n_kv": count, "N_Q": count, "N_KV": count, "B": 1, "H": 1, "H_KV": 1,
+                 "n_heads": 1, "n_kv_heads": 1, "head_dim": 1, "D": 1, "D_V": 1, "scale": 1.0}
+        divisors = [d for d in range(1, count + 1) if count % d == 0]
+        ranges = [divisors if name in in_sizes else (1, 2) for name in choose]
+        for picked in itertools.product(*ranges):
+            values = {**fixed, **dict(zip(choose, picked))}
+            try:
+                for p in c.params:
+                    if p.kind != "tensor" and p.name not in values and p.default is not None:
+                        values[p.name] = eval_size_expr(p.default, sizes, values)
+                dims = [int(eval_size_expr(x, sizes, values)) for x in c.grid.sizes]
+                groups = [int(eval_size_expr(x, sizes, values)) for x in c.grid.dilated]
+            except (ZeroDivisionError, KeyError, ValueError):
+                continue
+            if math.prod(dims) == count and min(dims) >= 1 and min(groups, default=1) >= 1:
+                found.append(((min(dims) < 2, rank, max(dims) / min(dims)), count, dict(zip(choose, picked))))
+    return [(count, values) for _, count, values in sorted(found, key=lambda f: f[0])]
+
+
 class GridPlan:
     """The permutation of one call's grid: hidden parameter values and both sides' positions."""
 

@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+from hypothesis import assume
 from hypothesis import strategies as st
 
 from ..ir import nodes as n
@@ -15,6 +16,7 @@ from ..ir.evaluate import eval_size_expr
 from ..ir.printer import cascade_text
 from ..runtime.check import TOLERANCE, draw_tensor, tensor_shape
 from ..runtime.compiler import Attention
+from ..runtime.layout import fit_grid, grid_params
 from ..runtime.reference import reference_keep
 from ..runtime.validate import sizes_of
 
@@ -112,6 +114,18 @@ def problems(attn: Attention, *, dtypes=(torch.float32, torch.float16, torch.bfl
         raise ValueError(f"`params` narrows scalar parameters only; {', '.join(tensors)} "
                          f"{'is a tensor' if len(tensors) == 1 else 'are tensors'}, drawn from the declared type")
 
+    # A grid variant's tokens must form its whole grid (n_q = n_kv = the product of its sizes):
+    # the length and the grid's int parameters that are drawn are drawn together, from the
+    # combinations that make it whole (``runtime/layout.py``: ``fit_grid``), read from the cascade.
+    c = attn.cascade
+    chosen = [p for p in grid_params(c) if p not in given_params and (c.param(p).default is None or not defaults)]
+    grids = None
+    if c.grid is not None and not any(isinstance(given_params.get(p), st.SearchStrategy) for p in grid_params(c)):
+        grids = fit_grid(c, range(1, max_len + 1), {p: x for p, x in given_params.items() if p in grid_params(c)}, chosen)
+        if not grids:
+            raise ValueError(f"{attn.name}: no length up to max_len={max_len} makes its grid whole with "
+                             f"{', '.join(f'{p}={given_params[p]}' for p in grid_params(c) if p in given_params)}")
+
     @st.composite
     def draw(draw_):
         B = draw_(st.integers(1, max_batch))
@@ -119,7 +133,7 @@ def problems(attn: Attention, *, dtypes=(torch.float32, torch.float16, torch.bfl
         # integers first: hypothesis shrinks towards the first branch, so a failure reduces to its
         # smallest length instead of stopping at a tile edge
         lengths = st.one_of(st.integers(1, max_len), st.sampled_from(TILE_EDGES))
-        Nq, Nkv = draw_(lengths), draw_(lengths)
+        Nq, Nkv = (draw_(lengths), draw_(lengths)) if c.grid is None else (0, 0)  # a grid's: below
         D = draw_(st.sampled_from(list(head_dims)))
         Dv = draw_(st.sampled_from(list(value_dims))) if value_dims else D
         dtype = draw_(st.sampled_from(list(dtypes)))
@@ -130,8 +144,17 @@ def problems(attn: Attention, *, dtypes=(torch.float32, torch.float16, torch.bfl
             if p.name in given_params:
                 choice = given_params[p.name]
                 scalars[p.name] = draw_(choice) if isinstance(choice, st.SearchStrategy) else choice
+            elif p.name in chosen and c.grid is not None:
+                continue  # drawn with the length, below
             elif p.default is None or not defaults:
                 scalars[p.name] = draw_(_scalar_strategy(p, int_range, float_range))
+        if c.grid is not None:
+            fixed = {p: x for p, x in scalars.items() if p in grid_params(c)}
+            options = grids if grids is not None else fit_grid(c, range(1, max_len + 1), fixed, chosen)
+            assume(bool(options))  # a drawn grid parameter that no length fits
+            Nq, values = draw_(st.sampled_from(options))
+            Nkv = Nq
+            scalars.update(values)
         seed = draw_(st.integers(0, 2**31 - 1))
         layout = draw_(st.sampled_from(list(layouts)))
         return Problem(B, Hq, Hkv, Nq, Nkv, D, Dv, dtype, seed, None, scalars,

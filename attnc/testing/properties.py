@@ -342,11 +342,14 @@ def assert_empty_rows(attn: Attention, problem: Problem) -> None:
     A problem that leaves no row empty is replaced by the same problem with more queries than
     keys (the lengths swapped, or Nq + 1 when equal): the library's masks align bottom-right, so
     its first Nq − Nkv queries sit before the first key, where causal-like masks keep nothing.
-    Whether a row is empty is still the mask's decision; masks that never empty a row pass."""
+    Whether a row is empty is still the mask's decision; masks that never empty a row pass. A grid
+    variant's problem is never resized (its tokens must form the grid, n_q = n_kv)."""
     _require(attn, "empty_rows")
     empty = ~keep_mask(attn, problem).any(-1)  # [B, Hq, Nq]
     notes = []
     if not empty.any():
+        if attn.cascade.grid is not None:
+            return
         drawn, problem = problem, _queries_past_keys(attn, problem)
         empty = ~keep_mask(attn, problem).any(-1)
         if not empty.any():

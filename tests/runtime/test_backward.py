@@ -35,7 +35,6 @@ import attnc
 import attnc.library
 import attnc.testing as at
 from attnc.ir.backward import BackwardError, derive_backward
-from attnc.testing.kit import resized
 
 F64 = torch.float64
 
@@ -250,18 +249,8 @@ SIZES = {"natten3d": {"heads": ((1, 1), (2, 1), (2, 2)), "max_len": 24, "max_bat
 def library_problems(name):
     attn = attnc.load(name)
     sizes = {"heads": HEADS, "max_len": 40, **SIZES.get(name, {})}
-    problems = at.problems(attn, head_dims=DIMS, value_dims=DIMS, params=SCALARS[name], **sizes)
-    if name.startswith("natten"):
-        problems = problems.map(lambda p: on_grid(attn, p))
-    return attn, problems
-
-
-def on_grid(attn, p: at.Problem) -> at.Problem:
-    """A NATTEN grid needs n_q = n_kv = a whole number of its cross-sections (height · width):
-    the drawn n_kv rounded down to one, at least one."""
-    cell = p.scalars.get("height", 1) * p.scalars.get("width", 1)
-    n = max(1, p.Nkv // cell) * cell
-    return resized(attn, p, n, n)
+    # a grid variant's problems form its whole grid: the kit draws lengths to fit (fit_grid)
+    return attn, at.problems(attn, head_dims=DIMS, value_dims=DIMS, params=SCALARS[name], **sizes)
 
 
 @pytest.mark.parametrize("name", LIBRARY)

@@ -25,7 +25,7 @@ def test_list_shows_every_library_variant_with_math(capsys):
     heads = [k for k, line in enumerate(lines) if not line.startswith(" ")]
     assert len(heads) == len(names())
     for name, start, end in zip(names(), heads, heads[1:] + [len(lines)]):
-        assert lines[start].split("(")[0].split()[1] == name
+        assert lines[start].split()[0] == name  # first: `attnc list | cut -d' ' -f1` gives the names
         math = " ".join(lines[start + 1:end])
         assert math.strip(), name  # its line of math from the file's header
 
@@ -175,6 +175,34 @@ def test_check_with_param_and_bad_param(capsys):
     assert code == 0 and "PASS" in out
     code, _, err = run(capsys, "check", "sliding_window", "--dtype", "float32", "--param", "windw=3")
     assert code == 2 and "windw" in err and "window" in err
+
+
+@pytest.mark.parametrize("name, said", [("natten2d", "Nq = Nkv = 36, width = 6"),
+                                        ("natten3d", "Nq = Nkv = 36, height = 3, width = 3")])
+def test_check_fits_a_grid_variants_length_and_says_so(capsys, name, said):
+    """Issue 21: the default length (37, prime) is no whole grid; the check picks the nearest one
+    and the grid parameters without a default, and says which."""
+    code, out, err = run(capsys, "check", name, "--dtype", "float32", "--batch", "1", "--heads", "1",
+                         "--kv-heads", "1", "--head-dim", "16")
+    assert code == 0, err
+    assert f"{name}: a grid variant, whose sizes must multiply to the token count: {said}" in out
+    assert out.strip().endswith("PASS")
+
+
+def test_check_keeps_an_explicit_length_and_its_grid_error(capsys):
+    # --nq 37 given: the width is chosen to divide it (37 × 1); a --param width that cannot: today's error
+    code, out, err = run(capsys, "check", "natten2d", "--dtype", "float32", "--nq", "37", "--batch", "1",
+                         "--heads", "1", "--kv-heads", "1", "--head-dim", "16")
+    assert code == 0 and "Nq = Nkv = 37, width = " in out, err
+    code, out, err = run(capsys, "check", "natten2d", "--dtype", "float32", "--nq", "37", "--param", "width=5")
+    assert code == 2 and "is 7 × 5 = 35 tokens" in err and "must multiply to the token count" in err
+
+
+def test_list_names_come_first_for_scripts(capsys):
+    """The acceptance loop of issue 21 reads the names as `attnc list | cut -d' ' -f1`."""
+    code, out, _ = run(capsys, "list")
+    words = [line.split(" ")[0] for line in out.splitlines()]
+    assert [w for w in words if w] == names()
 
 
 def test_check_examples_runs_the_property_kit(capsys):

@@ -222,3 +222,37 @@ def test_grid_tiles_visit_exactly_the_needed_tiles(name, n, params, never_worse)
     assert rm.missed == 0
     if never_worse:
         assert c.visited <= rm.visited, (c.visited, rm.visited)
+
+
+@pytest.mark.parametrize("name, fixed", [("natten2d", {}), ("natten3d", {}), ("natten2d", {"width": 4}),
+                                         ("natten3d", {"height": 2, "width": 3})])
+@pytest.mark.parametrize("defaults", [True, False])
+def test_drawn_problems_of_grid_variants_form_their_grid(name, fixed, defaults):
+    """Issue 21: ``attnc.testing.problems`` draws the length and the grid's parameters together,
+    so every drawn problem is a whole grid (no kernel runs here: the grid's own check decides)."""
+    from attnc.runtime.layout import grid_dims
+    from attnc.runtime.validate import bind_params, sizes_of
+    from attnc.testing import problems
+
+    attn = attnc.load(name)
+    seen = set()
+
+    @settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(problem=problems(attn, max_len=40, params=fixed, defaults=defaults))
+    def run(problem):
+        q, k, v, params = problem.inputs()
+        assert problem.Nq == problem.Nkv
+        sizes = sizes_of(q, k, v, None)
+        dims, _ = grid_dims(attn.cascade, sizes, bind_params(attn.cascade, params, sizes))
+        assert all(params[p] == x for p, x in fixed.items())
+        seen.add(dims)
+
+    run()
+    assert len(seen) >= 3  # several grids drawn, not one
+
+
+def test_problems_refuse_grid_parameters_no_length_fits():
+    from attnc.testing import problems
+
+    with pytest.raises(ValueError, match="no length up to max_len=10 makes its grid whole with width=11"):
+        problems(attnc.load("natten2d"), max_len=10, params={"width": 11})
