@@ -75,6 +75,8 @@ def part_rule(cascade: n.Cascade) -> tuple[str | None, str | None]:
                    for x in n.walk(e))
 
     out = cascade.stage("out").expr
+    if cascade.has_mask and over_keys(cascade.stage("keep").expr):
+        return None, "its mask reads a sum or maximum over the keys, which a part would take over its keys only"
     if not cascade.has_lse:
         acc = ref(out.left) if isinstance(out, n.Binary) and out.op in ("*", "/") else None
         factor = out.right if acc else None
