@@ -1,7 +1,7 @@
 """Context parallelism (issue 20, ``attnc.distributed``): real multi-process runs on the CPU with
 the gloo backend (2 and 4 ranks, spawned, bounded in time). Every rank compares its rows and the
 gradients of its shards, and of the tensor parameters, with the single-process call on the whole
-sequence; zig-zag sharding gives a causal mask equal work per rank (tiles counted on kernel runs)."""
+sequence, and its rows with the float64 reference; zig-zag sharding gives a causal mask equal work per rank (tiles counted on kernel runs)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ def _worker(rank, world, init, out_dir, runs):
                 full = attn(qf, kf, vf, return_lse=lse_too, **alone)
                 full, full_lse = full if lse_too else (full, None)
                 (full * w).sum().backward()
+                exact = attn.reference(q, k, v, return_lse=lse_too, **values)  # the float64 oracle
+                exact, exact_lse = exact if lse_too else (exact, None)
                 if layout == "dtensor":  # torch's placement: Shard(2) chunks (7 and 6, or 4, 4, 4, 1 tokens)
                     def local(t):
                         return t.to_local() if isinstance(t, DTensor) else distribute_tensor(t.detach(), mesh, [Shard(2)]).to_local()
@@ -102,6 +104,8 @@ def _worker(rank, world, init, out_dir, runs):
                     return t.to_local() if isinstance(t, DTensor) else t
                 pairs = [("out", own(out), local(full))]
                 pairs += [("lse", own(lse), local(full_lse))] if lse_too else []
+                pairs += [("out vs float64", own(out).double(), local(exact))]
+                pairs += [("lse vs float64", own(lse).double(), local(exact_lse))] if lse_too else []
                 pairs += [(f"d{n}", own(a.grad), local(b.grad)) for n, a, b in (("q", ql, qf), ("k", kl, kf), ("v", vl, vf))]
                 pairs += [(f"d{p}", mine[p].grad, alone[p].grad) for p in mine
                           if isinstance(mine[p], torch.Tensor) and mine[p].requires_grad]
@@ -175,7 +179,7 @@ def test_two_ranks_give_one_process_results_for_every_case():
             ("torch_cp", "auto", ["causal"])]
     cases, checks = _check(_spawn(2, runs))
     assert cases == {(f"{layout}/{how}", name) for layout, how, names in runs for name in names}
-    assert checks == {"out", "lse", "dq", "dk", "dv", "dsink", "dtable"}
+    assert checks == {"out", "lse", "out vs float64", "lse vs float64", "dq", "dk", "dv", "dsink", "dtable"}
 
 
 def test_four_ranks_with_a_rank_whose_rows_are_all_masked():
@@ -186,7 +190,7 @@ def test_four_ranks_with_a_rank_whose_rows_are_all_masked():
             ("dtensor", "ring", ["sliding_window", "sigmoid"]), ("contiguous:3", "auto", ["causal", "softmax_sink"])]
     cases, checks = _check(_spawn(4, runs))
     assert cases == {(f"{layout}/{how}", name) for layout, how, names in runs for name in names}
-    assert checks == {"out", "lse", "dq", "dk", "dv", "dsink"}
+    assert checks == {"out", "lse", "out vs float64", "lse vs float64", "dq", "dk", "dv", "dsink"}
 
 
 def _tiles_per_rank(world, layout, n_total=512, block=16):
