@@ -106,7 +106,8 @@ class _Gather(torch.autograd.Function):
     def forward(ctx, x, group, sizes):
         ctx.group, ctx.sizes = group, sizes
         top = max(sizes)
-        padded = torch.nn.functional.pad(x, (0, 0, 0, top - x.shape[2])).contiguous()
+        fill = x.new_zeros((*x.shape[:2], top - x.shape[2], *x.shape[3:]))
+        padded = torch.cat([x, fill], 2).contiguous()  # every rank sends the longest shard's length
         parts = [torch.empty_like(padded) for _ in sizes]
         dist.all_gather(parts, padded, group=group)
         return torch.cat([p[:, :, :n] for p, n in zip(parts, sizes, strict=True)], 2)
@@ -138,11 +139,14 @@ class _SumGrad(torch.autograd.Function):
 def unshard(x: torch.Tensor, group=None, layout: str = "contiguous", dim: int = 2) -> torch.Tensor:
     """The whole-sequence tensor from every rank's shard ``x`` (all-gather; differentiable)."""
     rank, world = _group_info(group)
-    moved = x.movedim(dim, 2) if x.dim() >= 3 else x.reshape(1, 1, *x.shape)
-    sizes = [s[0] for s in _gather_ints([moved.shape[2]], group, x.device)]
-    whole = _Gather.apply(moved, group, sizes)
+    if x.dim() == 0:
+        raise ValueError("`x` must have a sequence dimension, got a 0-d tensor")
+    first = x.movedim(dim, 0)  # [n, ...] → [1, 1, n, rest]: one gather for any rank and `dim`
+    flat = first.reshape(1, 1, first.shape[0], -1)
+    sizes = [s[0] for s in _gather_ints([flat.shape[2]], group, x.device)]
+    whole = _Gather.apply(flat, group, sizes)
     whole = whole.index_select(2, _global_order(_runs(sizes, layout), x.device))
-    return whole.movedim(2, dim) if x.dim() >= 3 else whole.reshape(whole.shape[2:])
+    return whole.reshape(sum(sizes), *first.shape[1:]).movedim(0, dim)
 
 
 def _runs(sizes: list[int], layout: str) -> list[list[tuple[int, int]]]:
@@ -174,8 +178,9 @@ def _global_order(runs: list[list[tuple[int, int]]], device) -> torch.Tensor:
 class Schedule:
     """Which K/V shards travel where on the ring. ``runs[r]``: rank r's (start, length) runs;
     ``needed[r][s]``: the pairs (run of rank r, run of rank s) whose rows keep some key (as the
-    mask's interval classification proves it; kept when unsure), empty when r needs nothing of s; ``kv_bytes[s]``: the bytes of shard s's keys and
-    values. At step t rank r holds shard (r − t) mod W if that shard travels t hops."""
+    mask's interval classification proves it; kept when unsure), empty when r needs nothing of
+    s; ``kv_bytes[s]``: the bytes of shard s's keys and values. At step t rank r holds shard
+    (r − t) mod W if that shard travels t hops."""
 
     runs: tuple
     needed: tuple
@@ -219,6 +224,8 @@ def schedule(attn, sizes: list[int], layout: str = "contiguous", *, batch: int =
 
     runs = _runs(list(sizes), layout)
     n_total, world = sum(sizes), len(sizes)
+    params = {**{c.name: c.argument(torch.device(device)) for c in getattr(attn, "captured", ()) if c.name not in params},
+              **params}  # an @attnc.jit variant's captured tensors
     kv_heads = heads if kv_heads is None else kv_heads
     value_dim = head_dim if value_dim is None else value_dim
     shape = SimpleNamespace
@@ -309,9 +316,17 @@ class _Ring:
         for a, b in self.plan.needed[self.rank][shard]:
             qs, ql, qa = qruns[a]
             ks, kl, ka = kruns[b]
-            res = self.attn(q[:, :, qa:qa + ql], k[:, :, ka:ka + kl], v[:, :, ka:ka + kl], q_offset=qs, kv_offset=ks,
-                            seq_len=self.n_total, scale=self.scale, return_lse=self.rule == "lse", **params)
+            res = _call(self.attn, q[:, :, qa:qa + ql], k[:, :, ka:ka + kl], v[:, :, ka:ka + kl], q_offset=qs,
+                        kv_offset=ks, seq_len=self.n_total, scale=self.scale, return_lse=self.rule == "lse", **params)
             yield a, b, res
+
+
+def _call(attn, q, k, v, **kw):
+    """``attn``'s call with every parameter given (captured ones included): the base class's, so
+    an @attnc.jit variant does not bind its captured tensors a second time."""
+    from .compiler import Attention
+
+    return Attention.__call__(attn, q, k, v, **kw)
 
 
 def _wait(works):
@@ -436,14 +451,17 @@ def attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, /, *, gro
     ``out`` (and ``lse``), in its shard's order.
 
     DTensors: ``q``, ``k``, ``v`` may be DTensors sharded along the sequence (``Shard(2)`` on a
-    1-D device mesh, torch's context-parallel placement); their local shards are read in
-    ``layout`` on the mesh's group, and ``out`` (and ``lse``) come back as DTensors ``Shard(2)``
+    1-D device mesh, torch's context-parallel placement); their local shards (torch.chunk's runs,
+    so ``layout="contiguous"``) are read on the mesh's group, and ``out`` (and ``lse``) come back as DTensors ``Shard(2)``
     on the same mesh. Replicated DTensor parameters are read locally."""
     mesh = _mesh_of(q, k, v, group)
     if mesh is not None:
         from torch.distributed.tensor import DTensor, Shard
 
         local = {p: (x.to_local() if isinstance(x, DTensor) else x) for p, x in params.items()}
+        if layout != "contiguous":
+            raise ValueError(f"DTensors sharded Shard(2) hold torch.chunk's runs, so `layout` must be \"contiguous\", "
+                             f"got {layout!r}; for {layout} shards pass their local tensors")
         res = attention(attn, q.to_local(), k.to_local(), v.to_local(), group=mesh.get_group(), layout=layout,
                         exchange=exchange, scale=scale, return_lse=return_lse, **local)
         outs = res if return_lse else (res,)
@@ -478,6 +496,8 @@ def attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, /, *, gro
     sizes = [s[2] for s in shapes]
     runs = _runs(sizes, layout)
     n_total = sum(sizes)
+    params = attn._with_captured(params, q)  # @attnc.jit's captured tensors, bound here: the parts and the
+    # gather call the base Attention with every parameter, and captured gradients are summed like the rest
     params = {name: (_SumGrad.apply(x, group) if isinstance(x, torch.Tensor) and x.requires_grad else x)
               for name, x in params.items()}
     if world > 1 and rule is not None and exchange != "gather":
@@ -500,7 +520,7 @@ def attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, /, *, gro
     for start, length in runs[rank]:
         if length == 0:
             continue
-        res = attn(q[:, :, at:at + length], keys, values, q_offset=start, seq_len=n_total, scale=scale,
+        res = _call(attn, q[:, :, at:at + length], keys, values, q_offset=start, seq_len=n_total, scale=scale,
                    return_lse=return_lse, **params)
         out, lse = res if return_lse else (res, None)
         outs.append(out)

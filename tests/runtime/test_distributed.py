@@ -6,6 +6,7 @@ sequence, and its rows with the float64 reference; zig-zag sharding gives a caus
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -19,13 +20,28 @@ from torch.distributed.tensor import DeviceMesh, DTensor, Shard, distribute_tens
 from torch.distributed.tensor.experimental import context_parallel
 
 import attnc
-from attnc.distributed import attention, pieces, schedule, shard, stats, torch_cp_layout
+from attnc.distributed import attention, pieces, schedule, shard, stats, torch_cp_layout, unshard
 from attnc.runtime.merge import part_rule
 
 HALF_MASKED = """
 attention half_masked:
     mask = kv_idx < 3 and q_idx < 6
 """
+
+def _jit_variant():
+    """An @attnc.jit variant capturing an int tensor (document ids, read by the mask) and a float
+    tensor that requires grad (per-head slopes): a fresh one, with its own tensors, per call."""
+    doc = torch.tensor([0] * 4 + [1] * 5 + [2] * 4)
+    slopes = torch.tensor([0.3, -0.2], requires_grad=True)
+
+    def same_doc(b, h, q_idx, kv_idx):
+        return (doc[q_idx] == doc[kv_idx]) & (kv_idx <= q_idx)
+
+    @attnc.jit(mask_mod=same_doc)
+    def doc_alibi(score, b, h, q_idx, kv_idx):
+        return score + slopes[h] * (kv_idx - q_idx)
+    return doc_alibi, slopes
+
 
 CASES = {  # name → (spec or library name, params, Hq, Hkv)
     "causal": ("causal", {}, 4, 2),
@@ -37,6 +53,7 @@ CASES = {  # name → (spec or library name, params, Hq, Hkv)
     "softmax_sink": ("softmax_sink", {"sink": "randn(H)"}, 4, 2),
     "clipped_softmax (two passes)": ("clipped_softmax", {}, 2, 2),
     "fully masked ranks": (HALF_MASKED, {}, 2, 1),
+    "@attnc.jit (captured tensors)": ("jit", {}, 2, 1),
 }
 
 
@@ -46,6 +63,11 @@ def _worker(rank, world, init, out_dir, runs):
     mesh = DeviceMesh("cpu", list(range(world)))
     results = []
     try:
+        for shape, dim in (((13,), 0), ((2, 13), 1), ((1, 2, 13), 2), ((13, 4, 3), 0), ((2, 3, 13, 5), -2)):
+            for layout in ("contiguous", "zigzag"):  # unshard inverts shard, any rank and dim
+                x = torch.arange(float(math.prod(shape))).reshape(shape)
+                back = unshard(shard(x, rank, world, layout, dim=dim), layout=layout, dim=dim)
+                results.append(["unshard", f"{shape} dim {dim} {layout}", bool(torch.equal(back, x))])
         for label, exchange, names in runs:
             # 13 tokens: no layout divides them evenly; torch's context_parallel shards 16 head-tail;
             # "layout:n" for n tokens (fewer than ranks: a rank with none)
@@ -53,7 +75,11 @@ def _worker(rank, world, init, out_dir, runs):
             N, B, D = (int(count) if count else 16 if layout == "torch_cp" else 13), 2, 16
             for name in names:
                 spec, params, Hq, Hkv = CASES[name]
-                attn = attnc.compile(spec) if "\n" in spec else attnc.load(spec)
+                captured = None
+                if spec == "jit":  # two copies: the single call's and this rank's, gradients apart
+                    (attn_alone, slopes_alone), (attn, captured) = _jit_variant(), _jit_variant()
+                else:
+                    attn = attn_alone = attnc.compile(spec) if "\n" in spec else attnc.load(spec)
                 g = torch.Generator().manual_seed(len(name))
                 q, k, v = (torch.randn(B, h, N, D, generator=g) for h in (Hq, Hkv, Hkv))
                 w = torch.randn(B, Hq, N, D, generator=g)
@@ -67,7 +93,7 @@ def _worker(rank, world, init, out_dir, runs):
                 alone, mine = fresh(), fresh()
                 qf, kf, vf = (t.clone().requires_grad_() for t in (q, k, v))
                 lse_too = attn.cascade.has_lse
-                full = attn(qf, kf, vf, return_lse=lse_too, **alone)
+                full = attn_alone(qf, kf, vf, return_lse=lse_too, **alone)
                 full, full_lse = full if lse_too else (full, None)
                 (full * w).sum().backward()
                 exact = attn.reference(q, k, v, return_lse=lse_too, **values)  # the float64 oracle
@@ -109,6 +135,7 @@ def _worker(rank, world, init, out_dir, runs):
                 pairs += [(f"d{n}", own(a.grad), local(b.grad)) for n, a, b in (("q", ql, qf), ("k", kl, kf), ("v", vl, vf))]
                 pairs += [(f"d{p}", mine[p].grad, alone[p].grad) for p in mine
                           if isinstance(mine[p], torch.Tensor) and mine[p].requires_grad]
+                pairs += [("dslopes (captured)", captured.grad, slopes_alone.grad)] if captured is not None else []
                 for what, got, want in pairs:
                     got, want = got.detach(), want.detach()
                     finite = torch.isfinite(want)
@@ -145,6 +172,9 @@ def _check(results):
         mine = set()
         for row in rows:
             assert row[0] != "error", f"rank {rank}: {row[1]}"
+            if row[0] == "unshard":
+                assert row[2], f"rank {rank}: unshard(shard(x)) != x for {row[1]}"
+                continue
             if row[0] == "stats":  # the exchange the call took, and the bytes it sent against the plan
                 _, how, name, took, want, sent, planned = row
                 assert took == want, f"rank {rank}, {how}, {name}: took the {took}, not the {want}"
@@ -164,7 +194,7 @@ def _warm_cache():
     """Build every kernel once here, so the ranks load them rather than all compiling at once."""
     g = torch.Generator().manual_seed(0)
     for spec, params, Hq, Hkv in CASES.values():
-        attn = attnc.compile(spec) if "\n" in spec else attnc.load(spec)
+        attn = _jit_variant()[0] if spec == "jit" else attnc.compile(spec) if "\n" in spec else attnc.load(spec)
         q, k, v = (torch.randn(2, h, 13, 16, generator=g).requires_grad_() for h in (Hq, Hkv, Hkv))
         values = {p: (torch.randn(Hq, requires_grad=True) if x == "randn(H)" else
                       torch.randn(Hq, 25, requires_grad=True) if x == "randn(H, 25)" else
@@ -175,11 +205,13 @@ def _warm_cache():
 
 def test_two_ranks_give_one_process_results_for_every_case():
     runs = [("contiguous", "auto", list(CASES)), ("zigzag", "auto", ["causal", "document", "clipped_softmax (two passes)"]),
-            ("contiguous", "gather", ["causal", "sigmoid", "fully masked ranks"]), ("dtensor", "auto", ["causal"]),
+            ("contiguous", "gather", ["causal", "sigmoid", "fully masked ranks", "@attnc.jit (captured tensors)"]),
+            ("dtensor", "auto", ["causal"]),
             ("torch_cp", "auto", ["causal"])]
     cases, checks = _check(_spawn(2, runs))
     assert cases == {(f"{layout}/{how}", name) for layout, how, names in runs for name in names}
-    assert checks == {"out", "lse", "out vs float64", "lse vs float64", "dq", "dk", "dv", "dsink", "dtable"}
+    assert checks == {"out", "lse", "out vs float64", "lse vs float64", "dq", "dk", "dv", "dsink", "dtable",
+                      "dslopes (captured)"}
 
 
 def test_four_ranks_with_a_rank_whose_rows_are_all_masked():
@@ -310,6 +342,9 @@ def test_exchange_choices_and_refusals(tmp_path):
             attention(attnc.load("causal"), q, q, q, exchange="allgather")
         with pytest.raises(ValueError, match="defines no lse"):
             attention(attnc.load("sigmoid"), q, q, q, return_lse=True)
+        qd = distribute_tensor(q, DeviceMesh("cpu", [0]), [Shard(2)])  # Shard(2) means torch.chunk's runs
+        with pytest.raises(ValueError, match="must be \"contiguous\", got 'zigzag'"):
+            attention(attnc.load("causal"), qd, qd, qd, layout="zigzag")
         want = attnc.load("softmax_sink")(q, q, q, sink=sink)
         assert torch.allclose(attention(attnc.load("softmax_sink"), q, q, q, sink=sink), want, atol=1e-6)
         assert stats()["exchange"] == "gather"
