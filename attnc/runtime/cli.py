@@ -31,24 +31,26 @@ from ..library import LIBRARY_DIR, names
 
 
 def formula_line(path: Path) -> str:
-    """The first ``#   `` line of a library file's header comment: its one line of math."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#   "):
-            return line[4:].strip()
-    return ""
+    """A library file's one line of math: the first ``#   `` line of its header comment that
+    states an equation (natten1d's first indented lines describe its window in prose)."""
+    lines = [line[4:].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#   ")]
+    return next((line for line in lines if " = " in line), lines[0] if lines else "")
 
 
 LIST_WIDTH = 100
 
 
-def cmd_list(out) -> int:
-    """Each variant: its name first (so ``attnc list | cut -d' ' -f1`` gives the names), its kind
-    and parameters, then its line of math indented below, both wrapped to ``LIST_WIDTH`` columns."""
+def cmd_list(out, only_names: bool = False) -> int:
+    """Each variant: its name first, its kind and parameters, then its line of math indented
+    below, both wrapped to ``LIST_WIDTH`` columns; ``--names``: the names alone, one per line."""
     import textwrap
 
     from ..dsl.printer import print_params
     from .frontend import library_spec
 
+    if only_names:
+        print("\n".join(names()), file=out)
+        return 0
     for name in names():
         d = library_spec(name).definition(name)
         head = f"{name} — {d.kind}{print_params(d.params)}"
@@ -275,6 +277,12 @@ def cmd_check(args, out) -> int:
         fitted, chosen = shape, params
         if attn.cascade.grid is not None and args.nkv in (None, args.nq):
             fitted, chosen = _fit_grid(attn, shape, params, explicit=args.nq is not None, out=out)
+        if attn.cascade.params:
+            try:
+                picked = {p: x for p, x in chosen.items() if p not in params}
+                print(f"{target}: {_said_params(attn, fitted, params, picked)}", file=out)
+            except (TypeError, ValueError):  # a bad --param: the check itself reports it
+                pass
         for dtype in dtypes:
             result = check(attn, dtype, fitted, args.seed, chosen, args.device)
             print(result.line(), file=out)
@@ -286,11 +294,17 @@ def cmd_check(args, out) -> int:
 def _fit_grid(attn, shape, params: dict, *, explicit: bool, out):
     """A grid variant's check shape: its tokens must form the whole grid (``runtime/layout.py``),
     so the length (unless ``--nq`` was given: then only it) and the grid's int parameters without
-    a value are chosen to make it whole, nearest the default length first. Said in the output;
-    when nothing fits, the shape stays and the check reports the grid's own error."""
+    a value are chosen to make it whole, nearest the default length first — and, among the first
+    few that fit, one whose mask keeps some pairs but not all (a window as wide as the grid would
+    check full attention). Said in the output; when nothing fits, the shape stays and the check
+    reports the grid's own error."""
     import dataclasses
 
+    import torch
+
+    from .check import random_params
     from .layout import fit_grid, grid_params
+    from .reference import reference_keep
 
     c = attn.cascade
     free = [p for p in grid_params(c) if p not in params and c.param(p).default is None]
@@ -299,12 +313,46 @@ def _fit_grid(attn, shape, params: dict, *, explicit: bool, out):
     options = fit_grid(c, lengths, params, free)
     if not options:
         return shape, params
-    count, values = options[0]
+
+    def masks_some(count: int, values: dict) -> bool:
+        x = torch.zeros(1, 1, count, 1)
+        bound = random_params(attn, x, x, x, {**params, **values}, torch.Generator().manual_seed(0))
+        keep = reference_keep(c, x, x, x, **bound)
+        return bool(keep.any()) and not bool(keep.all())
+    count, values = next((o for o in options[:32] if not c.has_mask or masks_some(*o)), options[0])
     if count == shape.n_q and not values:
         return shape, params
     said = ", ".join([f"Nq = Nkv = {count}", *(f"{k} = {v}" for k, v in values.items())])
     print(f"{c.name}: a grid variant, whose sizes must multiply to the token count: {said}", file=out)
     return dataclasses.replace(shape, n_q=count, n_kv=count), {**params, **values}
+
+
+def _said_params(attn, shape, given: dict, chosen: dict) -> str:
+    """The parameter values a check runs with: given, chosen for a grid, defaults (evaluated for
+    the shape), drawn (scalars by check's rule, tensors by their shapes)."""
+    import torch
+
+    from ..ir.evaluate import eval_size_expr
+    from .check import random_params
+    from .validate import sizes_of
+
+    q = torch.zeros(shape.batch, shape.heads, shape.n_q, 1)
+    k = torch.zeros(shape.batch, shape.kv_heads, shape.n_kv, 1)
+    bound = random_params(attn, q, k, k, {**given, **chosen}, torch.Generator().manual_seed(0))
+    shown, scalars = [], dict(bound)
+    for p in attn.cascade.params:
+        if p.name in bound:
+            x = bound[p.name]
+            how = "given" if p.name in given else "chosen" if p.name in chosen else "drawn"
+        elif p.default is not None:
+            x = scalars[p.name] = eval_size_expr(p.default, sizes_of(q, k, k, None), scalars)
+            how = "default"
+        else:  # an @attnc.jit variant's captured tensor: bound by the variant itself
+            continue
+        shown.append(f"{p.name} = {x:.6g} ({how})" if isinstance(x, float) else
+                     f"{p.name} = {x} ({how})" if not isinstance(x, torch.Tensor) else
+                     f"{p.name}: drawn {p.elem} tensor {list(x.shape)}")
+    return ", ".join(shown)
 
 
 def cmd_show(args, out) -> int:
@@ -402,7 +450,8 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="attnc", description="a compiler for attention variants")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="list the library variants with their math")
+    li = sub.add_parser("list", help="list the library variants with their math")
+    li.add_argument("--names", action="store_true", help="the names alone, one per line (for scripts)")
     ex = sub.add_parser("explain", help="show a spec's definition, cascade and pass plan")
     ex.add_argument("spec", help="a spec file, or the name of a library variant")
     ex.add_argument("name", nargs="?", help="one definition of the file (default: all)")
@@ -452,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "list":
-            return cmd_list(sys.stdout)
+            return cmd_list(sys.stdout, args.names)
         if args.command == "compile":
             return cmd_compile(args.spec, args.name, args.output, args.dtype, sys.stdout)
         if args.command == "check":

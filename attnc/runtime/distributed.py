@@ -49,9 +49,11 @@ _STATS: dict = {}  # this process's last call (``stats``)
 
 
 def stats() -> dict:
-    """What this rank's last ``attention`` call did: ``exchange`` ("ring" or "gather"); for the
-    ring, ``sent_bytes`` (K/V sent on, forward), ``backward_sent_bytes`` (K/V and dK/dV, once a
-    backward ran), ``shards_computed`` and ``shards_skipped`` (of the W shards)."""
+    """What this rank's last ``attention`` call did: ``exchange`` ("ring" or "gather") and
+    ``sent_bytes``, the K/V bytes it sent forward (the gather's: what a ring all-gather of the
+    padded shards sends, (W − 1) shards of the longest). For the ring also
+    ``backward_sent_bytes`` (once a backward ran: the K/V again, plus the fp32 dK/dV of each shard
+    it passes on or returns to its owner), ``shards_computed`` and ``shards_skipped`` (of W)."""
     return dict(_STATS)
 
 
@@ -207,6 +209,15 @@ class Schedule:
         """What ``rank`` sends on a ring that skips nothing: every shard but its successor's."""
         return sum(b for s, b in enumerate(self.kv_bytes) if s != (rank + 1) % self.world)
 
+    def __str__(self) -> str:
+        w = self.world
+        lines = [f"ring plan over {w} ranks ({sum(n for runs in self.runs for _, n in runs)} tokens):"]
+        for r in range(w):
+            runs = ", ".join(f"{a}..{a + n - 1}" if n else "none" for a, n in self.runs[r])
+            lines.append(f"  rank {r}: tokens {runs}; computes parts over {self.computed(r)} of {w} shards; sends "
+                         f"{self.sent_bytes(r)} B of K/V forward (a ring that skips nothing: {self.ring_bytes(r)} B)")
+        return "\n".join(lines)
+
     def computed(self, rank: int) -> int:
         """The shards ``rank`` computes a part over (the others it skips)."""
         return sum(bool(self.needed[rank][(rank - t) % self.world]) and self.holds(rank, t) for t in range(self.world))
@@ -215,10 +226,12 @@ class Schedule:
 def schedule(attn, sizes: list[int], layout: str = "contiguous", *, batch: int = 1, heads: int = 1,
              kv_heads: int | None = None, head_dim: int = 64, value_dim: int | None = None,
              element_size: int = 2, scale: float | None = None, device="cpu", **params) -> Schedule:
-    """The ring's plan for ``attn`` over shards of ``sizes[r]`` tokens (every rank computes the
-    same plan, so sender and receiver agree without a message): the runtime tile classifier's
-    interval arithmetic over each (run, run) rectangle, O(W² + N log N) for a mask that reads a
-    tensor (sparse tables), else O(W²); sound, so a pair of runs it calls empty is empty."""
+    """The ring's plan for ``attn`` over shards of ``sizes[r]`` tokens, ``attention``'s own (every
+    rank computes the same plan, so sender and receiver agree without a message). The shapes and
+    ``element_size`` (bytes: 2 for fp16/bf16, 4 for fp32) size the bytes only; ``params`` are the
+    call's. ``print(plan)`` says per rank what it computes and sends. Built by the runtime tile
+    classifier's interval arithmetic over each (run, run) rectangle, O(W² + N log N) for a mask
+    that reads a tensor (sparse tables), else O(W²); sound: a pair of runs it calls empty is."""
     from .sparsity import rectangles_may_keep
     from .validate import bind_params, sizes_of
 
@@ -512,7 +525,8 @@ def attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, /, *, gro
         out, lse = _RingFunction.apply(ring, names, q, k, v, *(params[p] for p in names))
         return (out, lse) if return_lse else out
     _STATS.clear()
-    _STATS.update(exchange="gather")
+    _STATS.update(exchange="gather", sent_bytes=(world - 1) * max(sizes) * k.shape[0] * k.shape[1]
+                  * (k.shape[3] + v.shape[3]) * k.element_size())
     order = _global_order(runs, q.device)
     keys = _Gather.apply(k, group, sizes).index_select(2, order)
     values = _Gather.apply(v, group, sizes).index_select(2, order)

@@ -5,7 +5,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+import attnc
 from attnc.library import names
 from attnc.runtime.cli import main
 from tests.conftest import library_files
@@ -177,15 +179,26 @@ def test_check_with_param_and_bad_param(capsys):
     assert code == 2 and "windw" in err and "window" in err
 
 
-@pytest.mark.parametrize("name, said", [("natten2d", "Nq = Nkv = 36, width = 6"),
+@pytest.mark.parametrize("name, said", [("natten2d", "Nq = Nkv = 36, width = 4"),
                                         ("natten3d", "Nq = Nkv = 36, height = 3, width = 3")])
 def test_check_fits_a_grid_variants_length_and_says_so(capsys, name, said):
     """Issue 21: the default length (37, prime) is no whole grid; the check picks the nearest one
-    and the grid parameters without a default, and says which."""
+    and the grid parameters without a default — one whose mask is neither empty nor full (a 6 × 6
+    grid would let natten2d's default 7 × 7 window keep every pair) — and says which, with every
+    parameter's value."""
+    import re
+
+    from attnc.runtime.reference import reference_keep
+
     code, out, err = run(capsys, "check", name, "--dtype", "float32", "--batch", "1", "--heads", "1",
                          "--kv-heads", "1", "--head-dim", "16")
     assert code == 0, err
     assert f"{name}: a grid variant, whose sizes must multiply to the token count: {said}" in out
+    assert "kernel_h = " in out and "(default)" in out and "(chosen)" in out
+    chosen = {k: int(v) for k, v in re.findall(r"(\w+) = (\d+) \(chosen\)", out)}
+    x = torch.zeros(1, 1, 36, 1)
+    keep = reference_keep(attnc.load(name).cascade, x, x, x, **chosen)
+    assert keep.any() and not keep.all()
     assert out.strip().endswith("PASS")
 
 
@@ -199,10 +212,13 @@ def test_check_keeps_an_explicit_length_and_its_grid_error(capsys):
 
 
 def test_list_names_come_first_for_scripts(capsys):
-    """The acceptance loop of issue 21 reads the names as `attnc list | cut -d' ' -f1`."""
+    """The acceptance loop of issue 21 reads the names as `attnc list | cut -d' ' -f1`; `--names`
+    prints them alone."""
     code, out, _ = run(capsys, "list")
     words = [line.split(" ")[0] for line in out.splitlines()]
     assert [w for w in words if w] == names()
+    code, out, _ = run(capsys, "list", "--names")
+    assert code == 0 and out.split("\n") == [*names(), ""]
 
 
 def test_check_examples_runs_the_property_kit(capsys):

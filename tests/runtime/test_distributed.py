@@ -125,7 +125,8 @@ def _worker(rank, world, init, out_dir, runs):
                 ring = exchange == "ring" or (exchange == "auto" and part_rule(attn.cascade)[0] is not None)
                 planned = schedule(attn, sizes, how, batch=B, heads=Hq, kv_heads=Hkv, head_dim=D, element_size=4, **values)
                 results.append(["stats", f"{label}/{exchange}", name, done["exchange"], "ring" if ring else "gather",
-                                done.get("sent_bytes"), planned.sent_bytes(rank) if ring else None])
+                                done.get("sent_bytes"), planned.sent_bytes(rank) if ring
+                                else (world - 1) * max(sizes) * B * Hkv * 2 * D * 4])  # a ring all-gather of padded shards
                 def own(t):
                     return t.to_local() if isinstance(t, DTensor) else t
                 pairs = [("out", own(out), local(full))]
