@@ -35,6 +35,7 @@ chunks r and 2W−1−r, concatenated, which under a causal mask gives every ran
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -498,14 +499,21 @@ def attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, /, *, gro
                          f"{q.shape[2]}, {k.shape[2]}, {v.shape[2]}")
     if return_lse and not attn.cascade.has_lse:
         raise ValueError(f"{attn.cascade.name} defines no lse[i]; call it with return_lse=False")
+    # every rank must plan the same exchange (a rank that differs would wait forever): the call's
+    # shapes, and a checksum of what the plan reads besides them, compared before anything moves
+    call = repr((attn.cascade.name, layout, exchange, scale,
+                 sorted((p, x) for p, x in params.items() if not isinstance(x, torch.Tensor))))
+    shapes = _gather_ints([*q.shape, *k.shape, v.shape[3], zlib.crc32(call.encode())], group, q.device)
+    for r, s in enumerate(shapes):
+        if s[:2] + s[3:6] + s[7:9] != shapes[0][:2] + shapes[0][3:6] + shapes[0][7:9]:
+            raise ValueError(f"rank {r} holds q {s[:4]}, k {s[4:8]}, Dv {s[8]}; rank 0 holds q {shapes[0][:4]}, "
+                             f"k {shapes[0][4:8]}, Dv {shapes[0][8]}: every shape but the length must agree")
+        if s[9] != shapes[0][9]:
+            raise ValueError(f"rank {r} calls with another variant, layout, exchange, scale or scalar parameters "
+                             f"than rank 0; every rank must make the same call on its own shard")
     rule, why = part_rule(attn.cascade)
     if exchange == "ring" and rule is None:
         raise ValueError(f"{attn.cascade.name} cannot run on the ring: {why}; use exchange=\"gather\" (or \"auto\")")
-    shapes = _gather_ints([*q.shape, *k.shape, v.shape[3]], group, q.device)
-    for r, s in enumerate(shapes):
-        if s[:2] + s[3:6] + s[7:] != shapes[0][:2] + shapes[0][3:6] + shapes[0][7:]:
-            raise ValueError(f"rank {r} holds q {s[:4]}, k {s[4:8]}, Dv {s[8]}; rank 0 holds q {shapes[0][:4]}, "
-                             f"k {shapes[0][4:8]}, Dv {shapes[0][8]}: every shape but the length must agree")
     sizes = [s[2] for s in shapes]
     runs = _runs(sizes, layout)
     n_total = sum(sizes)

@@ -24,6 +24,7 @@ from ..ir import nodes as n
 from ..ir.evaluate import eval_size_expr
 from ..ir.layout import TABLES, TOKENS, table_columns
 from ..ir.printer import expr_text
+from .validate import sizes_of
 
 
 def tile_shapes(block: int, lengths: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -159,8 +160,8 @@ def fit_grid(c: n.Cascade, lengths, fixed: dict, choose=()) -> list[tuple[int, d
     in_sizes = {x.name for e in c.grid.sizes for x in n.walk(e) if isinstance(x, n.Param)}
     found = []
     for rank, count in enumerate(lengths):
-        sizes = {"n_q": count, "n_kv": count, "N_Q": count, "N_KV": count, "B": 1, "H": 1, "H_KV": 1,
-                 "n_heads": 1, "n_kv_heads": 1, "head_dim": 1, "D": 1, "D_V": 1, "scale": 1.0}
+        x = torch.empty(1, 1, count, 1, device="meta")
+        sizes = sizes_of(x, x, x, None)  # a self-attention of `count` tokens
         divisors = [d for d in range(1, count + 1) if count % d == 0]
         ranges = [divisors if name in in_sizes else (1, 2) for name in choose]
         for picked in itertools.product(*ranges):

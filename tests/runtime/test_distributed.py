@@ -67,7 +67,13 @@ def _worker(rank, world, init, out_dir, runs):
             for layout in ("contiguous", "zigzag"):  # unshard inverts shard, any rank and dim
                 x = torch.arange(float(math.prod(shape))).reshape(shape)
                 back = unshard(shard(x, rank, world, layout, dim=dim), layout=layout, dim=dim)
-                results.append(["unshard", f"{shape} dim {dim} {layout}", bool(torch.equal(back, x))])
+                results.append(["check", f"unshard(shard(x)) == x for {shape} dim {dim} {layout}", bool(torch.equal(back, x))])
+        try:  # ranks that disagree on a scalar parameter (so on the plan) are refused on every rank, not left waiting
+            x = torch.randn(1, 1, 4, 16)
+            attention(attnc.load("sliding_window"), x, x, x, window=2 + rank)
+            results.append(["check", "different parameters per rank: not refused", False])
+        except ValueError as err:
+            results.append(["check", f"different parameters per rank: {err}", "same call on its own shard" in str(err)])
         for label, exchange, names in runs:
             # 13 tokens: no layout divides them evenly; torch's context_parallel shards 16 head-tail;
             # "layout:n" for n tokens (fewer than ranks: a rank with none)
@@ -173,8 +179,8 @@ def _check(results):
         mine = set()
         for row in rows:
             assert row[0] != "error", f"rank {rank}: {row[1]}"
-            if row[0] == "unshard":
-                assert row[2], f"rank {rank}: unshard(shard(x)) != x for {row[1]}"
+            if row[0] == "check":  # a yes-or-no check the rank made itself
+                assert row[2], f"rank {rank}: {row[1]}"
                 continue
             if row[0] == "stats":  # the exchange the call took, and the bytes it sent against the plan
                 _, how, name, took, want, sent, planned = row
